@@ -1,0 +1,71 @@
+"""segbench's checkpoint format: weights, the mmseg model config and the spec.
+
+mmengine's own checkpoints pickle optimizer and message-hub objects that
+torch refuses to load with ``weights_only=True`` (and loading them without
+it runs arbitrary code). segbench keeps only plain data: the state dict,
+the model config as a plain dict, and the spec, so :func:`load_model` can
+always use ``weights_only=True``. A ``<checkpoint>.spec.json`` sidecar holds
+the same spec plus the checkpoint's digest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from segbench.errors import InputError
+from segbench.files import atomic_output, sha256_file
+from segbench.spec import ModelSpec
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: Any, model_cfg: dict, spec: ModelSpec) -> ModelSpec:
+    """Write ``model``'s weights with its config and spec; returns the spec with its digest."""
+    import torch
+
+    path = Path(path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"state_dict": state, "model_config": _plain(model_cfg), "spec": spec.to_dict()}
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+    spec = spec.replace(checkpoint_digest=sha256_file(path))
+    spec.save(path)
+    return spec
+
+
+def load_model(path: str | os.PathLike[str], device: str = "cpu") -> tuple[Any, ModelSpec]:
+    """Build the mmseg model of a segbench checkpoint, in eval mode, with its spec."""
+    import torch
+    from mmengine.model import revert_sync_batchnorm
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Checkpoint {path} does not exist.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        raise InputError(
+            f"{path} is not a segbench checkpoint ({str(exc).splitlines()[0]}); "
+            "train one with 'segbench train'."
+        ) from exc
+    if not isinstance(payload, dict) or "model_config" not in payload:
+        raise InputError(f"{path} is not a segbench checkpoint; train one with 'segbench train'.")
+    register_all_modules(init_default_scope=True)
+    model = MODELS.build(payload["model_config"])
+    model.load_state_dict(payload["state_dict"])
+    model = revert_sync_batchnorm(model).to(device).eval()
+    spec = ModelSpec.from_dict(payload["spec"])
+    if spec.checkpoint_digest is None:
+        spec = spec.replace(checkpoint_digest=sha256_file(path))
+    return model, spec
+
+
+def _plain(node: Any) -> Any:
+    """Config values as plain dicts/lists/scalars (loadable with weights_only=True)."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_plain(v) for v in node]
+    return node

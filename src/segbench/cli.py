@@ -1,0 +1,294 @@
+"""The ``segbench`` command: parses arguments and calls library functions, nothing more.
+
+Every :class:`~segbench.errors.SegbenchError` is printed as one line on
+stderr without a traceback, with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from segbench import __version__
+from segbench.errors import InputError, SegbenchError
+
+EPILOG = """\
+The flow: data -> train -> export -> build -> segment -> bench.
+Start with 'segbench demo', which runs all of it on a synthetic scene set."""
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be a positive integer")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="segbench",
+        description="Benchmark and deploy semantic-segmentation engines on remote-sensing scenes.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"segbench {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # demo ---------------------------------------------------------------
+    d = sub.add_parser("demo", help="run the whole flow on synthetic scenes, on CPU, in minutes",
+                       description="Synthesize scenes, train a small model, export it, build "
+                       "engines, segment the held-out scene and print the tradeoff table.")
+    d.add_argument("-o", "--out", type=Path, default=Path("segbench-demo"),
+                   help="folder for every output (default: ./segbench-demo)")
+    d.add_argument("--iters", type=_positive, default=None, help="training iterations")
+    d.add_argument("--engines", type=_csv, default=None,
+                   help="comma-separated engines (default: every CPU engine available here)")
+    d.add_argument("--quick", action="store_true", help="tiny sizes, for tests (about a minute)")
+    d.set_defaults(func=_cmd_demo)
+
+    # data ---------------------------------------------------------------
+    data = sub.add_parser("data", help="make, prepare and describe training data")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    s = dsub.add_parser("synth", help="generate synthetic aerial scenes of the six ISPRS classes")
+    s.add_argument("out", type=Path, help="output dataset folder")
+    s.add_argument("--train", type=_positive, default=6, help="training scenes (default 6)")
+    s.add_argument("--val", type=int, default=1, help="validation scenes (default 1)")
+    s.add_argument("--test", type=int, default=1, help="held-out test scenes (default 1)")
+    s.add_argument("--size", type=_positive, default=512, help="train/val scene size in pixels")
+    s.add_argument("--test-size", type=_positive, default=1024, help="test scene size in pixels")
+    s.add_argument("--bands", type=int, choices=(3, 4), default=3, help="3 = RGB, 4 = RGB+NIR")
+    s.add_argument("--dtype", choices=("uint8", "uint16"), default="uint8")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_data_synth)
+    st = dsub.add_parser("stats", help="per-band mean/std of the training scenes, into dataset.json")
+    st.add_argument("dataset", type=Path)
+    st.set_defaults(func=_cmd_data_stats)
+
+    # models -------------------------------------------------------------
+    m = sub.add_parser("models", help="list the model catalogue with parameters and GFLOPs")
+    m.add_argument("--classes", type=_positive, default=6, help="number of classes (default 6)")
+    m.add_argument("--bands", type=_positive, default=3, help="input bands (default 3)")
+    m.add_argument("--tile", type=_positive, default=512, help="tile size for GFLOPs (default 512)")
+    m.add_argument("--no-count", action="store_true", help="list without building the models")
+    m.set_defaults(func=_cmd_models)
+
+    # train --------------------------------------------------------------
+    t = sub.add_parser("train", help="train a catalogue model with mmsegmentation")
+    t.add_argument("model", help="catalogue name (see 'segbench models')")
+    t.add_argument("--data", type=Path, required=True, help="segbench dataset folder")
+    t.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    t.add_argument("--iters", type=_positive, default=80_000, help="iterations (default 80k)")
+    t.add_argument("--batch", type=_positive, default=4)
+    t.add_argument("--crop", type=_positive, default=512, help="training crop = engine tile size")
+    t.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
+    t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.set_defaults(func=_cmd_train)
+
+    # export -------------------------------------------------------------
+    e = sub.add_parser("export", help="export a checkpoint to ONNX, verified against PyTorch")
+    e.add_argument("checkpoint", type=Path)
+    e.add_argument("-o", "--out", type=Path, required=True, help="output .onnx path")
+    e.add_argument("--labels", action="store_true", help="output uint8 labels instead of logits")
+    e.add_argument("--verify-scenes", type=Path, nargs="*", default=[],
+                   help="scenes whose tiles verify the export (besides random tiles)")
+    e.set_defaults(func=_cmd_export)
+
+    # build / engines -----------------------------------------------------
+    b = sub.add_parser("build", help="build engines from an exported ONNX model")
+    b.add_argument("model", type=Path, help="exported .onnx (with its spec)")
+    b.add_argument("--engine", type=_csv, required=True, help="engine name(s), comma-separated")
+    b.add_argument("-o", "--out", type=Path, default=None, help="output folder (default: beside)")
+    b.add_argument("--calib", type=Path, nargs="*", default=[],
+                   help="calibration scenes for int8 (never the evaluation scenes)")
+    b.add_argument("--calib-tiles", type=_positive, default=32)
+    b.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    b.add_argument("--force", action="store_true", help="rebuild even when a current build exists")
+    b.set_defaults(func=_cmd_build)
+    en = sub.add_parser("engines", help="list engines and whether this machine can run them")
+    en.set_defaults(func=_cmd_engines)
+
+    # segment ------------------------------------------------------------
+    g = sub.add_parser("segment", help="segment whole GeoTIFF scenes with an engine")
+    g.add_argument("scenes", type=Path, nargs="+", help="GeoTIFFs, VRTs or folders of them")
+    g.add_argument("--engine", type=Path, required=True, help="built engine artifact")
+    g.add_argument("-o", "--out", type=Path, required=True,
+                   help="output label GeoTIFF (one scene) or folder")
+    _tiling_args(g)
+    g.add_argument("--nodata", type=float, default=None, help="input nodata (default: the file's)")
+    g.add_argument("--confidence", action="store_true", help="also write max-probability rasters")
+    g.set_defaults(func=_cmd_segment)
+
+    # bench / report -----------------------------------------------------
+    be = sub.add_parser("bench", help="measure accuracy, latency and memory of engines, ranked")
+    be.add_argument("--model", type=Path, required=True, help="exported .onnx (with its spec)")
+    be.add_argument("--engines", type=_csv, required=True, help="engine names, comma-separated")
+    be.add_argument("--scenes", type=Path, nargs="+", required=True, help="evaluation scenes")
+    be.add_argument("--labels", type=Path, nargs="*", default=[], help="their label rasters")
+    be.add_argument("--calib", type=Path, nargs="*", default=[], help="calibration scenes for int8")
+    be.add_argument("--reference", default="torch-fp32", help="reference engine (default torch-fp32)")
+    be.add_argument("-o", "--out", type=Path, default=Path("segbench-bench"), help="output folder")
+    _tiling_args(be)
+    be.set_defaults(func=_cmd_bench)
+    r = sub.add_parser("report", help="render or merge bench reports (JSON)")
+    r.add_argument("reports", type=Path, nargs="+")
+    r.add_argument("-o", "--out", type=Path, default=None,
+                   help="write the merged report, markdown, CSV and plot into this folder")
+    r.set_defaults(func=_cmd_report)
+    return p
+
+
+def _tiling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overlap", type=int, default=None,
+                   help="overlap between windows in pixels (default: a quarter tile)")
+    p.add_argument("--blend", choices=("mean", "cosine", "crop"), default="cosine",
+                   help="how overlapping windows are combined (default cosine)")
+    p.add_argument("--batch", type=_positive, default=4, help="windows per inference call")
+
+
+# -- commands --------------------------------------------------------------
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from segbench.demo import run_demo
+
+    run_demo(args.out, iters=args.iters, engines=args.engines, quick=args.quick)
+    return 0
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from segbench.train.synth import SynthOptions, synthesize_dataset
+
+    opts = SynthOptions(train=args.train, val=args.val, test=args.test, size=args.size,
+                        test_size=args.test_size, bands=args.bands, dtype=args.dtype,
+                        seed=args.seed)
+    root = synthesize_dataset(args.out, opts)
+    print(f"synthetic dataset written to {root}")
+    return 0
+
+
+def _cmd_data_stats(args: argparse.Namespace) -> int:
+    from segbench.train.layout import DatasetInfo
+
+    info = DatasetInfo.load(args.dataset)
+    info = DatasetInfo(**{**info.__dict__, "mean": None, "std": None}).with_stats()
+    info.save()
+    for band, m, s in zip(info.bands, info.mean, info.std, strict=True):
+        print(f"band {band}: mean {m:.3f}  std {s:.3f}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from segbench.train.models import print_catalogue
+
+    print_catalogue(classes=args.classes, bands=args.bands, tile=args.tile, count=not args.no_count)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from segbench.train.config import Recipe
+    from segbench.train.runner import train
+
+    recipe = Recipe(iters=args.iters, batch=args.batch, crop=args.crop, lr=args.lr)
+    path, _ = train(args.model, args.data, args.out, recipe, device=args.device)
+    print(f"checkpoint written to {path}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from segbench.export.calibration import sample_tiles
+    from segbench.export.onnx import export_model
+    from segbench.spec import ModelSpec
+
+    real = None
+    if args.verify_scenes:
+        real = sample_tiles(args.verify_scenes, ModelSpec.load(args.checkpoint), count=4)
+    out, _, agree = export_model(args.checkpoint, args.out, labels=args.labels, verify_tiles=real)
+    print(f"exported {out} (ONNX Runtime vs PyTorch: max |diff| {agree.max_abs_diff:.2e}, "
+          f"label agreement {agree.label_agreement:.4%} on {agree.tiles} tiles)")
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from segbench.engines.registry import build, get_kind
+
+    kinds = [get_kind(name) for name in args.engine]
+    calibration = None
+    if any(k.graph == "int8" for k in kinds) and args.calib:
+        from segbench.export.calibration import sample_tiles
+        from segbench.spec import ModelSpec
+
+        calibration = sample_tiles(args.calib, ModelSpec.load(args.model), args.calib_tiles)
+    for kind in kinds:
+        artifact = build(args.model, kind.name, args.out, calibration, args.calib_method, args.force)
+        print(f"{kind.name}: {artifact}")
+    return 0
+
+
+def _cmd_engines(args: argparse.Namespace) -> int:
+    from segbench.engines.registry import KINDS, availability
+
+    width = max(map(len, KINDS))
+    for name, kind in KINDS.items():
+        reason = availability(name)
+        status = "available" if reason is None else f"unavailable: {reason}"
+        print(f"{name:<{width}}  {kind.description:<48} {status}")
+    return 0
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from segbench.engines.registry import load
+    from segbench.tiler import segment_many
+
+    engine = load(args.engine)
+    try:
+        results = segment_many(args.scenes, engine, args.out, overlap=args.overlap,
+                               blend=args.blend, batch=args.batch, nodata=args.nodata,
+                               confidence=args.confidence)
+    finally:
+        engine.close()
+    for result in results:
+        print(f"{result.output}: {result.megapixels:.1f} MP at {result.megapixels_per_s:.2f} MP/s")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from segbench.bench.run import BenchConfig, run_bench
+
+    if args.labels and len(args.labels) != len(args.scenes):
+        raise InputError(
+            f"Give one label raster per scene ({len(args.scenes)} scenes, {len(args.labels)} labels)."
+        )
+    config = BenchConfig(model=args.model, engines=args.engines, scenes=args.scenes,
+                         labels=args.labels, calib=args.calib, reference=args.reference,
+                         overlap=args.overlap, blend=args.blend, batch=args.batch, out=args.out)
+    run_bench(config)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from segbench.bench.run import show_reports
+
+    show_reports(args.reports, args.out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``segbench`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SegbenchError as exc:
+        print(f"segbench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("segbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""OpenVINO engines: openvino-fp32, openvino-bf16, openvino-int8 (CPU).
+
+The artifact is OpenVINO IR (``.xml`` + ``.bin``) converted from the fp32 or
+int8 Q/DQ ONNX graph. Precision is chosen at compile time with
+``INFERENCE_PRECISION_HINT`` (OpenVINO would otherwise pick bf16 silently on
+CPUs with AVX512_BF16), and the precision that really ran is read back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from segbench.errors import EngineError, OutputError, RuntimeMissingError
+from segbench.files import describe_os_error
+from segbench.spec import ModelSpec
+
+_HINT = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
+
+
+def check(kind) -> None:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise RuntimeMissingError(
+            f"{kind.name} needs OpenVINO, which is not installed; run 'pip install openvino' "
+            "(or use the ort-* engines)."
+        ) from None
+    if kind.precision == "bf16":
+        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if "BF16" not in caps:
+            raise RuntimeMissingError(
+                "openvino-bf16 needs a CPU with bf16 support (AVX512_BF16 or AMX); "
+                "use openvino-fp32 or openvino-int8 here."
+            )
+
+
+def versions(kind) -> dict[str, str]:
+    import openvino as ov
+
+    return {"openvino": ov.get_version()}
+
+
+def compile(graph: Path, kind, dest: Path, spec: ModelSpec) -> dict:
+    """Convert the ONNX graph to IR (weights kept at their precision) and test-compile it.
+
+    The IR is saved in a temporary folder beside ``dest``; the ``.bin`` is
+    moved into place first and the ``.xml`` last, so the artifact is complete
+    once its ``.xml`` exists.
+    """
+    import openvino as ov
+
+    try:
+        model = ov.convert_model(str(graph))
+    except Exception as exc:
+        raise EngineError(f"OpenVINO cannot convert {graph.name}: {str(exc).splitlines()[0]}") from exc
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.stem}.", dir=dest.parent))
+    try:
+        xml = staging / dest.name
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+        compiled = _compile(xml, kind.precision)
+        os.replace(xml.with_suffix(".bin"), dest.with_suffix(".bin"))
+        os.replace(xml, dest)
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, dest)) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT"))}
+
+
+def _compile(xml: Path, precision: str):
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": _HINT[precision], "PERFORMANCE_HINT": "LATENCY"}
+    try:
+        model = core.read_model(str(xml), str(Path(xml).with_suffix(".bin")))
+        return core.compile_model(model, "CPU", config)
+    except Exception as exc:
+        raise EngineError(f"OpenVINO cannot compile {Path(xml).name}: {str(exc).splitlines()[0]}") from exc
+
+
+def load(artifact: Path, spec: ModelSpec, kind, device: str | None = None) -> OpenVinoEngine:
+    return OpenVinoEngine(artifact, spec, kind)
+
+
+class OpenVinoEngine:
+    """A compiled OpenVINO model behind the Engine contract."""
+
+    def __init__(self, path: Path, spec: ModelSpec, kind) -> None:
+        self.name = kind.name
+        self.spec = spec
+        self.device = "cpu"
+        self._compiled = _compile(path, kind.precision)
+        self._request = self._compiled.create_infer_request()
+        #: the precision OpenVINO really executes (f32, bf16, ...)
+        self.inference_precision = str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+    def infer(self, tiles: np.ndarray) -> np.ndarray:
+        self._request.infer({0: tiles}, share_inputs=True)
+        return self._request.get_output_tensor(0).data.copy()
+
+    def close(self) -> None:
+        self._request = None
+        self._compiled = None

@@ -1,0 +1,188 @@
+"""TensorRT engines (trt-*) and TensorRT for RTX engines (trtrtx-*), one backend for both.
+
+The two libraries share the API's shape (``Builder``, ``OnnxParser``,
+``Runtime``, ``IExecutionContext``), so this module is parameterised by the
+library: ``tensorrt`` (10.x and 11.x) or ``tensorrt_rtx_bindings``.
+
+Build: a **strongly typed** network parsed from the graph variant that
+matches the precision (fp32, fp16 graph, int8 Q/DQ graph): TensorRT 11 and
+TensorRT for RTX dropped the fp16/int8 builder flags and the calibrators, so
+precision comes from the graph; strong typing works on 10.x as well. One
+optimization profile covers batch 1..max with the tiler's batch as the
+optimum; the workspace is capped; a timing cache beside the artifacts is
+reused across builds (TensorRT for RTX, which builds ahead of time on the
+CPU, has none to keep).
+
+Run: ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3`` on a
+CUDA stream. Device buffers and the stream are CUDA torch tensors and a torch
+stream: torch is already a segbench dependency, its caching allocator reuses
+buffers across calls, and the GPU tiler can then blend the logits on the
+device without copying them back; cuda-python would add a dependency for
+nothing here. TensorRT for RTX plans run only on RTX-class GPUs (Ampere,
+Ada, Blackwell consumer/workstation parts), not on data-centre Hopper.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+
+from segbench.errors import EngineError, RuntimeMissingError, SpecError
+from segbench.files import atomic_output
+from segbench.spec import ModelSpec
+
+LIBRARIES = {"trt": ("tensorrt", "tensorrt-cu13"), "trtrtx": ("tensorrt_rtx_bindings",
+             "tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs")}
+MAX_BATCH = 32
+OPT_BATCH = 4
+WORKSPACE_BYTES = 2 << 30
+TIMING_CACHE = "timing.cache"
+
+
+def _family(kind) -> str:
+    return kind.name.split("-", 1)[0]
+
+
+def library(kind):
+    """Import the TensorRT flavour ``kind`` needs, or say how to install it."""
+    module, package = LIBRARIES[_family(kind)]
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        hint = ("full TensorRT needs NVIDIA's own package index" if _family(kind) == "trt"
+                else "run 'pip install " + package + "'")
+        raise RuntimeMissingError(
+            f"{kind.name} needs the Python module {module}, which is not installed "
+            f"({hint}); the ort-* and openvino-* engines run here instead."
+        ) from None
+
+
+def check(kind) -> None:
+    library(kind)
+
+
+def versions(kind) -> dict[str, str]:
+    trt = library(kind)
+    return {trt.__name__: trt.__version__}
+
+
+def compile(graph: Path, kind, dest: Path, spec: ModelSpec, max_batch: int = MAX_BATCH,
+            opt_batch: int = OPT_BATCH, workspace: int = WORKSPACE_BYTES) -> dict:
+    """Parse ``graph`` into a strongly typed network and serialise a plan to ``dest``."""
+    trt = library(kind)
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    flag = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flag)
+    parser = trt.OnnxParser(network, logger)
+    # parse_from_file also resolves weights kept in an external .onnx.data file.
+    if not parser.parse_from_file(str(graph)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"{kind.name}: the ONNX parser rejected {graph.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    profile = builder.create_optimization_profile()
+    inp = network.get_input(0)
+    shape = (spec.num_bands, spec.tile, spec.tile)
+    opt_batch = min(opt_batch, max_batch)
+    profile.set_shape(inp.name, (1, *shape), (opt_batch, *shape), (max_batch, *shape))
+    config.add_optimization_profile(profile)
+    # TensorRT for RTX builds ahead of time without timing; its cache calls are no-ops.
+    cache_path = dest.parent / f"{_family(kind)}-{TIMING_CACHE}"
+    cache = _load_timing_cache(config, cache_path) if _family(kind) == "trt" else None
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineError(f"{kind.name}: TensorRT could not build a plan from {graph.name}.")
+    with atomic_output(dest) as tmp:
+        tmp.write_bytes(memoryview(plan))
+    if cache is not None:
+        _save_timing_cache(config, cache_path)
+    return {"layers": network.num_layers, "max_batch": max_batch, "opt_batch": opt_batch,
+            "workspace_bytes": workspace, "plan_bytes": dest.stat().st_size}
+
+
+def _load_timing_cache(config, path: Path):
+    data = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    config.set_timing_cache(cache, False)
+    return cache
+
+
+def _save_timing_cache(config, path: Path) -> None:
+    cache = config.get_timing_cache()
+    if cache is None:
+        return
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(memoryview(cache.serialize()))
+
+
+def load(artifact: Path, spec: ModelSpec, kind, device: str | None = None) -> TensorRTEngine:
+    trt = library(kind)
+    built = (spec.build.versions if spec.build else {}).get(trt.__name__)
+    if built != trt.__version__:
+        raise SpecError(
+            f"{artifact.name} was built with {trt.__name__} {built or '(unknown)'} but "
+            f"{trt.__version__} is installed; rebuild it with 'segbench build --force'."
+        )
+    return TensorRTEngine(artifact, spec, kind, trt, device)
+
+
+class TensorRTEngine:
+    """A deserialised TensorRT plan behind the Engine contract."""
+
+    def __init__(self, path: Path, spec: ModelSpec, kind, trt, device: str | None = None) -> None:
+        try:
+            import torch
+        except ImportError:
+            raise RuntimeMissingError(f"{kind.name} needs PyTorch with CUDA for its buffers.") from None
+        if not torch.cuda.is_available():
+            raise RuntimeMissingError(f"{kind.name} needs a CUDA GPU, and this machine has none.")
+        self.name = kind.name
+        self.spec = spec
+        self.device = device or "cuda:0"
+        self._torch = torch
+        self._logger = trt.Logger(trt.Logger.ERROR)
+        self._runtime = trt.Runtime(self._logger)
+        self._engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if self._engine is None:
+            raise EngineError(
+                f"{Path(path).name} is not a plan this TensorRT and GPU can run "
+                "(another version, GPU or a corrupt file); rebuild it on this machine."
+            )
+        self._context = self._engine.create_execution_context()
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        mode = trt.TensorIOMode.INPUT
+        self._input = next(n for n in names if self._engine.get_tensor_mode(n) == mode)
+        self._output = next(n for n in names if self._engine.get_tensor_mode(n) != mode)
+        self._out_dtype = torch.uint8 if spec.output == "labels" else torch.float32
+        self._stream = torch.cuda.Stream(device=self.device)
+        #: device memory the engine's execution context needs, in bytes
+        self.device_memory_bytes = int(getattr(self._engine, "device_memory_size_v2",
+                                               getattr(self._engine, "device_memory_size", 0)))
+
+    def infer_device(self, tiles):
+        """Run on a CUDA tensor already on the device; returns a CUDA tensor."""
+        ctx = self._context
+        ctx.set_input_shape(self._input, tuple(tiles.shape))
+        out = self._torch.empty(tuple(ctx.get_tensor_shape(self._output)), dtype=self._out_dtype,
+                                device=self.device)
+        ctx.set_tensor_address(self._input, tiles.data_ptr())
+        ctx.set_tensor_address(self._output, out.data_ptr())
+        self._stream.wait_stream(self._torch.cuda.current_stream(self.device))
+        if not ctx.execute_async_v3(self._stream.cuda_stream):
+            raise EngineError(f"{self.name}: TensorRT failed to enqueue the batch.")
+        self._torch.cuda.current_stream(self.device).wait_stream(self._stream)
+        return out
+
+    def infer(self, tiles: np.ndarray) -> np.ndarray:
+        x = self._torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, non_blocking=True)
+        out = self.infer_device(x)
+        return out.cpu().numpy()
+
+    def close(self) -> None:
+        self._context = None
+        self._engine = None
+        self._runtime = None
+

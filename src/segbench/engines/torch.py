@@ -1,0 +1,95 @@
+"""PyTorch engines: torch-fp32 (the reference, CPU or CUDA), torch-fp16 and torch-bf16 (CUDA).
+
+The artifact is the ``torch.export`` program saved by ``segbench export``
+(``.pt2``): the same graph as the mmseg model, loadable without mmseg or the
+checkpoint. Half precisions run under autocast on CUDA, channels-last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from segbench.errors import EngineError, RuntimeMissingError
+from segbench.files import atomic_output
+from segbench.spec import ModelSpec
+
+
+def check(kind) -> None:
+    try:
+        import torch
+    except ImportError:
+        raise RuntimeMissingError(
+            f"{kind.name} needs PyTorch, which is not installed; run 'pip install torch'."
+        ) from None
+    if kind.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeMissingError(f"{kind.name} needs a CUDA GPU, and this machine has none.")
+
+
+def versions(kind) -> dict[str, str]:
+    import torch
+
+    v = {"torch": torch.__version__}
+    if torch.cuda.is_available():
+        v["cuda"] = str(torch.version.cuda)
+    return v
+
+
+def compile(graph: Path, kind, dest: Path, spec: ModelSpec) -> dict:
+    """Copy the exported program into place and check that it loads."""
+    with atomic_output(dest) as tmp:
+        shutil.copyfile(graph, tmp)
+        _load_program(tmp)
+    return {}
+
+
+def _load_program(path: Path):
+    import torch
+
+    try:
+        return torch.export.load(str(path))
+    except Exception as exc:
+        raise EngineError(
+            f"{Path(path).name} is not a loadable torch.export program: {str(exc).splitlines()[0]}"
+        ) from exc
+
+
+def load(artifact: Path, spec: ModelSpec, kind, device: str | None = None) -> TorchEngine:
+    return TorchEngine(artifact, spec, kind, device)
+
+
+class TorchEngine:
+    """A torch.export program behind the Engine contract."""
+
+    def __init__(self, path: Path, spec: ModelSpec, kind, device: str | None = None) -> None:
+        import torch
+
+        self.name = kind.name
+        self.spec = spec
+        self.device = device or ("cuda:0" if kind.device == "cuda" else "cpu")
+        self._torch = torch
+        self._module = _load_program(path).module().to(self.device)
+        self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(kind.precision)
+        self._cuda = self.device.startswith("cuda")
+
+    def _autocast(self):
+        if self._dtype is None:
+            return contextlib.nullcontext()
+        return self._torch.autocast("cuda" if self._cuda else "cpu", dtype=self._dtype)
+
+    def infer(self, tiles: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode(), self._autocast():
+            x = torch.from_numpy(tiles).to(self.device, non_blocking=True)
+            if self._cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = self._module(x)
+        if out.dtype in (torch.float16, torch.bfloat16):
+            out = out.float()
+        return out.cpu().numpy()
+
+    def close(self) -> None:
+        self._module = None

@@ -1,0 +1,65 @@
+"""Small file helpers shared by every writer: atomic outputs and content digests."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from segbench.errors import OutputError
+
+
+@contextlib.contextmanager
+def atomic_output(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; rename it onto ``dest`` on success.
+
+    On any exception the temporary file is removed and ``dest`` is left as it
+    was, so an interrupted run never leaves a truncated file under the final
+    name. OS errors while writing become one-sentence :class:`OutputError`.
+    """
+    dest = Path(dest)
+    parent = dest.parent if str(dest.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"Output folder {parent} does not exist; create it first.")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"Output folder {parent} is not writable; choose another with -o.")
+    tmp = parent / f".{dest.name}.part-{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except OSError as exc:
+        remove_quietly(tmp)
+        raise OutputError(describe_os_error(exc, dest)) from exc
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+
+
+def describe_os_error(exc: OSError, dest: Path) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"No space left on the device while writing {dest}; free some space and retry."
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"Permission denied while writing {dest}; choose a writable output folder."
+    return f"Could not write {dest}: {exc.strerror or exc}."
+
+
+def remove_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's content, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of a byte string."""
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,318 @@
+"""GeoTIFF in and out, for every step that touches imagery.
+
+Reading: open a scene with one-sentence errors for missing or non-raster
+files, check its bands against a :class:`~segbench.spec.ModelSpec`, and read
+windows that may overhang the scene (padded with a fill value) together with
+a validity mask that honours nodata values and internal masks.
+
+Writing: whole small rasters (synthetic scenes, training windows) and
+streamed label rasters written row band by row band, finished as a
+Cloud-Optimized GeoTIFF with overviews, colour table and class names. Every
+output goes to a temporary name and is renamed when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
+from rasterio.windows import Window
+
+from segbench.errors import InputError, OutputError
+from segbench.files import atomic_output, describe_os_error, remove_quietly
+from segbench.spec import ModelSpec
+
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
+LABEL_NODATA = 255
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What the tiler and the bench need to know about a scene, read once."""
+
+    path: Path
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: Any
+    transform: Any
+    nodata: float | None
+    has_mask: bool
+
+    @property
+    def pixel_area_m2(self) -> float | None:
+        """Area of one pixel in square metres when the CRS is projected in metres."""
+        if self.crs is None or not self.crs.is_projected:
+            return None
+        factor = self.crs.linear_units_factor[1] if self.crs.linear_units_factor else 1.0
+        return abs(self.transform.a * self.transform.e) * factor * factor
+
+
+def open_raster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
+    """Open a raster for reading, turning every failure into one clear sentence."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"Input {path} does not exist.")
+    if path.is_dir():
+        raise InputError(f"Input {path} is a folder; give a GeoTIFF file.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise InputError(f"Input {path} is not a readable GeoTIFF ({_first_line(exc)}).") from exc
+
+
+def scene_info(ds: rasterio.DatasetReader) -> SceneInfo:
+    """Summarise an open dataset; checks dtype consistency across bands."""
+    dtypes = set(ds.dtypes)
+    if len(dtypes) != 1:
+        raise InputError(f"Scene {ds.name} mixes band types {sorted(dtypes)}; use one type.")
+    dtype = ds.dtypes[0]
+    if dtype not in SUPPORTED_DTYPES:
+        raise InputError(
+            f"Scene {ds.name} has {dtype} pixels; supported types are "
+            f"{', '.join(SUPPORTED_DTYPES)}."
+        )
+    from rasterio.enums import MaskFlags
+
+    has_mask = any(MaskFlags.per_dataset in f for f in ds.mask_flag_enums)
+    return SceneInfo(
+        path=Path(ds.name),
+        width=ds.width,
+        height=ds.height,
+        count=ds.count,
+        dtype=dtype,
+        crs=ds.crs,
+        transform=ds.transform,
+        nodata=ds.nodata,
+        has_mask=has_mask,
+    )
+
+
+def check_bands(info: SceneInfo, spec: ModelSpec) -> None:
+    """Raise when the scene lacks a band the model reads."""
+    missing = [b for b in spec.bands if b > info.count]
+    if missing:
+        raise InputError(
+            f"Scene {info.path.name} has {info.count} band(s) but the model reads band(s) "
+            f"{', '.join(map(str, spec.bands))}; give a scene with those bands."
+        )
+
+
+def read_window(
+    ds: rasterio.DatasetReader,
+    row: int,
+    col: int,
+    height: int,
+    width: int,
+    bands: Sequence[int],
+    fill: float = 0.0,
+    nodata: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a window that may overhang the scene.
+
+    Returns ``(pixels, valid)``: ``pixels`` is float32 ``(len(bands), height,
+    width)`` with ``fill`` outside the scene and on invalid pixels, ``valid``
+    is bool ``(height, width)``; a pixel is valid when it lies in the scene
+    and the dataset mask (nodata or internal mask) marks it valid. ``nodata``
+    overrides the file's nodata value.
+    """
+    out = np.full((len(bands), height, width), fill, dtype=np.float32)
+    valid = np.zeros((height, width), dtype=bool)
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + height, ds.height), min(col + width, ds.width)
+    if r1 <= r0 or c1 <= c0:
+        return out, valid
+    win = Window(c0, r0, c1 - c0, r1 - r0)
+    sl = (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col))
+    try:
+        data = ds.read(list(bands), window=win)
+        if nodata is None:
+            mask = ds.dataset_mask(window=win) > 0
+        else:
+            mask = ~np.all(data == nodata, axis=0)
+    except RasterioError as exc:
+        raise InputError(f"Could not read {ds.name}: {_first_line(exc)}.") from exc
+    out[(slice(None), *sl)] = data
+    valid[sl] = mask
+    if not mask.all():
+        out[(slice(None), *sl)][:, ~mask] = fill
+    return out, valid
+
+
+def read_all(path: str | os.PathLike[str], bands: Sequence[int] | None = None) -> np.ndarray:
+    """Read a whole (small) raster as ``(bands, H, W)`` in its own dtype."""
+    with open_raster(path) as ds:
+        try:
+            return ds.read(list(bands) if bands else None)
+        except RasterioError as exc:
+            raise InputError(f"Could not read {path}: {_first_line(exc)}.") from exc
+
+
+def write_raster(
+    path: str | os.PathLike[str],
+    data: np.ndarray,
+    *,
+    crs: Any = None,
+    transform: Any = None,
+    nodata: float | None = None,
+    colormap: dict[int, tuple[int, int, int]] | None = None,
+    tags: dict[str, str] | None = None,
+    tile: int = 256,
+) -> Path:
+    """Write a whole array ``(bands, H, W)`` or ``(H, W)`` as a tiled, compressed GeoTIFF."""
+    if data.ndim == 2:
+        data = data[None]
+    count, height, width = data.shape
+    profile = dict(
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=count,
+        dtype=data.dtype.name,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+        compress="deflate",
+        predictor=2 if data.dtype.kind in "ui" else 1,
+    )
+    if width >= tile and height >= tile:
+        profile.update(tiled=True, blockxsize=tile, blockysize=tile)
+    dest = Path(path)
+    with atomic_output(dest) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(tmp, "w", **profile) as ds:
+                ds.write(data)
+                if colormap:
+                    ds.write_colormap(1, colormap)
+                if tags:
+                    ds.update_tags(**tags)
+    return dest
+
+
+class LabelWriter:
+    """Stream a single-band uint8 raster row band by row band, then finish it as a COG.
+
+    Rows are written to a tiled GeoTIFF under a temporary name; :meth:`close`
+    adds overviews, copies it to a Cloud-Optimized GeoTIFF (also under a
+    temporary name) and renames that onto the destination. :meth:`abort`
+    (or leaving a ``with`` block on an exception) removes every temporary file.
+    """
+
+    def __init__(
+        self,
+        dest: str | os.PathLike[str],
+        info: SceneInfo,
+        *,
+        nodata: int = LABEL_NODATA,
+        classes: Sequence[str] | None = None,
+        palette: Sequence[tuple[int, int, int]] | None = None,
+        resampling: str = "nearest",
+        description: str = "labels",
+    ) -> None:
+        self.dest = Path(dest)
+        parent = self.dest.parent
+        if not parent.is_dir():
+            raise OutputError(f"Output folder {parent} does not exist; create it first.")
+        if not os.access(parent, os.W_OK):
+            raise OutputError(f"Output folder {parent} is not writable; choose another with -o.")
+        self.resampling = resampling
+        self._stage = parent / f".{self.dest.name}.stage-{os.getpid()}.tif"
+        self._final_tmp = parent / f".{self.dest.name}.part-{os.getpid()}"
+        profile = dict(
+            driver="GTiff",
+            width=info.width,
+            height=info.height,
+            count=1,
+            dtype="uint8",
+            crs=info.crs,
+            transform=info.transform,
+            nodata=nodata,
+            tiled=True,
+            blockxsize=256,
+            blockysize=256,
+            compress="deflate",
+            BIGTIFF="IF_SAFER",
+        )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._ds = rasterio.open(self._stage, "w", **profile)
+            if palette:
+                cmap = {i: tuple(c) for i, c in enumerate(palette)}
+                cmap[nodata] = (0, 0, 0)
+                self._ds.write_colormap(1, cmap)
+            if classes:
+                self._ds.update_tags(classes=json.dumps(list(classes)))
+                self._ds.update_tags(1, classes=json.dumps(list(classes)))
+            self._ds.set_band_description(1, description)
+        except (RasterioError, OSError) as exc:
+            remove_quietly(self._stage)
+            raise OutputError(f"Could not create {self.dest}: {_first_line(exc)}.") from exc
+
+    def write_rows(self, row: int, labels: np.ndarray) -> None:
+        """Write ``labels`` (uint8, ``(rows, width)``) starting at scene row ``row``."""
+        h, w = labels.shape
+        try:
+            self._ds.write(labels, 1, window=Window(0, row, w, h))
+        except (RasterioError, OSError) as exc:
+            self.abort()
+            raise OutputError(f"Could not write {self.dest}: {_first_line(exc)}.") from exc
+
+    def close(self) -> Path:
+        """Finish: overviews, COG copy, atomic rename. Returns the destination."""
+        try:
+            self._ds.close()
+            rasterio.shutil.copy(
+                self._stage,
+                self._final_tmp,
+                driver="COG",
+                COMPRESS="DEFLATE",
+                BLOCKSIZE=256,
+                OVERVIEW_RESAMPLING=self.resampling.upper(),
+                BIGTIFF="IF_SAFER",
+            )
+            os.replace(self._final_tmp, self.dest)
+        except OSError as exc:
+            self.abort()
+            raise OutputError(describe_os_error(exc, self.dest)) from exc
+        except RasterioError as exc:
+            self.abort()
+            raise OutputError(f"Could not finish {self.dest}: {_first_line(exc)}.") from exc
+        finally:
+            remove_quietly(self._stage)
+        return self.dest
+
+    def abort(self) -> None:
+        """Drop everything written so far; the destination is left untouched."""
+        with contextlib.suppress(Exception):
+            self._ds.close()
+        remove_quietly(self._stage)
+        remove_quietly(self._final_tmp)
+
+    def __enter__(self) -> LabelWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0].rstrip(".") if text else type(exc).__name__

@@ -1,0 +1,83 @@
+"""Build catalogue models and count what they cost: parameters and GFLOPs at a tile size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from segbench.train.catalogue import CATALOGUE, CatalogueEntry, get_entry
+from segbench.train.config import model_config
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """Parameters (aux heads included, as mmseg's builder counts) and GFLOPs of one forward pass."""
+
+    name: str
+    family: str
+    params: int
+    gflops: float | None
+
+
+def build_model(entry: CatalogueEntry | str, classes: int, bands: int = 3, tile: int = 512):
+    """The mmseg model of a catalogue entry, built on CPU in eval mode (random weights)."""
+    from mmengine.model import revert_sync_batchnorm
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    if isinstance(entry, str):
+        entry = get_entry(entry)
+    mean = (IMAGENET_MEAN * ((bands + 2) // 3))[:bands]
+    std = (IMAGENET_STD * ((bands + 2) // 3))[:bands]
+    register_all_modules(init_default_scope=True)
+    model = MODELS.build(model_config(entry, classes, mean, std, tile))
+    model.init_weights()
+    return revert_sync_batchnorm(model).eval()
+
+
+def model_cost(entry: CatalogueEntry | str, classes: int, bands: int = 3, tile: int = 512,
+               flops: bool = True) -> ModelCost:
+    """Count parameters and (optionally) GFLOPs of the decode path at ``tile`` x ``tile``."""
+    import torch
+
+    if isinstance(entry, str):
+        entry = get_entry(entry)
+    model = build_model(entry, classes, bands, tile)
+    params = sum(p.numel() for p in model.parameters())
+    gflops = None
+    if flops:
+        from mmengine.analysis import FlopAnalyzer
+
+        class Forward(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.m = model
+
+            def forward(self, x):
+                return self.m._forward(x)
+
+        with torch.inference_mode():
+            analyzer = FlopAnalyzer(Forward(), torch.zeros(1, bands, tile, tile))
+            analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            gflops = analyzer.total() / 1e9
+    return ModelCost(entry.name, entry.family, params, gflops)
+
+
+def print_catalogue(classes: int = 6, bands: int = 3, tile: int = 512, count: bool = True) -> None:
+    """Print the catalogue as a table, with costs counted on the built models."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"segbench models ({classes} classes, {bands} bands, {tile}x{tile})")
+    for col in ("model", "family", "params (M)", "GFLOPs", "description"):
+        table.add_column(col, justify="right" if col in ("params (M)", "GFLOPs") else "left")
+    for entry in CATALOGUE.values():
+        if count:
+            cost = model_cost(entry, classes, bands, tile)
+            params, gflops = f"{cost.params / 1e6:.3f}", f"{cost.gflops:.1f}"
+        else:
+            params = gflops = ""
+        table.add_row(entry.name, entry.family, params, gflops, entry.description)
+    Console().print(table)

@@ -1,0 +1,121 @@
+"""Train a catalogue network on a segbench dataset with mmengine's Runner."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from segbench.checkpoint import save_checkpoint
+from segbench.spec import ModelSpec
+from segbench.train.catalogue import get_entry
+from segbench.train.config import Recipe, model_config, runner_config
+from segbench.train.layout import DatasetInfo
+
+CHECKPOINT_NAME = "model.pth"
+
+
+def train(
+    model_name: str,
+    data: str | Path,
+    out_dir: str | Path,
+    recipe: Recipe | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[Path, ModelSpec]:
+    """Train ``model_name`` on the dataset at ``data``; write ``out_dir/model.pth`` and its spec."""
+    import torch
+    from mmengine.runner import Runner
+    from mmseg.utils import register_all_modules
+
+    import segbench.train.dataset  # noqa: F401  (registers the GeoTIFF transforms)
+
+    recipe = recipe or Recipe()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entry = get_entry(model_name)
+    info = DatasetInfo.load(data).with_stats()
+    model_cfg = model_config(entry, len(info.classes), info.mean, info.std, recipe.crop,
+                             info.ignore_index)
+    register_all_modules(init_default_scope=True)
+    cfg = runner_config(model_cfg, entry, info, recipe, out_dir / "mmseg", device)
+    from mmengine.config import Config
+
+    runner = Runner.from_cfg(Config(cfg))
+    if progress:
+        runner.register_hook(_ProgressHook(recipe.iters), priority="VERY_LOW")
+    start = time.perf_counter()
+    model = runner.train()
+    seconds = time.perf_counter() - start
+    model = getattr(model, "module", model)
+    spec = ModelSpec(
+        classes=info.classes,
+        palette=info.palette,
+        bands=info.bands,
+        mean=info.mean,
+        std=info.std,
+        tile=recipe.crop,
+        ignore_index=info.ignore_index,
+        output_stride=_output_stride(model, recipe.crop, len(info.bands)),
+        architecture=entry.name,
+        config=entry.config,
+        input_dtype=info.dtype,
+    )
+    torch.set_grad_enabled(True)
+    spec = save_checkpoint(out_dir / CHECKPOINT_NAME, model, model_cfg, spec)
+    (out_dir / "train_seconds.txt").write_text(f"{seconds:.1f}\n")
+    return out_dir / CHECKPOINT_NAME, spec
+
+
+def _output_stride(model, tile: int, bands: int) -> int:
+    """Input size over the decode head's output size, measured with one forward pass."""
+    import torch
+
+    model.eval()
+    with torch.inference_mode():
+        out = model._forward(torch.zeros(1, bands, tile, tile))
+    out = out[0] if isinstance(out, list | tuple) else out
+    return max(tile // out.shape[-1], 1)
+
+
+def _progress_hook_class():
+    from mmengine.hooks import Hook
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    class ProgressHook(Hook):
+        """A rich progress bar with the running loss, rate and ETA."""
+
+        def __init__(self, iters: int) -> None:
+            self.iters = iters
+            self.bar = None
+
+        def before_train(self, runner) -> None:
+            self.bar = Progress(
+                TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} it"),
+                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(), TimeRemainingColumn(),
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=self.iters, loss="-", rate="")
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+            loss = outputs.get("loss") if isinstance(outputs, dict) else None
+            t = self.bar.tasks[0]
+            rate = f"{t.speed:.2f} it/s" if t.speed else ""
+            self.bar.update(self.task, advance=1, rate=rate,
+                            loss=f"{float(loss):.3f}" if loss is not None else "-")
+
+        def after_train(self, runner) -> None:
+            if self.bar is not None:
+                self.bar.stop()
+
+    return ProgressHook
+
+
+def _ProgressHook(iters: int):  # noqa: N802  (a class factory: mmengine is imported lazily)
+    return _progress_hook_class()(iters)
