@@ -26,7 +26,7 @@ def atomic_output(dest: str | os.PathLike[str]) -> Iterator[Path]:
         raise OutputError(f"Output folder {parent} does not exist; create it first.")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"Output folder {parent} is not writable; choose another with -o.")
-    tmp = parent / f".{dest.name}.part-{os.getpid()}"
+    tmp = parent / f".{dest.stem}.part-{os.getpid()}{dest.suffix}"  # keeps the suffix for drivers
     try:
         yield tmp
         os.replace(tmp, dest)

@@ -91,6 +91,9 @@ def export_model(
     from segbench.checkpoint import load_model
 
     out = Path(out)
+    if out.suffix != ".onnx":
+        raise ExportError(f"The output {out} must end in .onnx.")
+    out.parent.mkdir(parents=True, exist_ok=True)
     model, spec = load_model(checkpoint)
     spec = spec.replace(output="labels" if labels else "logits", build=None)
     module = deploy_module(model, spec, labels)

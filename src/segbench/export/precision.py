@@ -25,6 +25,10 @@ from segbench.files import atomic_output
 from segbench.spec import BuildRecord, ModelSpec
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# Q/DQ pairs go on the inputs of the compute-heavy ops only, where TensorRT
+# places them too; quantizing element-wise constants (e.g. an attention scale)
+# gives quantized scalars that TensorRT's Q/DQ optimizer rejects.
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
 def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> ModelSpec:
@@ -99,6 +103,7 @@ def quantize_int8(
                 str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                 per_channel=True, calibrate_method=calib, nodes_to_exclude=exclude,
+                op_types_to_quantize=list(QUANTIZED_OPS),
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                "QuantizeBias": False, "CalibTensorRangeSymmetric": True},
                 calibration_providers=["CPUExecutionProvider"],

@@ -203,7 +203,7 @@ def runner_config(
         ),
         env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork"),
                      dist_cfg=dict(backend="gloo")),
-        log_level="WARNING",
+        log_level="ERROR",
         randomness=dict(seed=recipe.seed),
         launcher="none",
         device=device,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from segbench.spec import ModelSpec
 from segbench.train.catalogue import CATALOGUE, CatalogueEntry, get_entry
 from segbench.train.config import model_config
 
@@ -21,6 +23,12 @@ class ModelCost:
     gflops: float | None
 
 
+def _stats(bands: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet RGB statistics, repeated for extra bands (for untrained models only)."""
+    reps = (bands + 2) // 3
+    return (IMAGENET_MEAN * reps)[:bands], (IMAGENET_STD * reps)[:bands]
+
+
 def build_model(entry: CatalogueEntry | str, classes: int, bands: int = 3, tile: int = 512):
     """The mmseg model of a catalogue entry, built on CPU in eval mode (random weights)."""
     from mmengine.model import revert_sync_batchnorm
@@ -29,8 +37,7 @@ def build_model(entry: CatalogueEntry | str, classes: int, bands: int = 3, tile:
 
     if isinstance(entry, str):
         entry = get_entry(entry)
-    mean = (IMAGENET_MEAN * ((bands + 2) // 3))[:bands]
-    std = (IMAGENET_STD * ((bands + 2) // 3))[:bands]
+    mean, std = _stats(bands)
     register_all_modules(init_default_scope=True)
     model = MODELS.build(model_config(entry, classes, mean, std, tile))
     model.init_weights()
@@ -81,3 +88,27 @@ def print_catalogue(classes: int = 6, bands: int = 3, tile: int = 512, count: bo
             params = gflops = ""
         table.add_row(entry.name, entry.family, params, gflops, entry.description)
     Console().print(table)
+
+
+def untrained_checkpoint(
+    name: str, out: str | Path, classes: int = 6, bands: int = 3, tile: int = 512
+) -> tuple[Path, ModelSpec]:
+    """Write a segbench checkpoint of a catalogue model with its initial (random) weights.
+
+    Useful to export and time a network before training it; accuracy is meaningless.
+    """
+    from segbench.checkpoint import save_checkpoint
+
+    entry = get_entry(name)
+    mean, std = _stats(bands)
+    model = build_model(entry, classes, bands, tile)
+    cfg = model_config(entry, classes, mean, std, tile)
+    spec = ModelSpec(
+        classes=tuple(f"class{i}" for i in range(classes)),
+        palette=tuple(((37 * i) % 256, (91 * i) % 256, (151 * i) % 256) for i in range(classes)),
+        bands=tuple(range(1, bands + 1)), mean=mean, std=std, tile=tile,
+        architecture=entry.name, config=entry.config,
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out, save_checkpoint(out, model, cfg, spec)

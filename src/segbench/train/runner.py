@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 from segbench.checkpoint import save_checkpoint
@@ -40,7 +41,9 @@ def train(
     cfg = runner_config(model_cfg, entry, info, recipe, out_dir / "mmseg", device)
     from mmengine.config import Config
 
-    runner = Runner.from_cfg(Config(cfg))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="mmseg")
+        runner = Runner.from_cfg(Config(cfg))
     if progress:
         runner.register_hook(_ProgressHook(recipe.iters), priority="VERY_LOW")
     start = time.perf_counter()
@@ -108,7 +111,7 @@ def _progress_hook_class():
             t = self.bar.tasks[0]
             rate = f"{t.speed:.2f} it/s" if t.speed else ""
             self.bar.update(self.task, advance=1, rate=rate,
-                            loss=f"{float(loss):.3f}" if loss is not None else "-")
+                            loss=f"{loss.item():.3f}" if loss is not None else "-")
 
         def after_train(self, runner) -> None:
             if self.bar is not None:
