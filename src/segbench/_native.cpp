@@ -1,0 +1,209 @@
+// segbench._native: the tiler's hot loops.
+//
+// accumulate:     acc[:, y0:y0+h, x0:x0+w] += logits * weight;  wsum[...] += weight
+// argmax_labels:  per-pixel argmax over classes of the accumulated logits -> uint8,
+//                 nodata where no window contributed or the input was invalid;
+//                 optionally the max softmax probability of the blended logits as uint8.
+//
+// Both read strided numpy views without copying, release the GIL, and split
+// rows across OpenMP threads; inner loops run over contiguous columns.
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace py = pybind11;
+
+namespace {
+
+template <typename T>
+struct View {
+  // A strided view (in elements) of a numpy array of up to three dimensions.
+  const T* data;
+  ssize_t shape[3];
+  ssize_t stride[3];
+};
+
+template <typename T>
+View<T> view(const py::buffer_info& info, int ndim, const char* name) {
+  if (info.ndim != ndim) {
+    throw std::invalid_argument(std::string(name) + " must have " + std::to_string(ndim) +
+                                " dimensions");
+  }
+  View<T> v{static_cast<const T*>(info.ptr), {1, 1, 1}, {0, 0, 0}};
+  for (int i = 0; i < ndim; ++i) {
+    if (info.strides[i] % static_cast<ssize_t>(sizeof(T)) != 0) {
+      throw std::invalid_argument(std::string(name) + " has unaligned strides");
+    }
+    v.shape[3 - ndim + i] = info.shape[i];
+    v.stride[3 - ndim + i] = info.strides[i] / static_cast<ssize_t>(sizeof(T));
+  }
+  return v;
+}
+
+void require_c_contiguous(const py::buffer_info& info, const char* name) {
+  ssize_t expected = info.itemsize;
+  for (ssize_t i = info.ndim - 1; i >= 0; --i) {
+    if (info.shape[i] > 1 && info.strides[i] != expected) {
+      throw std::invalid_argument(std::string(name) + " must be C-contiguous");
+    }
+    expected *= info.shape[i];
+  }
+}
+
+void accumulate(py::array_t<float, 0> acc, py::array_t<float, 0> wsum,
+                py::array_t<float, 0> logits, py::array_t<float, 0> weight, ssize_t y0,
+                ssize_t x0) {
+  py::buffer_info a = acc.request(true), s = wsum.request(true);
+  py::buffer_info l = logits.request(), w = weight.request();
+  require_c_contiguous(a, "acc");
+  require_c_contiguous(s, "wsum");
+  View<float> L = view<float>(l, 3, "logits");
+  View<float> W = view<float>(w, 2, "weight");
+  const ssize_t C = a.shape[0], H = a.shape[1], Wd = a.shape[2];
+  if (a.ndim != 3 || s.ndim != 2 || s.shape[0] != H || s.shape[1] != Wd) {
+    throw std::invalid_argument("acc must be (C, H, W) and wsum (H, W)");
+  }
+  const ssize_t h = L.shape[1], wd = L.shape[2];
+  if (L.shape[0] != C) throw std::invalid_argument("logits and acc differ in class count");
+  if (W.shape[1] != h || W.shape[2] != wd) {
+    throw std::invalid_argument("weight must match the logits' height and width");
+  }
+  if (y0 < 0 || x0 < 0 || y0 + h > H || x0 + wd > Wd) {
+    throw std::invalid_argument("window falls outside the accumulator");
+  }
+  float* A = static_cast<float*>(a.ptr);
+  float* S = static_cast<float*>(s.ptr);
+  {
+    py::gil_scoped_release release;
+#pragma omp parallel for schedule(static)
+    for (ssize_t y = 0; y < h; ++y) {
+      const float* wrow = W.data + y * W.stride[1];
+      float* srow = S + (y0 + y) * Wd + x0;
+      if (W.stride[2] == 1) {
+#pragma omp simd
+        for (ssize_t x = 0; x < wd; ++x) srow[x] += wrow[x];
+      } else {
+        for (ssize_t x = 0; x < wd; ++x) srow[x] += wrow[x * W.stride[2]];
+      }
+      for (ssize_t c = 0; c < C; ++c) {
+        const float* lrow = L.data + c * L.stride[0] + y * L.stride[1];
+        float* arow = A + (c * H + y0 + y) * Wd + x0;
+        if (L.stride[2] == 1 && W.stride[2] == 1) {
+#pragma omp simd
+          for (ssize_t x = 0; x < wd; ++x) arow[x] += lrow[x] * wrow[x];
+        } else {
+          for (ssize_t x = 0; x < wd; ++x) {
+            arow[x] += lrow[x * L.stride[2]] * wrow[x * W.stride[2]];
+          }
+        }
+      }
+    }
+  }
+}
+
+py::object argmax_labels(py::array_t<float, 0> acc, py::array_t<float, 0> wsum, ssize_t rows,
+                         py::object valid, int nodata, bool confidence) {
+  py::buffer_info a = acc.request(), s = wsum.request();
+  View<float> A = view<float>(a, 3, "acc");
+  View<float> S = view<float>(s, 2, "wsum");
+  const ssize_t C = A.shape[0], Wd = A.shape[2];
+  if (rows < 0 || rows > A.shape[1] || S.shape[1] < rows || S.shape[2] != Wd) {
+    throw std::invalid_argument("rows exceed the accumulator, or wsum does not match acc");
+  }
+  if (nodata < 0 || nodata > 255) throw std::invalid_argument("nodata must be in 0..255");
+  View<uint8_t> V{nullptr, {1, 1, 1}, {0, 0, 0}};
+  py::array_t<uint8_t, py::array::forcecast> valid_arr;
+  if (!valid.is_none()) {
+    valid_arr = py::array_t<uint8_t, py::array::forcecast>::ensure(valid);
+    if (!valid_arr) throw std::invalid_argument("valid must be a boolean array");
+    V = view<uint8_t>(valid_arr.request(), 2, "valid");
+    if (V.shape[1] < rows || V.shape[2] != Wd) {
+      throw std::invalid_argument("valid must cover (rows, width)");
+    }
+  }
+  py::array_t<uint8_t> labels({rows, Wd});
+  py::array_t<uint8_t> conf({confidence ? rows : ssize_t(0), Wd});
+  uint8_t* out = labels.mutable_data();
+  uint8_t* cout = confidence ? conf.mutable_data() : nullptr;
+  const uint8_t fill = static_cast<uint8_t>(nodata);
+  {
+    py::gil_scoped_release release;
+#pragma omp parallel
+    {
+      // Per-thread row buffers: best value and label for each column.
+      float* best = new float[Wd];
+      uint8_t* arg = new uint8_t[Wd];
+#pragma omp for schedule(static)
+      for (ssize_t y = 0; y < rows; ++y) {
+        const float* a0 = A.data + y * A.stride[1];
+        std::fill(arg, arg + Wd, uint8_t(0));
+        if (A.stride[2] == 1) {
+          std::copy(a0, a0 + Wd, best);
+        } else {
+          for (ssize_t x = 0; x < Wd; ++x) best[x] = a0[x * A.stride[2]];
+        }
+        for (ssize_t c = 1; c < C; ++c) {
+          const float* ac = A.data + c * A.stride[0] + y * A.stride[1];
+          const uint8_t cc = static_cast<uint8_t>(c);
+          if (A.stride[2] == 1) {
+#pragma omp simd
+            for (ssize_t x = 0; x < Wd; ++x) {
+              const bool gt = ac[x] > best[x];
+              best[x] = gt ? ac[x] : best[x];
+              arg[x] = gt ? cc : arg[x];
+            }
+          } else {
+            for (ssize_t x = 0; x < Wd; ++x) {
+              const float v = ac[x * A.stride[2]];
+              if (v > best[x]) { best[x] = v; arg[x] = cc; }
+            }
+          }
+        }
+        const float* srow = S.data + y * S.stride[1];
+        const uint8_t* vrow = V.data ? V.data + y * V.stride[1] : nullptr;
+        uint8_t* orow = out + y * Wd;
+        uint8_t* crow = cout ? cout + y * Wd : nullptr;
+        for (ssize_t x = 0; x < Wd; ++x) {
+          const float ws = srow[x * S.stride[2]];
+          const bool ok = ws > 0.0f && (!vrow || vrow[x * V.stride[2]]);
+          orow[x] = ok ? arg[x] : fill;
+          if (!crow) continue;
+          if (!ok) {
+            crow[x] = 0;
+            continue;
+          }
+          // max softmax probability of the blended logits acc / wsum: 1 / sum_c exp(l_c - l_max)
+          const float inv = 1.0f / ws, top = best[x] * inv;
+          float z = 0.0f;
+          for (ssize_t c = 0; c < C; ++c) {
+            z += std::exp(A.data[c * A.stride[0] + y * A.stride[1] + x * A.stride[2]] * inv - top);
+          }
+          crow[x] = static_cast<uint8_t>(std::lround(255.0f / z));
+        }
+      }
+      delete[] best;
+      delete[] arg;
+    }
+  }
+  if (confidence) return py::make_tuple(labels, conf);
+  return labels;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m) {
+  m.doc() = "segbench's tiler hot loops (weighted accumulation, argmax to uint8 labels)";
+  m.def("accumulate", &accumulate, py::arg("acc"), py::arg("wsum"), py::arg("logits"),
+        py::arg("weight"), py::arg("y0"), py::arg("x0"),
+        "acc[:, y0:y0+h, x0:x0+w] += logits * weight; wsum[y0:y0+h, x0:x0+w] += weight.");
+  m.def("argmax_labels", &argmax_labels, py::arg("acc"), py::arg("wsum"), py::arg("rows"),
+        py::arg("valid") = py::none(), py::arg("nodata") = 255, py::arg("confidence") = false,
+        "uint8 argmax over classes of the first `rows` rows; nodata where wsum <= 0 or invalid. "
+        "With confidence=True also returns round(255 * max softmax probability).");
+}

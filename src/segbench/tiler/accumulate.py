@@ -1,0 +1,89 @@
+"""A streaming accumulator that spans one tile's height of rows by the scene's width.
+
+Windows arrive in row-major order. Every window of a row of windows starts at
+the same scene row, so when a window starts lower than the buffer's top, the
+rows above it can receive no more contributions: they are final, turned into
+labels (argmax, nodata where nothing valid contributed) and handed out, and
+the buffer shifts up. Memory is ``classes x tile x width`` floats, whatever
+the scene's height. The hot loops are in :mod:`segbench._native`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from segbench import _native
+from segbench.tiler.windows import Window
+
+
+class BandAccumulator:
+    """Blend window outputs into the rows still open, and flush finished rows as labels.
+
+    With ``labels=True`` windows carry uint8 labels instead of logits (engines
+    exported with an argmax output, ``crop`` blending only): each pixel takes
+    the label of the window whose weight there is positive.
+    """
+
+    def __init__(self, height: int, width: int, classes: int, tile: int, nodata: int = 255,
+                 confidence: bool = False, labels: bool = False) -> None:
+        self.height, self.width, self.tile = height, width, tile
+        self.nodata, self.confidence, self.labels = nodata, confidence, labels
+        rows = min(tile, height)
+        if labels:
+            self._labels = np.full((rows, width), nodata, np.uint8)
+        else:
+            self._acc = np.zeros((classes, rows, width), np.float32)
+        self._wsum = np.zeros((rows, width), np.float32)
+        self._valid = np.zeros((rows, width), bool)
+        self.top = 0  # scene row of the buffer's first row
+
+    def add(self, window: Window, output: np.ndarray, weight: np.ndarray, valid: np.ndarray) -> None:
+        """Blend one window's output (logits (C, t, t) or labels (t, t)) with ``weight`` (t, t)."""
+        y = window.row - self.top
+        h = min(window.height, self.height - window.row)
+        w = min(window.width, self.width - window.col)
+        if y < 0 or y + h > self._wsum.shape[0]:
+            raise ValueError(f"window at row {window.row} is outside the open rows from {self.top}")
+        x = window.col
+        if self.labels:
+            take = weight[:h, :w] > 0
+            self._labels[y:y + h, x:x + w][take] = output[:h, :w][take]
+            self._wsum[y:y + h, x:x + w] += weight[:h, :w]
+        else:
+            _native.accumulate(self._acc, self._wsum, output[:, :h, :w], weight[:h, :w], y, x)
+        self._valid[y:y + h, x:x + w] |= valid[:h, :w]
+
+    def flush(self, upto: int) -> tuple[int, np.ndarray, np.ndarray | None] | None:
+        """Finish rows ``[top, upto)``: returns ``(row0, labels, confidence or None)``."""
+        n = min(upto, self.height) - self.top
+        if n <= 0:
+            return None
+        row0 = self.top
+        conf = None
+        if self.labels:
+            labels = np.where(self._valid[:n] & (self._wsum[:n] > 0), self._labels[:n], self.nodata)
+            labels = labels.astype(np.uint8)
+            self._shift(self._labels, n, self.nodata)
+        else:
+            result = _native.argmax_labels(self._acc, self._wsum, n, self._valid, self.nodata,
+                                           self.confidence)
+            labels, conf = result if self.confidence else (result, None)
+            self._shift(self._acc, n, 0)
+        self._shift(self._wsum, n, 0)
+        self._shift(self._valid, n, False)
+        self.top += n
+        return row0, labels, conf
+
+    def finish(self) -> tuple[int, np.ndarray, np.ndarray | None] | None:
+        """Flush every remaining row."""
+        return self.flush(self.height)
+
+    @staticmethod
+    def _shift(buf: np.ndarray, n: int, fill) -> None:
+        """Move rows n.. of the (last-but-one axis) buffer up by n and clear the tail."""
+        rows = buf.shape[-2]
+        if n >= rows:
+            buf[...] = fill
+            return
+        buf[..., : rows - n, :] = buf[..., n:, :]
+        buf[..., rows - n:, :] = fill

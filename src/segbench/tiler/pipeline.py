@@ -1,0 +1,364 @@
+"""Segment whole scenes: read -> infer -> blend -> write, overlapped in threads.
+
+A reader thread reads windows in plan order (rasterio windowed reads, the
+nodata value or internal mask giving a validity mask, windows with no valid
+pixel skipped) and batches them; the calling thread runs the engine; a
+writer thread blends each window into a :class:`BandAccumulator` and writes
+finished row bands to the label raster. Bounded queues join the stages, so
+memory stays bounded and reading and writing overlap inference. Any error,
+or Ctrl-C, stops every stage within a fraction of a second and removes the
+partial outputs: nothing is left under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from segbench.engines.base import Engine
+from segbench.errors import InputError
+from segbench.raster import (
+    LABEL_NODATA,
+    LabelWriter,
+    check_bands,
+    open_raster,
+    read_window,
+    scene_info,
+)
+from segbench.tiler.accumulate import BandAccumulator
+from segbench.tiler.blend import axis_weights
+from segbench.tiler.windows import Window, axis_starts, stride_for
+
+QUEUE_DEPTH = 3
+POLL_S = 0.1
+SCENE_SUFFIXES = (".tif", ".tiff", ".vrt")
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent in each stage; ``idle`` is the inference thread waiting for input."""
+
+    read: float = 0.0
+    infer: float = 0.0
+    blend: float = 0.0
+    write: float = 0.0
+    idle: float = 0.0
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """What one scene cost: windows, time per stage, throughput."""
+
+    scene: str
+    output: str
+    confidence: str | None
+    width: int
+    height: int
+    windows: int
+    skipped: int
+    batches: int
+    seconds: float
+    stages: StageTimes = field(default_factory=StageTimes)
+    peak_rss_bytes: int = 0
+
+    @property
+    def megapixels(self) -> float:
+        return self.width * self.height / 1e6
+
+    @property
+    def megapixels_per_s(self) -> float:
+        return self.megapixels / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["megapixels"] = self.megapixels
+        d["megapixels_per_s"] = self.megapixels_per_s
+        return d
+
+
+class _Stop(Exception):
+    """Raised inside a stage when another stage has failed or the user interrupted."""
+
+
+class _Channel:
+    """A bounded queue whose blocking calls give up when the shared stop event is set."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+        self._stop = stop
+
+    def put(self, item) -> None:
+        while True:
+            if self._stop.is_set():
+                raise _Stop
+            try:
+                self._q.put(item, timeout=POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def get(self):
+        while True:
+            if self._stop.is_set():
+                raise _Stop
+            try:
+                return self._q.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+
+
+_DONE = object()
+
+
+def segment(
+    scene: str | os.PathLike[str],
+    engine: Engine,
+    out: str | os.PathLike[str],
+    *,
+    overlap: int | None = None,
+    stride: int | None = None,
+    blend: str = "cosine",
+    batch: int = 4,
+    nodata: float | None = None,
+    confidence: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+) -> SegmentResult:
+    """Segment ``scene`` with ``engine`` into a label COG at ``out``.
+
+    ``overlap`` (or ``stride``) sets the window spacing, default a quarter
+    tile of overlap; ``blend`` is ``mean``, ``cosine`` or ``crop``; ``nodata``
+    overrides the scene's nodata value; ``confidence`` is an optional second
+    output with the max class probability as uint8 (0..255).
+    """
+    spec = engine.spec
+    tile = spec.tile
+    step = stride_for(tile, overlap, stride)
+    labels_out = spec.output == "labels"
+    if labels_out and blend != "crop":
+        raise InputError("This engine outputs labels, which only --blend crop can combine.")
+    if labels_out and confidence:
+        raise InputError("This engine outputs labels, so it cannot give a confidence raster.")
+    if batch < 1:
+        raise InputError("The batch size must be at least 1.")
+    with open_raster(scene) as ds:
+        info = scene_info(ds)
+    check_bands(info, spec)
+    if info.crs is None:
+        warnings.warn(f"{info.path.name} has no CRS; its labels will have none either.",
+                      stacklevel=2)
+    rows, cols = axis_starts(info.height, tile, step), axis_starts(info.width, tile, step)
+    wy = dict(zip(rows, axis_weights(rows, tile, info.height, blend), strict=True))
+    wx = dict(zip(cols, axis_weights(cols, tile, info.width, blend), strict=True))
+    windows = [Window(r, c, tile, tile) for r in rows for c in cols]
+
+    stop = threading.Event()
+    inbox, outbox = _Channel(stop), _Channel(stop)
+    times = StageTimes()
+    errors: list[BaseException] = []
+    counts = {"skipped": 0, "batches": 0, "done": 0}
+    writers = [LabelWriter(out, info, classes=spec.classes, palette=spec.palette)]
+    if confidence:
+        writers.append(LabelWriter(confidence, info, nodata=0, description="confidence",
+                                   resampling="average"))
+
+    def guarded(fn):
+        def run() -> None:
+            try:
+                fn()
+            except _Stop:
+                pass
+            except BaseException as exc:  # noqa: BLE001  (handed to the caller)
+                errors.append(exc)
+                stop.set()
+        return run
+
+    def reader() -> None:
+        with open_raster(scene) as src:
+            pending: list[tuple[Window, np.ndarray | None, np.ndarray | None]] = []
+            for window in windows:
+                t0 = time.perf_counter()
+                pixels, valid = read_window(src, window.row, window.col, tile, tile, spec.bands,
+                                            nodata=nodata)
+                times.read += time.perf_counter() - t0
+                if not valid.any():
+                    counts["skipped"] += 1
+                    pending.append((window, None, None))
+                else:
+                    pending.append((window, pixels, valid))
+                if sum(p[1] is not None for p in pending) == batch:
+                    inbox.put(pending)
+                    pending = []
+            if pending:
+                inbox.put(pending)
+            inbox.put(_DONE)
+
+    def writer() -> None:
+        acc = BandAccumulator(info.height, info.width, spec.num_classes, tile, LABEL_NODATA,
+                              confidence=bool(confidence), labels=labels_out)
+
+        def emit(flushed) -> None:
+            if flushed is None:
+                return
+            row0, labels, conf = flushed
+            t0 = time.perf_counter()
+            writers[0].write_rows(row0, labels)
+            if confidence:
+                writers[1].write_rows(row0, conf)
+            times.write += time.perf_counter() - t0
+
+        while (item := outbox.get()) is not _DONE:
+            for window, output, valid in item:
+                t0 = time.perf_counter()
+                flushed = acc.flush(window.row) if window.row > acc.top else None
+                if output is not None:
+                    weight = np.outer(wy[window.row], wx[window.col])
+                    acc.add(window, output, weight, valid)
+                times.blend += time.perf_counter() - t0
+                emit(flushed)
+                counts["done"] += 1
+        t0 = time.perf_counter()
+        flushed = acc.finish()
+        times.blend += time.perf_counter() - t0
+        emit(flushed)
+
+    threads = [threading.Thread(target=guarded(reader), name="segbench-read", daemon=True),
+               threading.Thread(target=guarded(writer), name="segbench-write", daemon=True)]
+    bar = _Progress(len(windows), info, enabled=progress)
+    start = time.perf_counter()
+    peak = psutil.Process().memory_info().rss
+    try:
+        for t in threads:
+            t.start()
+        try:
+            while True:
+                t0 = time.perf_counter()
+                item = inbox.get()
+                times.idle += time.perf_counter() - t0
+                if item is _DONE:
+                    outbox.put(_DONE)
+                    break
+                tiles = [p for p in item if p[1] is not None]
+                outputs: list = []
+                if tiles:
+                    t0 = time.perf_counter()
+                    result = engine.infer(np.stack([p[1] for p in tiles]))
+                    times.infer += time.perf_counter() - t0
+                    counts["batches"] += 1
+                    outputs = list(result)
+                it = iter(outputs)
+                outbox.put([(w, next(it) if px is not None else None, v) for w, px, v in item])
+                peak = max(peak, psutil.Process().memory_info().rss)
+                bar.update(counts["done"], peak)
+        except _Stop:
+            pass
+        for t in threads:
+            while t.is_alive():
+                t.join(POLL_S)
+        if errors:
+            raise errors[0]
+        t0 = time.perf_counter()
+        for w in writers:
+            w.close()
+        times.write += time.perf_counter() - t0
+    except BaseException:
+        stop.set()
+        for t in threads:
+            t.join(2.0)
+        for w in writers:
+            w.abort()
+        raise
+    finally:
+        bar.close()
+    return SegmentResult(
+        scene=str(scene), output=str(out), confidence=str(confidence) if confidence else None,
+        width=info.width, height=info.height, windows=len(windows), skipped=counts["skipped"],
+        batches=counts["batches"], seconds=time.perf_counter() - start, stages=times,
+        peak_rss_bytes=peak,
+    )
+
+
+def expand_scenes(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Scene files from files and folders (``*.tif``, ``*.tiff``, ``*.vrt`` inside folders)."""
+    scenes: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in SCENE_SUFFIXES)
+            if not found:
+                raise InputError(f"Folder {p} holds no .tif, .tiff or .vrt scenes.")
+            scenes.extend(found)
+        else:
+            scenes.append(p)
+    return scenes
+
+
+def segment_many(
+    paths: Sequence[str | os.PathLike[str]],
+    engine: Engine,
+    out: str | os.PathLike[str],
+    *,
+    confidence: bool = False,
+    progress: bool = True,
+    **options,
+) -> list[SegmentResult]:
+    """Segment several scenes (files, folders, VRTs).
+
+    ``out`` is the label file when there is one scene and it ends in .tif;
+    otherwise a folder that receives ``<scene>.labels.tif`` per scene.
+    """
+    scenes = expand_scenes(paths)
+    out = Path(out)
+    single = len(scenes) == 1 and out.suffix.lower() in (".tif", ".tiff")
+    if not single:
+        out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for scene in scenes:
+        dest = out if single else out / f"{scene.stem}.labels.tif"
+        conf = dest.with_name(f"{dest.stem}.confidence.tif") if confidence else None
+        results.append(segment(scene, engine, dest, confidence=conf, progress=progress, **options))
+    return results
+
+
+class _Progress:
+    """Windows done, MP/s, ETA and the memory high-water mark, on a rich bar."""
+
+    def __init__(self, total: int, info, enabled: bool) -> None:
+        self.bar = None
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.mp_per_window = info.width * info.height / 1e6 / max(total, 1)
+        self.bar = Progress(
+            TextColumn(f"{info.path.name}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[mem]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), transient=True,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("segment", total=total, rate="", mem="")
+
+    def update(self, done: int, peak: int) -> None:
+        if self.bar is None:
+            return
+        speed = self.bar.tasks[0].speed
+        rate = f"{speed * self.mp_per_window:.2f} MP/s" if speed else ""
+        self.bar.update(self.task, completed=done, rate=rate, mem=f"peak {peak / 2**20:.0f} MiB")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
