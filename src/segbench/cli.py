@@ -199,8 +199,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from segbench.export.calibration import sample_tiles
     from segbench.export.onnx import export_model
+    from segbench.raster import sample_tiles
     from segbench.spec import ModelSpec
 
     real = None
@@ -218,7 +218,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     kinds = [get_kind(name) for name in args.engine]
     calibration = None
     if any(k.graph == "int8" for k in kinds) and args.calib:
-        from segbench.export.calibration import sample_tiles
+        from segbench.raster import sample_tiles
         from segbench.spec import ModelSpec
 
         calibration = sample_tiles(args.calib, ModelSpec.load(args.model), args.calib_tiles)
@@ -234,7 +234,12 @@ def _cmd_engines(args: argparse.Namespace) -> int:
     width = max(map(len, KINDS))
     for name, kind in KINDS.items():
         reason = availability(name)
-        status = "available" if reason is None else f"unavailable: {reason}"
+        if reason is None:
+            status = "available"
+        elif availability(name, run=False) is None:
+            status = f"build only: {reason}"
+        else:
+            status = f"unavailable: {reason}"
         print(f"{name:<{width}}  {kind.description:<48} {status}")
     return 0
 

@@ -47,16 +47,17 @@ def run_demo(
     console: Console | None = None,
 ) -> dict:
     """Run the demo into ``out`` and return the bench report."""
+    from segbench.bench.report import console as make_console
     from segbench.bench.run import BenchConfig, run_bench
     from segbench.engines.registry import available_engines, get_kind
-    from segbench.export.calibration import sample_tiles
     from segbench.export.onnx import export_model
+    from segbench.raster import sample_tiles
     from segbench.train.config import Recipe
     from segbench.train.layout import DatasetInfo
     from segbench.train.runner import train
     from segbench.train.synth import SynthOptions, synthesize_dataset
 
-    console = console or Console()
+    console = console or make_console()
     size = QUICK if quick else FULL
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -316,3 +316,45 @@ class LabelWriter:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0].rstrip(".") if text else type(exc).__name__
+
+
+def sample_tiles(
+    scenes: Sequence[str | os.PathLike[str]],
+    spec: ModelSpec,
+    count: int = 32,
+    seed: int = 0,
+) -> np.ndarray:
+    """``count`` raw-pixel tiles ``(count, bands, tile, tile)`` float32 from ``scenes``.
+
+    Stratified: the same number from each scene, at positions spread over a
+    regular grid with a seeded jitter, so a tile set is reproducible.
+    """
+    rng = np.random.default_rng(seed)
+    per_scene = np.full(len(scenes), count // len(scenes))
+    per_scene[: count % len(scenes)] += 1
+    tiles = []
+    for path, n in zip(scenes, per_scene, strict=True):
+        with open_raster(path) as ds:
+            info = scene_info(ds)
+            check_bands(info, spec)
+            for row, col in _positions(info.height, info.width, spec.tile, int(n), rng):
+                pixels, _ = read_window(ds, row, col, spec.tile, spec.tile, spec.bands)
+                tiles.append(pixels)
+    return np.stack(tiles) if tiles else np.zeros((0, spec.num_bands, spec.tile, spec.tile), np.float32)
+
+
+def _positions(height: int, width: int, tile: int, n: int, rng: np.random.Generator):
+    """``n`` window origins spread over a grid covering the scene, with jitter."""
+    if n <= 0:
+        return []
+    side = int(np.ceil(np.sqrt(n)))
+    max_r, max_c = max(height - tile, 0), max(width - tile, 0)
+    cells = [(i, j) for i in range(side) for j in range(side)]
+    chosen = rng.permutation(len(cells))[:n]
+    out = []
+    for k in chosen:
+        i, j = cells[k]
+        r = int((i + rng.random()) / side * max_r) if max_r else 0
+        c = int((j + rng.random()) / side * max_c) if max_c else 0
+        out.append((r, c))
+    return out

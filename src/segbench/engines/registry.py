@@ -71,19 +71,22 @@ def get_kind(name: str) -> EngineKind:
         raise InputError(f"Unknown engine {name!r}; choose one of: {', '.join(KINDS)}.") from None
 
 
-def availability(name: str) -> str | None:
-    """None when this machine can build and run ``name``, else the reason it cannot."""
+def availability(name: str, run: bool = True) -> str | None:
+    """None when this machine can build (and, with ``run``, also run) ``name``; else why not."""
     kind = get_kind(name)
+    module = kind.module()
     try:
-        kind.module().check(kind)
+        module.check(kind)
+        if run and hasattr(module, "check_run"):
+            module.check_run(kind)
     except RuntimeMissingError as exc:
         return str(exc)
     return None
 
 
-def available_engines() -> list[str]:
-    """Names of the engines this machine can build and run."""
-    return [name for name in KINDS if availability(name) is None]
+def available_engines(run: bool = True) -> list[str]:
+    """Names of the engines this machine can build (and run)."""
+    return [name for name in KINDS if availability(name, run) is None]
 
 
 def graph_path(onnx_path: Path, graph: str, method: str = "minmax") -> Path:

@@ -63,6 +63,20 @@ def check(kind) -> None:
     library(kind)
 
 
+def check_run(kind) -> None:
+    """Running a plan needs CUDA too (the builder of TensorRT for RTX runs on the CPU)."""
+    library(kind)
+    try:
+        import torch
+    except ImportError:
+        raise RuntimeMissingError(f"{kind.name} needs PyTorch with CUDA for its buffers.") from None
+    if not torch.cuda.is_available():
+        gpu = "an RTX-class NVIDIA GPU" if _family(kind) == "trtrtx" else "an NVIDIA GPU"
+        raise RuntimeMissingError(
+            f"{kind.name} plans build here but run only on {gpu}, and this machine has none."
+        )
+
+
 def versions(kind) -> dict[str, str]:
     trt = library(kind)
     return {trt.__name__: trt.__version__}
@@ -133,12 +147,9 @@ class TensorRTEngine:
     """A deserialised TensorRT plan behind the Engine contract."""
 
     def __init__(self, path: Path, spec: ModelSpec, kind, trt, device: str | None = None) -> None:
-        try:
-            import torch
-        except ImportError:
-            raise RuntimeMissingError(f"{kind.name} needs PyTorch with CUDA for its buffers.") from None
-        if not torch.cuda.is_available():
-            raise RuntimeMissingError(f"{kind.name} needs a CUDA GPU, and this machine has none.")
+        import torch
+
+        check_run(kind)
         self.name = kind.name
         self.spec = spec
         self.device = device or "cuda:0"

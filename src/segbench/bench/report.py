@@ -1,0 +1,286 @@
+"""The bench report: JSON is the source of truth; the table, Markdown, CSV and plot render it.
+
+A report holds the machine (CPU, cores, memory, GPU, library versions), the
+configuration, one row per engine and the ranking rule. Reports from several
+machines merge into one, each row labelled with its machine, so a GPU box
+and a CPU box compare side by side.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import importlib
+import io
+import json
+import os
+import platform
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import psutil
+
+from segbench import __version__
+from segbench.errors import InputError
+from segbench.files import atomic_output
+
+LIBRARIES = ("numpy", "onnxruntime", "openvino", "torch", "tensorrt", "tensorrt_rtx_bindings",
+             "rasterio", "mmseg")
+
+
+def console():
+    """A rich console; wide enough for the table when output is not a terminal."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def machine_info() -> dict:
+    """What ran the bench: CPU model, cores, memory, GPU and driver, library versions."""
+    info = {
+        "hostname": platform.node(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "gpu": None,
+        "libraries": {},
+    }
+    for name in LIBRARIES:
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # noqa: BLE001  (absent or broken: not part of this machine's stack)
+            continue
+        info["libraries"][name] = str(getattr(module, "__version__", "?"))
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = {"name": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
+                           "driver": _nvidia_driver(),
+                           "memory_bytes": torch.cuda.get_device_properties(0).total_memory}
+    except ImportError:
+        pass
+    return info
+
+
+def machine_label(machine: dict) -> str:
+    """A short label for a machine: its GPU if any, else its CPU, and the host name."""
+    gpu = machine.get("gpu")
+    what = gpu["name"] if gpu else f"{machine.get('cpu', 'CPU')} x{machine.get('cores', '?')}"
+    return f"{machine.get('hostname', '?')} ({what})"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+        return text.split("Kernel Module")[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def new_report(config: dict, rule_text: str) -> dict:
+    machine = machine_info()
+    return {
+        "segbench": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine,
+        "config": config,
+        "rule": rule_text,
+        "engines": [],
+    }
+
+
+def write_json(report: dict, path: str | os.PathLike[str]) -> Path:
+    """Write the report atomically (an interrupted bench keeps the last complete report)."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return path
+
+
+def load_report(path: str | os.PathLike[str]) -> dict:
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"Report {path} does not exist.") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"Report {path} is not valid JSON ({exc}).") from exc
+    if not isinstance(report, dict) or "engines" not in report:
+        raise InputError(f"{path} is not a segbench bench report.")
+    return report
+
+
+def merge_reports(reports: Sequence[dict]) -> dict:
+    """One report whose rows carry the machine they ran on."""
+    if len(reports) == 1:
+        return reports[0]
+    rows = []
+    for report in reports:
+        label = machine_label(report.get("machine", {}))
+        for row in report["engines"]:
+            rows.append({**row, "machine": label})
+    return {
+        "segbench": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machines": [r.get("machine") for r in reports],
+        "merged_from": [r.get("created") for r in reports],
+        "rule": reports[0].get("rule", ""),
+        "engines": rows,
+    }
+
+
+# -- one column definition serves the table, Markdown and CSV -----------------------------
+def _g(*path: str) -> Callable[[dict], object]:
+    def get(row: dict):
+        for key in path:
+            if not isinstance(row, dict):
+                return None
+            row = row.get(key)
+        return row
+    return get
+
+
+def _pct(v) -> str:
+    return "" if v is None else f"{100 * v:.2f}"
+
+
+def _num(fmt: str) -> Callable[[object], str]:
+    return lambda v: "" if v is None else format(v, fmt)
+
+
+def _mib(v) -> str:
+    return "" if v is None else f"{v / 2**20:.0f}"
+
+
+def _rank(row: dict) -> str:
+    mark = "*" if row.get("pareto") else ""
+    if row.get("status") != "ok":
+        return row.get("status", "")
+    return f"{row['rank']}{mark}" if row.get("rank") else f"-{mark}"
+
+
+COLUMNS: list[tuple[str, Callable[[dict], object], Callable[[object], str]]] = [
+    ("engine", _g("name"), str),
+    ("device", _g("device"), lambda v: v or ""),
+    ("mIoU %", _g("accuracy", "miou"), _pct),
+    ("OA %", _g("accuracy", "oa"), _pct),
+    ("agree %", _g("accuracy", "agreement"), _pct),
+    ("p50 ms", _g("latency", "batch1", "p50"), _num(".1f")),
+    ("p90 ms", _g("latency", "batch1", "p90"), _num(".1f")),
+    ("MP/s", _g("scene", "megapixels_per_s"), _num(".2f")),
+    ("peak MiB", _g("memory", "peak_rss_bytes"), _mib),
+    ("size MiB", _g("artifact_bytes"), lambda v: "" if v is None else f"{v / 2**20:.1f}"),
+    ("rank", lambda r: r, _rank),
+]
+
+
+def _has_machines(report: dict) -> bool:
+    return any("machine" in r for r in report["engines"])
+
+
+def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells, one row per engine (machine column when merged)."""
+    header = [c[0] for c in COLUMNS]
+    rows = [[fmt(get(r)) for _, get, fmt in COLUMNS] for r in report["engines"]]
+    if _has_machines(report):
+        header.insert(1, "machine")
+        for row, r in zip(rows, report["engines"], strict=True):
+            row.insert(1, r.get("machine", ""))
+    return header, rows
+
+
+def render_table(report: dict):
+    """A rich Table of the report, with the ranking rule as its caption."""
+    from rich.table import Table
+
+    header, rows = table_rows(report)
+    table = Table(title="segbench: accuracy, latency and memory per engine",
+                  caption=report.get("rule", ""), caption_justify="left")
+    for name in header:
+        table.add_column(name, justify="left" if name in ("engine", "device", "machine") else "right")
+    for row in rows:
+        table.add_row(*row)
+    skipped = [r for r in report["engines"] if r.get("status") != "ok"]
+    for r in skipped:
+        table.caption += f"\n{r['name']}: {r.get('status')}: {r.get('reason')}"
+    return table
+
+
+def to_markdown(report: dict) -> str:
+    header, rows = table_rows(report)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    notes = [f"- {r['name']}: {r.get('status')}: {r.get('reason')}"
+             for r in report["engines"] if r.get("status") != "ok"]
+    return "\n".join(lines + ["", report.get("rule", "")] + ([""] + notes if notes else [])) + "\n"
+
+
+def to_csv(report: dict) -> str:
+    header, rows = table_rows(report)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def plot(report: dict, path: str | os.PathLike[str]) -> Path:
+    """PNG of p50 tile latency (log x) against mIoU, one point per engine, Pareto front drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(r, _g("latency", "batch1", "p50")(r), _g("accuracy", "miou")(r))
+           for r in report["engines"] if r.get("status") == "ok"]
+    pts = [(r, x, 100 * y) for r, x, y in pts if x is not None and y is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for r, x, y in pts:
+        label = r["name"] + (f" [{r['machine']}]" if "machine" in r else "")
+        ax.scatter(x, y, s=40, zorder=3, marker="*" if r.get("pareto") else "o")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    front = sorted((x, y) for r, x, y in pts if r.get("pareto"))
+    if front:
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="grey",
+                linestyle="--", label="Pareto front")
+        ax.legend(loc="lower right", fontsize=8)
+    if pts:
+        ax.set_xscale("log")
+    ax.set_xlabel("p50 latency per tile, batch 1 (ms, log scale)")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title("segbench: latency against accuracy")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_all(report: dict, out_dir: str | os.PathLike[str], stem: str = "report") -> list[Path]:
+    """The JSON report and its Markdown, CSV and PNG renderings in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [write_json(report, out_dir / f"{stem}.json")]
+    for suffix, text in ((".md", to_markdown(report)), (".csv", to_csv(report))):
+        with atomic_output(out_dir / f"{stem}{suffix}") as tmp:
+            tmp.write_text(text)
+        paths.append(out_dir / f"{stem}{suffix}")
+    paths.append(plot(report, out_dir / f"{stem}.png"))
+    return paths

@@ -1,0 +1,267 @@
+"""``segbench bench``: every engine through the tiler over labelled scenes, measured and ranked.
+
+Each engine is built (or reused from the build cache), then measured in a
+fresh child process so that engines never share a memory high-water mark:
+a latency micro-benchmark on real tiles at batch 1 and at the tiler's batch,
+then whole scenes through the tiler, scored against the labels with one
+streaming confusion matrix, and against the reference engine's labels. The
+report is rewritten after each engine, so an interrupted bench keeps what it
+finished.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from segbench.bench.latency import time_callable
+from segbench.bench.memory import PeakMemory, gpu_memory, process_peak_rss_bytes, run_in_child
+from segbench.bench.metrics import AgreementCounter, ConfusionMatrix
+from segbench.bench.rank import RankRule, rank
+from segbench.bench.report import (
+    console as make_console,
+)
+from segbench.bench.report import (
+    load_report,
+    merge_reports,
+    new_report,
+    render_table,
+    write_all,
+    write_json,
+)
+from segbench.errors import InputError, SegbenchError
+from segbench.raster import LABEL_NODATA, open_raster, sample_tiles, scene_info
+from segbench.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure and how."""
+
+    model: Path
+    engines: list[str]
+    scenes: list[Path]
+    labels: list[Path] = field(default_factory=list)
+    calib: list[Path] = field(default_factory=list)
+    calib_tiles: int = 32
+    calib_method: str = "minmax"
+    reference: str = "torch-fp32"
+    overlap: int | None = None
+    blend: str = "cosine"
+    batch: int = 4
+    out: Path = Path("segbench-bench")
+    isprs: bool = False  # mean F1 / mIoU without clutter, OA over all
+    min_ratio: float = 0.99
+    max_latency_ms: float | None = None
+    max_memory_mb: float | None = None
+    quick: bool = False  # fewer latency iterations (tests)
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list)
+                    else v) for k, v in asdict(self).items()}
+
+
+def run_bench(config: BenchConfig, console: Console | None = None) -> dict:
+    """Build, measure and rank every engine of ``config``; returns the report."""
+    from segbench.engines.registry import availability, build, get_kind
+
+    console = console or make_console()
+    spec = ModelSpec.load(config.model)
+    kinds = [get_kind(name) for name in config.engines]
+    _check_scenes(config, spec)
+    rule = RankRule(config.reference, config.min_ratio, config.max_latency_ms,
+                    int(config.max_memory_mb * 2**20) if config.max_memory_mb else None)
+    report = new_report(config.to_dict(), rule.text())
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    calibration = None
+    if any(k.graph == "int8" for k in kinds) and config.calib:
+        calibration = sample_tiles(config.calib, spec, config.calib_tiles)
+    # The reference runs first, so the others can be compared with its labels.
+    order = sorted(kinds, key=lambda k: k.name != config.reference)
+    reference_labels: list[str] | None = None
+    for kind in order:
+        row = {"name": kind.name, "backend": kind.backend, "precision": kind.precision,
+               "device": kind.device, "status": "ok", "reason": None}
+        reason = availability(kind.name)
+        if reason is not None:
+            row.update(status="skipped", reason=reason)
+            console.print(f"[yellow]{kind.name}: skipped: {reason}[/yellow]")
+        else:
+            try:
+                with console.status(f"building {kind.name}"):
+                    artifact = build(config.model, kind.name, out / "engines", calibration,
+                                     config.calib_method)
+                built = ModelSpec.load(artifact)
+                row.update(artifact=str(artifact), artifact_bytes=built.build.artifact_bytes,
+                           build_seconds=built.build.build_seconds)
+                job = _Job(artifact=str(artifact), scenes=[str(s) for s in config.scenes],
+                           labels=[str(p) for p in config.labels],
+                           reference_labels=reference_labels, out_dir=str(out / kind.name),
+                           overlap=config.overlap, blend=config.blend, batch=config.batch,
+                           isprs=config.isprs, quick=config.quick)
+                with console.status(f"measuring {kind.name} (in a fresh process)"):
+                    row.update(run_in_child(measure_engine, job))
+                if kind.name == config.reference:
+                    reference_labels = row["scene"]["outputs"]
+                console.print(f"[green]{kind.name}[/green]: {_summary(row)}")
+            except SegbenchError as exc:
+                row.update(status="failed", reason=str(exc))
+                console.print(f"[red]{kind.name}: failed: {exc}[/red]")
+        report["engines"].append(row)
+        rank(report["engines"], rule)
+        write_json(report, out / "report.json")
+    paths = write_all(report, out)
+    console.print(render_table(report))
+    console.print(f"Report: {', '.join(str(p) for p in paths)}")
+    return report
+
+
+def _summary(row: dict) -> str:
+    parts = []
+    if (acc := row.get("accuracy")) and acc.get("miou") is not None:
+        parts.append(f"mIoU {100 * acc['miou']:.2f}%")
+    parts.append(f"p50 {row['latency']['batch1']['p50']:.1f} ms")
+    parts.append(f"{row['scene']['megapixels_per_s']:.2f} MP/s")
+    return ", ".join(parts)
+
+
+def _check_scenes(config: BenchConfig, spec: ModelSpec) -> None:
+    """Scenes exist, have the model's bands, and each label raster lies on its scene's grid."""
+    if not config.scenes:
+        raise InputError("Give at least one scene to benchmark on.")
+    if config.labels and len(config.labels) != len(config.scenes):
+        raise InputError(f"Give one label raster per scene ({len(config.scenes)} scenes, "
+                         f"{len(config.labels)} label rasters).")
+    from segbench.raster import check_bands
+
+    for i, scene in enumerate(config.scenes):
+        with open_raster(scene) as ds:
+            info = scene_info(ds)
+        check_bands(info, spec)
+        if config.labels:
+            with open_raster(config.labels[i]) as lb:
+                if (lb.width, lb.height) != (info.width, info.height) or \
+                        lb.transform != info.transform or lb.crs != info.crs:
+                    raise InputError(
+                        f"Label raster {config.labels[i]} does not align with scene {scene} "
+                        "(size, transform or CRS differ)."
+                    )
+
+
+@dataclass(frozen=True)
+class _Job:
+    artifact: str
+    scenes: list[str]
+    labels: list[str]
+    reference_labels: list[str] | None
+    out_dir: str
+    overlap: int | None
+    blend: str
+    batch: int
+    isprs: bool
+    quick: bool
+
+
+def measure_engine(job: _Job) -> dict:
+    """Run in a child process: latency micro-benchmark, whole scenes, accuracy, memory."""
+    from segbench.engines.registry import load
+    from segbench.tiler import segment
+
+    with PeakMemory() as mem:
+        engine = load(job.artifact)
+        spec = engine.spec
+        tiles = sample_tiles(job.scenes[:1], spec, count=job.batch, seed=1)
+        iters = dict(warmup=1, min_iters=3, min_seconds=0.2) if job.quick else \
+            dict(warmup=3, min_iters=10, min_seconds=2.0)
+        one = tiles[:1].copy()
+        batch1 = time_callable(lambda: engine.infer(one), **iters)
+        batchb = time_callable(lambda: engine.infer(tiles), **iters)
+        os.makedirs(job.out_dir, exist_ok=True)
+        results = []
+        for scene in job.scenes:
+            dest = Path(job.out_dir) / f"{Path(scene).stem}.labels.tif"
+            results.append(segment(scene, engine, dest, overlap=job.overlap, blend=job.blend,
+                                   batch=job.batch))
+        gpu = gpu_memory()
+        device_memory = getattr(engine, "device_memory_bytes", None)
+        inference_precision = getattr(engine, "inference_precision", None)
+        engine.close()
+    accuracy = _score(job, spec, [r.output for r in results]) if job.labels else None
+    seconds = sum(r.seconds for r in results)
+    megapixels = sum(r.megapixels for r in results)
+    area = _area_km2(job.scenes)
+    stages = {k: sum(getattr(r.stages, k) for r in results)
+              for k in ("read", "infer", "blend", "write", "idle")}
+    row = {
+        "latency": {"batch1": batch1.to_dict(), "batch": job.batch,
+                    f"batch{job.batch}": batchb.to_dict(),
+                    "per_tile_ms_at_batch": batchb.p50 / job.batch,
+                    "noisy": batch1.noisy or batchb.noisy},
+        "scene": {"seconds": seconds, "megapixels": megapixels,
+                  "megapixels_per_s": megapixels / seconds if seconds else None,
+                  "km2_per_h": area / seconds * 3600 if area and seconds else None,
+                  "windows": sum(r.windows for r in results),
+                  "skipped_windows": sum(r.skipped for r in results), "stages": stages,
+                  "outputs": [r.output for r in results]},
+        "memory": {"peak_rss_bytes": max(mem.peak_rss_bytes, process_peak_rss_bytes()),
+                   "gpu": gpu, "engine_device_bytes": device_memory},
+        "accuracy": accuracy,
+    }
+    if inference_precision:
+        row["inference_precision"] = inference_precision
+    return row
+
+
+def _score(job: _Job, spec: ModelSpec, outputs: list[str]) -> dict:
+    """Metrics over whole stitched scenes, and agreement with the reference's labels."""
+    cm = ConfusionMatrix(spec.num_classes, spec.ignore_index)
+    agree = AgreementCounter()
+    for i, (pred_path, label_path) in enumerate(zip(outputs, job.labels, strict=True)):
+        ref_path = job.reference_labels[i] if job.reference_labels else None
+        with open_raster(pred_path) as pred, open_raster(label_path) as lab:
+            ref = open_raster(ref_path) if ref_path else None
+            try:
+                for _, window in pred.block_windows(1):
+                    p = pred.read(1, window=window)
+                    y = lab.read(1, window=window)
+                    valid = p != LABEL_NODATA
+                    if lab.nodata is not None:
+                        y = np.where(y == lab.nodata, spec.ignore_index, y)
+                    cm.update(p, y, valid)
+                    if ref is not None:
+                        agree.update(p, ref.read(1, window=window), valid)
+            finally:
+                if ref is not None:
+                    ref.close()
+    exclude = ("clutter",) if job.isprs and "clutter" in spec.classes else ()
+    metrics = cm.metrics(spec.classes, exclude)
+    metrics["agreement"] = agree.value
+    metrics["confusion"] = cm.counts.tolist()
+    return metrics
+
+
+def _area_km2(scenes: list[str]) -> float | None:
+    total = 0.0
+    for scene in scenes:
+        with open_raster(scene) as ds:
+            info = scene_info(ds)
+        if info.pixel_area_m2 is None:
+            return None
+        total += info.pixel_area_m2 * info.width * info.height / 1e6
+    return total
+
+
+def show_reports(paths: list[Path], out: Path | None = None, console: Console | None = None) -> dict:
+    """Render one report, or merge several (e.g. a GPU box and a CPU box) into one table."""
+    console = console or make_console()
+    report = merge_reports([load_report(p) for p in paths])
+    console.print(render_table(report))
+    if out is not None:
+        written = write_all(report, out, stem="merged" if len(paths) > 1 else "report")
+        console.print(f"Written: {', '.join(str(p) for p in written)}")
+    return report
