@@ -32,8 +32,8 @@ class DemoSize:
 
 FULL = DemoSize(train_scenes=8, scene=512, test_scene=1024, tile=256, overlap=64, iters=400,
                 batch=4, calib_tiles=32)
-QUICK = DemoSize(train_scenes=2, scene=256, test_scene=320, tile=128, overlap=32, iters=30,
-                 batch=2, calib_tiles=8)
+QUICK = DemoSize(train_scenes=2, scene=256, test_scene=320, tile=128, overlap=32, iters=120,
+                 batch=4, calib_tiles=8)
 DEMO_MODEL = "segformer-b0"
 DEMO_LR = 1e-3  # AdamW from scratch: mmseg's 6e-5 assumes ImageNet-pretrained weights
 CPU_ENGINES = ("torch-fp32", "ort-fp32", "ort-int8", "openvino-fp32", "openvino-int8")

@@ -50,18 +50,31 @@ class PeakMemory:
 
 
 def process_peak_rss_bytes() -> int:
-    """The OS's high-water mark of this process's resident memory."""
+    """The OS's high-water mark of this process's resident memory.
+
+    On Linux this is ``VmHWM`` of /proc/self/status, which starts afresh at
+    exec; ``ru_maxrss`` is not used there because Linux carries it across
+    fork and exec, so a spawned child would report its parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 
 
 def gpu_memory() -> dict | None:
-    """Allocated and peak CUDA memory of this process (torch's allocator), or None."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
+    """Allocated and peak CUDA memory of this process (torch's allocator), or None.
+
+    Only looks when the engine already imported torch: importing it here would
+    add hundreds of MiB to the resident memory being measured.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
         return None
     free, total = torch.cuda.mem_get_info()
     return {

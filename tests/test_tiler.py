@@ -1,0 +1,196 @@
+"""Window planning, blending, streaming accumulation and the threaded pipeline."""
+
+import numpy as np
+import pytest
+import rasterio
+
+from segbench.errors import InputError, OutputError
+from segbench.tiler import plan_windows, segment, segment_many, stride_for
+from segbench.tiler.accumulate import BandAccumulator
+from segbench.tiler.blend import axis_weights
+from segbench.tiler.windows import axis_starts
+from tests.conftest import make_spec, write_scene
+
+
+def mmseg_windows(h, w, tile, stride):
+    """A literal transcription of mmseg's slide_inference loop."""
+    h_grids = max(h - tile + stride - 1, 0) // stride + 1
+    w_grids = max(w - tile + stride - 1, 0) // stride + 1
+    out = []
+    for h_idx in range(h_grids):
+        for w_idx in range(w_grids):
+            y1, x1 = h_idx * stride, w_idx * stride
+            y2, x2 = min(y1 + tile, h), min(x1 + tile, w)
+            y1, x1 = max(y2 - tile, 0), max(x2 - tile, 0)
+            out.append((y1, x1))
+    return list(dict.fromkeys(out))
+
+
+@pytest.mark.parametrize("h, w, tile, stride", [
+    (1000, 700, 256, 192), (512, 512, 256, 256), (100, 90, 128, 96), (513, 300, 256, 128),
+    (256, 1000, 256, 200),
+])
+def test_plan_equals_mmseg(h, w, tile, stride):
+    plan = plan_windows(h, w, tile, stride)
+    assert [(p.row, p.col) for p in plan] == mmseg_windows(h, w, tile, stride)
+    assert all(p.height == p.width == tile for p in plan)
+
+
+def test_stride_validation():
+    assert stride_for(256) == 192 and stride_for(256, overlap=0) == 256
+    with pytest.raises(InputError):
+        stride_for(256, overlap=256)
+    with pytest.raises(InputError):
+        stride_for(256, overlap=10, stride=100)
+
+
+def test_blend_weights():
+    starts = axis_starts(1000, 256, 192)
+    for mode in ("mean", "cosine", "crop"):
+        ws = axis_weights(starts, 256, 1000, mode)
+        cover = np.zeros(1000)
+        for s, w in zip(starts, ws, strict=True):
+            cover[s:s + 256] += w
+        if mode == "crop":
+            np.testing.assert_array_equal(cover, 1)  # each pixel owned by exactly one window
+        elif mode == "cosine":
+            assert all((w > 0).all() for w in ws)  # never a zero weight
+            assert ws[0][0] == 1 and ws[-1][-1] == 1  # untapered on the scene border
+            np.testing.assert_allclose(cover[: starts[-1] - 64], 1, atol=1e-6)
+        else:
+            assert all((w == 1).all() for w in ws)
+
+
+@pytest.mark.parametrize("blend", ["mean", "cosine", "crop"])
+def test_streaming_accumulator_equals_whole_scene(blend):
+    rng = np.random.default_rng(2)
+    h, w, tile, stride, c = 300, 250, 64, 40, 4
+    rows, cols = axis_starts(h, tile, stride), axis_starts(w, tile, stride)
+    wy, wx = axis_weights(rows, tile, h, blend), axis_weights(cols, tile, w, blend)
+    full = np.zeros((c, h, w), np.float32)
+    fsum = np.zeros((h, w), np.float32)
+    acc = BandAccumulator(h, w, c, tile)
+    out = np.full((h, w), 99, np.uint8)
+    for r, yw in zip(rows, wy, strict=True):
+        if (f := acc.flush(r)) is not None:
+            out[f[0]:f[0] + len(f[1])] = f[1]
+        for col, xw in zip(cols, wx, strict=True):
+            logits = rng.normal(size=(c, tile, tile)).astype(np.float32)
+            weight = np.outer(yw, xw)
+            full[:, r:r + tile, col:col + tile] += logits * weight
+            fsum[r:r + tile, col:col + tile] += weight
+            from segbench.tiler.windows import Window
+
+            acc.add(Window(r, col, tile, tile), logits, weight, np.ones((tile, tile), bool))
+    f = acc.finish()
+    out[f[0]:f[0] + len(f[1])] = f[1]
+    np.testing.assert_array_equal(out, full.argmax(0))
+
+
+class PixelEngine:
+    """A real (tiny) engine: per-pixel linear class scores of the raw pixels."""
+
+    def __init__(self, spec, fail_after=None, labels=False):
+        self.spec = spec.replace(output="labels") if labels else spec
+        self.name, self.device = "numpy-linear", "cpu"
+        self.w = np.array([[1.0, 0.0, -1.0], [-1.0, 1.0, 0.0], [0.0, -1.0, 1.0]], np.float32)
+        self.calls, self.fail_after = 0, fail_after
+
+    def scores(self, pixels):
+        return np.einsum("kb,nbhw->nkhw", self.w, pixels)
+
+    def infer(self, tiles):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("engine exploded")
+        s = self.scores(tiles)
+        return s.argmax(1).astype(np.uint8) if self.spec.output == "labels" else s
+
+    def close(self):
+        pass
+
+
+def _scene(tmp_path, h=150, w=170, nodata=None):
+    rng = np.random.default_rng(3)
+    data = rng.integers(1, 256, (3, h, w), dtype=np.uint8)
+    if nodata is not None:
+        data[:, :, :20] = nodata
+    return write_scene(tmp_path / "scene.tif", data, nodata=nodata), data
+
+
+@pytest.mark.parametrize("blend", ["mean", "cosine", "crop"])
+def test_pipeline_labels_equal_the_pointwise_function(tmp_path, blend):
+    path, data = _scene(tmp_path)
+    engine = PixelEngine(make_spec(tile=48))
+    out = tmp_path / "labels.tif"
+    result = segment(path, engine, out, overlap=16, blend=blend, batch=3)
+    expected = engine.scores(data[None].astype(np.float32))[0].argmax(0)
+    with rasterio.open(out) as ds, rasterio.open(path) as src:
+        assert (ds.crs, ds.transform, ds.width, ds.height) == (src.crs, src.transform, src.width, src.height)
+        assert ds.nodata == 255 and ds.dtypes[0] == "uint8"
+        np.testing.assert_array_equal(ds.read(1), expected)
+    assert result.windows == len(plan_windows(150, 170, 48, 32)) and result.skipped == 0
+    assert result.stages.infer > 0 and result.megapixels_per_s > 0
+
+
+def test_pipeline_keeps_nodata_and_skips_empty_windows(tmp_path):
+    path, data = _scene(tmp_path, nodata=0)
+    engine = PixelEngine(make_spec(tile=16))
+    out = tmp_path / "labels.tif"
+    result = segment(path, engine, out, overlap=0, blend="mean", batch=2, confidence=tmp_path / "c.tif")
+    with rasterio.open(out) as ds:
+        labels = ds.read(1)
+    assert (labels[:, :16] == 255).all() and (labels[:, 20:] != 255).all()
+    assert result.skipped == 10  # the first column of 16-px windows is all nodata
+    with rasterio.open(tmp_path / "c.tif") as ds:
+        conf = ds.read(1)
+    assert (conf[:, :16] == 0).all() and (conf[:, 20:] >= 255 // 3).all()
+
+
+def test_labels_engine_with_crop_blend(tmp_path):
+    path, data = _scene(tmp_path)
+    engine = PixelEngine(make_spec(tile=48), labels=True)
+    out = tmp_path / "labels.tif"
+    segment(path, engine, out, overlap=16, blend="crop")
+    with rasterio.open(out) as ds:
+        np.testing.assert_array_equal(ds.read(1), engine.scores(data[None].astype(np.float32))[0].argmax(0))
+    with pytest.raises(InputError, match="only --blend crop"):
+        segment(path, engine, tmp_path / "x.tif", blend="mean")
+
+
+def test_scene_smaller_than_a_tile_is_padded_and_masked(tmp_path):
+    rng = np.random.default_rng(4)
+    data = rng.integers(1, 256, (3, 20, 30), dtype=np.uint8)
+    path = write_scene(tmp_path / "small.tif", data)
+    engine = PixelEngine(make_spec(tile=32))
+    segment(path, engine, tmp_path / "l.tif", blend="cosine")
+    with rasterio.open(tmp_path / "l.tif") as ds:
+        assert ds.shape == (20, 30)
+        np.testing.assert_array_equal(ds.read(1), engine.scores(data[None].astype(np.float32))[0].argmax(0))
+
+
+def test_engine_failure_leaves_no_output(tmp_path):
+    path, _ = _scene(tmp_path)
+    out = tmp_path / "labels.tif"
+    with pytest.raises(RuntimeError, match="exploded"):
+        segment(path, PixelEngine(make_spec(tile=32), fail_after=2), out, batch=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+
+
+def test_band_mismatch_and_unwritable_output(tmp_path):
+    path, _ = _scene(tmp_path)
+    with pytest.raises(InputError, match="band"):
+        segment(path, PixelEngine(make_spec(bands=4, tile=32)), tmp_path / "x.tif")
+    with pytest.raises(OutputError):
+        segment(path, PixelEngine(make_spec(tile=32)), tmp_path / "missing" / "x.tif")
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_segment_many_over_a_folder(tmp_path):
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(2):
+        write_scene(folder / f"s{i}.tif", rng.integers(0, 255, (3, 40, 50), dtype=np.uint8))
+    results = segment_many([folder], PixelEngine(make_spec(tile=32)), tmp_path / "out", progress=False)
+    assert [r.output for r in results] == [str(tmp_path / "out" / f"s{i}.labels.tif") for i in range(2)]
