@@ -5,8 +5,10 @@
 //                 nodata where no window contributed or the input was invalid;
 //                 optionally the max softmax probability of the blended logits as uint8.
 //
-// Both read strided numpy views without copying, release the GIL, and split
-// rows across OpenMP threads; inner loops run over contiguous columns.
+// accumulate reads the window's output as a strided numpy view without copying;
+// argmax_labels works on the accumulator's own C-contiguous buffers. Both
+// release the GIL and split rows across OpenMP threads; inner loops run over
+// contiguous columns and vectorise.
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -16,6 +18,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace py = pybind11;
 
@@ -109,86 +112,84 @@ void accumulate(py::array_t<float, 0> acc, py::array_t<float, 0> wsum,
 
 py::object argmax_labels(py::array_t<float, 0> acc, py::array_t<float, 0> wsum, ssize_t rows,
                          py::object valid, int nodata, bool confidence) {
+  // The accumulator's own buffers: C-contiguous, so every loop runs over contiguous rows.
   py::buffer_info a = acc.request(), s = wsum.request();
-  View<float> A = view<float>(a, 3, "acc");
-  View<float> S = view<float>(s, 2, "wsum");
-  const ssize_t C = A.shape[0], Wd = A.shape[2];
-  if (rows < 0 || rows > A.shape[1] || S.shape[1] < rows || S.shape[2] != Wd) {
+  require_c_contiguous(a, "acc");
+  require_c_contiguous(s, "wsum");
+  if (a.ndim != 3 || s.ndim != 2) throw std::invalid_argument("acc must be (C, H, W), wsum (H, W)");
+  const ssize_t C = a.shape[0], H = a.shape[1], Wd = a.shape[2];
+  if (rows < 0 || rows > H || s.shape[0] < rows || s.shape[1] != Wd) {
     throw std::invalid_argument("rows exceed the accumulator, or wsum does not match acc");
   }
   if (nodata < 0 || nodata > 255) throw std::invalid_argument("nodata must be in 0..255");
-  View<uint8_t> V{nullptr, {1, 1, 1}, {0, 0, 0}};
-  py::array_t<uint8_t, py::array::forcecast> valid_arr;
+  const uint8_t* V = nullptr;
+  py::array valid_arr;
   if (!valid.is_none()) {
-    valid_arr = py::array_t<uint8_t, py::array::forcecast>::ensure(valid);
-    if (!valid_arr) throw std::invalid_argument("valid must be a boolean array");
-    V = view<uint8_t>(valid_arr.request(), 2, "valid");
-    if (V.shape[1] < rows || V.shape[2] != Wd) {
+    valid_arr = py::array::ensure(valid);
+    if (!valid_arr || valid_arr.itemsize() != 1) {
+      throw std::invalid_argument("valid must be a bool or uint8 array");
+    }
+    py::buffer_info v = valid_arr.request();
+    require_c_contiguous(v, "valid");
+    if (v.ndim != 2 || v.shape[0] < rows || v.shape[1] != Wd) {
       throw std::invalid_argument("valid must cover (rows, width)");
     }
+    V = static_cast<const uint8_t*>(v.ptr);
   }
+  const float* A = static_cast<const float*>(a.ptr);
+  const float* S = static_cast<const float*>(s.ptr);
   py::array_t<uint8_t> labels({rows, Wd});
   py::array_t<uint8_t> conf({confidence ? rows : ssize_t(0), Wd});
   uint8_t* out = labels.mutable_data();
   uint8_t* cout = confidence ? conf.mutable_data() : nullptr;
   const uint8_t fill = static_cast<uint8_t>(nodata);
+  const ssize_t plane = H * Wd;
   {
     py::gil_scoped_release release;
 #pragma omp parallel
     {
-      // Per-thread row buffers: best value and label for each column.
-      float* best = new float[Wd];
-      uint8_t* arg = new uint8_t[Wd];
+      std::vector<float> best_buf(Wd);
+      float* best = best_buf.data();
 #pragma omp for schedule(static)
       for (ssize_t y = 0; y < rows; ++y) {
-        const float* a0 = A.data + y * A.stride[1];
+        const ssize_t off = y * Wd;
+        uint8_t* arg = out + off;  // the argmax is built in place, then masked
+        std::copy(A + off, A + off + Wd, best);
         std::fill(arg, arg + Wd, uint8_t(0));
-        if (A.stride[2] == 1) {
-          std::copy(a0, a0 + Wd, best);
-        } else {
-          for (ssize_t x = 0; x < Wd; ++x) best[x] = a0[x * A.stride[2]];
-        }
         for (ssize_t c = 1; c < C; ++c) {
-          const float* ac = A.data + c * A.stride[0] + y * A.stride[1];
+          const float* ac = A + c * plane + off;
           const uint8_t cc = static_cast<uint8_t>(c);
-          if (A.stride[2] == 1) {
 #pragma omp simd
-            for (ssize_t x = 0; x < Wd; ++x) {
-              const bool gt = ac[x] > best[x];
-              best[x] = gt ? ac[x] : best[x];
-              arg[x] = gt ? cc : arg[x];
-            }
-          } else {
-            for (ssize_t x = 0; x < Wd; ++x) {
-              const float v = ac[x * A.stride[2]];
-              if (v > best[x]) { best[x] = v; arg[x] = cc; }
-            }
+          for (ssize_t x = 0; x < Wd; ++x) {
+            const bool gt = ac[x] > best[x];
+            best[x] = gt ? ac[x] : best[x];
+            arg[x] = gt ? cc : arg[x];
           }
         }
-        const float* srow = S.data + y * S.stride[1];
-        const uint8_t* vrow = V.data ? V.data + y * V.stride[1] : nullptr;
-        uint8_t* orow = out + y * Wd;
-        uint8_t* crow = cout ? cout + y * Wd : nullptr;
+        const float* srow = S + off;
+        const uint8_t* vrow = V ? V + off : nullptr;
+        if (vrow) {
+#pragma omp simd
+          for (ssize_t x = 0; x < Wd; ++x) arg[x] = (srow[x] > 0.0f && vrow[x]) ? arg[x] : fill;
+        } else {
+#pragma omp simd
+          for (ssize_t x = 0; x < Wd; ++x) arg[x] = srow[x] > 0.0f ? arg[x] : fill;
+        }
+        if (!cout) continue;
+        // max softmax probability of the blended logits acc / wsum: 1 / sum_c exp(l_c - l_max)
+        uint8_t* crow = cout + off;
         for (ssize_t x = 0; x < Wd; ++x) {
-          const float ws = srow[x * S.stride[2]];
-          const bool ok = ws > 0.0f && (!vrow || vrow[x * V.stride[2]]);
-          orow[x] = ok ? arg[x] : fill;
-          if (!crow) continue;
-          if (!ok) {
+          const float ws = srow[x];
+          if (!(ws > 0.0f) || (vrow && !vrow[x])) {
             crow[x] = 0;
             continue;
           }
-          // max softmax probability of the blended logits acc / wsum: 1 / sum_c exp(l_c - l_max)
           const float inv = 1.0f / ws, top = best[x] * inv;
           float z = 0.0f;
-          for (ssize_t c = 0; c < C; ++c) {
-            z += std::exp(A.data[c * A.stride[0] + y * A.stride[1] + x * A.stride[2]] * inv - top);
-          }
+          for (ssize_t c = 0; c < C; ++c) z += std::exp(A[c * plane + off + x] * inv - top);
           crow[x] = static_cast<uint8_t>(std::lround(255.0f / z));
         }
       }
-      delete[] best;
-      delete[] arg;
     }
   }
   if (confidence) return py::make_tuple(labels, conf);

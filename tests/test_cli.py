@@ -1,0 +1,73 @@
+"""The command line: help texts, and bad input stopping with one sentence and nothing written."""
+
+import numpy as np
+import pytest
+
+from segbench.cli import build_parser, main
+from segbench.engines.registry import build
+from tests.conftest import write_scene
+
+SUBCOMMANDS = ["demo", "data", "models", "train", "export", "build", "engines", "segment",
+               "bench", "report"]
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert all(name in text for name in SUBCOMMANDS)
+    for name in SUBCOMMANDS:
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args([name, "--help"])
+        assert exit_.value.code == 0
+
+
+@pytest.fixture
+def engine(tmp_path, tiny_onnx):
+    return build(tiny_onnx, "ort-fp32", tmp_path / "engines")
+
+
+def _one_line_error(capsys):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("segbench: error: ") and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_segment_writes_a_georeferenced_label_raster(tmp_path, engine, capsys):
+    scene = write_scene(tmp_path / "s.tif", np.random.default_rng(0).integers(0, 255, (3, 70, 90),
+                                                                             dtype=np.uint8))
+    assert main(["segment", str(scene), "--engine", str(engine), "-o", str(tmp_path / "l.tif")]) == 0
+    import rasterio
+
+    with rasterio.open(tmp_path / "l.tif") as out, rasterio.open(scene) as src:
+        assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+
+
+@pytest.mark.parametrize("case", ["missing", "not-a-geotiff", "wrong-bands"])
+def test_bad_scenes_stop_with_one_sentence(tmp_path, engine, capsys, case):
+    scene = tmp_path / "scene.tif"
+    if case == "not-a-geotiff":
+        scene.write_text("hello")
+    elif case == "wrong-bands":
+        write_scene(scene, np.zeros((1, 40, 40), np.uint8))
+    out = tmp_path / "labels.tif"
+    code = main(["segment", str(scene), "--engine", str(engine), "-o", str(out)])
+    assert code != 0
+    err = _one_line_error(capsys)
+    assert {"missing": "does not exist", "not-a-geotiff": "not a readable GeoTIFF",
+            "wrong-bands": "has 1 band(s)"}[case] in err
+    assert not out.exists() and not any(p.name.startswith(".labels") for p in tmp_path.iterdir())
+
+
+def test_unknown_engine_and_missing_model(tmp_path, tiny_onnx, capsys):
+    assert main(["build", str(tiny_onnx), "--engine", "ort-fp64"]) != 0
+    assert "choose one of: ort-fp32" in _one_line_error(capsys)
+    assert main(["build", str(tmp_path / "none.onnx"), "--engine", "ort-fp32"]) != 0
+    assert "does not exist" in _one_line_error(capsys)
+
+
+def test_engines_listing(capsys):
+    assert main(["engines"]) == 0
+    out = capsys.readouterr().out
+    assert "ort-fp32" in out and "available" in out and "trt-int8" in out
