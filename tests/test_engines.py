@@ -1,5 +1,7 @@
 """Engines built from a small real ONNX graph, run by the real runtimes."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -94,7 +96,7 @@ def test_every_kind_reports_availability():
 
 @pytest.mark.parametrize("name", ["trtrtx-fp32", "trtrtx-fp16", "trtrtx-int8"])
 def test_tensorrt_rtx_builds_plans_on_cpu(tmp_path, tiny_onnx, name):
-    if (reason := availability(name)) is not None:
+    if (reason := availability(name, run=False)) is not None:
         pytest.skip(reason)
     spec = ModelSpec.load(tiny_onnx)
     artifact = build(tiny_onnx, name, tmp_path, calibration=_tiles(spec, 8))
@@ -103,3 +105,22 @@ def test_tensorrt_rtx_builds_plans_on_cpu(tmp_path, tiny_onnx, name):
     assert built.build.options["plan_bytes"] == artifact.stat().st_size
     assert built.build.build_seconds > 0
     assert "tensorrt_rtx_bindings" in built.build.versions
+
+
+def test_spec_that_does_not_match_the_artifact(tmp_path, tiny_onnx):
+    artifact = build(tiny_onnx, "ort-fp32", tmp_path)
+    spec = ModelSpec.load(artifact)
+    spec.replace(tile=64).save(artifact)  # a spec from another model
+    with pytest.raises(SpecError, match="takes input"):
+        load(artifact)
+
+
+def test_plan_from_another_tensorrt_version_is_refused(tmp_path, tiny_onnx):
+    if (reason := availability("trtrtx-fp32", run=False)) is not None:
+        pytest.skip(reason)
+    artifact = build(tiny_onnx, "trtrtx-fp32", tmp_path)
+    spec = ModelSpec.load(artifact)
+    versions = {k: "0.0.1" for k in spec.build.versions}
+    spec.replace(build=dataclasses.replace(spec.build, versions=versions)).save(artifact)
+    with pytest.raises(SpecError, match="rebuild it"):
+        load(artifact)

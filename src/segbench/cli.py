@@ -7,6 +7,7 @@ stderr without a traceback, with a non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -285,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``segbench`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # GDAL's own messages repeat what the one-sentence errors already say.
+    logging.getLogger("rasterio").setLevel(logging.CRITICAL)
     try:
         return args.func(args)
     except SegbenchError as exc:

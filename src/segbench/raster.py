@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio._err import CPLE_BaseError
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
@@ -33,6 +34,8 @@ from segbench.files import atomic_output, describe_os_error, remove_quietly
 from segbench.spec import ModelSpec
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
+# What rasterio raises for GDAL failures: its own errors and GDAL's CPL errors.
+GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 LABEL_NODATA = 255
 
 
@@ -143,7 +146,7 @@ def read_window(
             mask = ds.dataset_mask(window=win) > 0
         else:
             mask = ~np.all(data == nodata, axis=0)
-    except RasterioError as exc:
+    except GDAL_ERRORS as exc:
         raise InputError(f"Could not read {ds.name}: {_first_line(exc)}.") from exc
     out[(slice(None), *sl)] = data
     valid[sl] = mask
@@ -157,7 +160,7 @@ def read_all(path: str | os.PathLike[str], bands: Sequence[int] | None = None) -
     with open_raster(path) as ds:
         try:
             return ds.read(list(bands) if bands else None)
-        except RasterioError as exc:
+        except GDAL_ERRORS as exc:
             raise InputError(f"Could not read {path}: {_first_line(exc)}.") from exc
 
 
@@ -259,7 +262,7 @@ class LabelWriter:
                 self._ds.update_tags(classes=json.dumps(list(classes)))
                 self._ds.update_tags(1, classes=json.dumps(list(classes)))
             self._ds.set_band_description(1, description)
-        except (RasterioError, OSError) as exc:
+        except (*GDAL_ERRORS, OSError) as exc:
             remove_quietly(self._stage)
             raise OutputError(f"Could not create {self.dest}: {_first_line(exc)}.") from exc
 
@@ -268,7 +271,7 @@ class LabelWriter:
         h, w = labels.shape
         try:
             self._ds.write(labels, 1, window=Window(0, row, w, h))
-        except (RasterioError, OSError) as exc:
+        except (*GDAL_ERRORS, OSError) as exc:
             self.abort()
             raise OutputError(f"Could not write {self.dest}: {_first_line(exc)}.") from exc
 
@@ -289,7 +292,7 @@ class LabelWriter:
         except OSError as exc:
             self.abort()
             raise OutputError(describe_os_error(exc, self.dest)) from exc
-        except RasterioError as exc:
+        except GDAL_ERRORS as exc:
             self.abort()
             raise OutputError(f"Could not finish {self.dest}: {_first_line(exc)}.") from exc
         finally:

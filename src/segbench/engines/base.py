@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from segbench.errors import SpecError
 from segbench.spec import ModelSpec
 
 
@@ -25,3 +28,14 @@ class Engine(Protocol):
     def infer(self, tiles: np.ndarray) -> np.ndarray: ...
 
     def close(self) -> None: ...
+
+
+def check_input_shape(shape: Sequence, spec: ModelSpec, artifact: Path) -> None:
+    """Refuse an artifact whose input is not (batch, spec bands, spec tile, spec tile)."""
+    want = [spec.num_bands, spec.tile, spec.tile]
+    got = list(shape)[1:]
+    if len(shape) != 4 or any(isinstance(g, int) and g != w for g, w in zip(got, want, strict=True)):
+        raise SpecError(
+            f"{Path(artifact).name} takes input {list(shape)} but its spec says "
+            f"(N, {spec.num_bands}, {spec.tile}, {spec.tile}); the spec belongs to another model."
+        )

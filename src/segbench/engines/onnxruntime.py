@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segbench.engines.base import check_input_shape
 from segbench.errors import EngineError, RuntimeMissingError
 from segbench.files import atomic_output
 from segbench.spec import ModelSpec
@@ -74,7 +75,9 @@ class OrtEngine:
         self.spec = spec
         self.device = device
         self._session = _session(path, device)
-        self._input = self._session.get_inputs()[0].name
+        inp = self._session.get_inputs()[0]
+        check_input_shape(inp.shape, spec, path)
+        self._input = inp.name
 
     def infer(self, tiles: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input: tiles})[0]

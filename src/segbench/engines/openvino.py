@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segbench.engines.base import check_input_shape
 from segbench.errors import EngineError, OutputError, RuntimeMissingError
 from segbench.files import describe_os_error
 from segbench.spec import ModelSpec
@@ -96,6 +97,8 @@ class OpenVinoEngine:
         self.spec = spec
         self.device = "cpu"
         self._compiled = _compile(path, kind.precision)
+        shape = self._compiled.inputs[0].get_partial_shape()
+        check_input_shape([d.get_length() if d.is_static else None for d in shape], spec, path)
         self._request = self._compiled.create_infer_request()
         #: the precision OpenVINO really executes (f32, bf16, ...)
         self.inference_precision = str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import rasterio
 
 from segbench.engines.base import Engine
 from segbench.errors import InputError
@@ -173,7 +174,8 @@ def segment(
     def guarded(fn):
         def run() -> None:
             try:
-                fn()
+                with rasterio.Env():  # GDAL errors raise here instead of printing from the thread
+                    fn()
             except _Stop:
                 pass
             except BaseException as exc:  # noqa: BLE001  (handed to the caller)
@@ -266,8 +268,9 @@ def segment(
         if errors:
             raise errors[0]
         t0 = time.perf_counter()
-        for w in writers:
-            w.close()
+        with rasterio.Env():
+            for w in writers:
+                w.close()
         times.write += time.perf_counter() - t0
     except BaseException:
         stop.set()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,14 +25,30 @@ class ModelCost:
     gflops: float | None
 
 
+@contextlib.contextmanager
+def _quiet_mmengine():
+    """mmengine logs every initialised parameter at INFO; keep warnings and errors."""
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _stats(bands: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """ImageNet RGB statistics, repeated for extra bands (for untrained models only)."""
     reps = (bands + 2) // 3
     return (IMAGENET_MEAN * reps)[:bands], (IMAGENET_STD * reps)[:bands]
 
 
-def build_model(entry: CatalogueEntry | str, classes: int, bands: int = 3, tile: int = 512):
-    """The mmseg model of a catalogue entry, built on CPU in eval mode (random weights)."""
+def build_model(entry: CatalogueEntry | str, classes: int, bands: int = 3, tile: int = 512,
+                seed: int = 0):
+    """The mmseg model of a catalogue entry, built on CPU in eval mode (random weights from ``seed``)."""
+    import torch
     from mmengine.model import revert_sync_batchnorm
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
@@ -39,8 +57,10 @@ def build_model(entry: CatalogueEntry | str, classes: int, bands: int = 3, tile:
         entry = get_entry(entry)
     mean, std = _stats(bands)
     register_all_modules(init_default_scope=True)
+    torch.manual_seed(seed)
     model = MODELS.build(model_config(entry, classes, mean, std, tile))
-    model.init_weights()
+    with _quiet_mmengine():
+        model.init_weights()
     return revert_sync_batchnorm(model).eval()
 
 
@@ -91,7 +111,7 @@ def print_catalogue(classes: int = 6, bands: int = 3, tile: int = 512, count: bo
 
 
 def untrained_checkpoint(
-    name: str, out: str | Path, classes: int = 6, bands: int = 3, tile: int = 512
+    name: str, out: str | Path, classes: int = 6, bands: int = 3, tile: int = 512, seed: int = 0
 ) -> tuple[Path, ModelSpec]:
     """Write a segbench checkpoint of a catalogue model with its initial (random) weights.
 
@@ -101,7 +121,7 @@ def untrained_checkpoint(
 
     entry = get_entry(name)
     mean, std = _stats(bands)
-    model = build_model(entry, classes, bands, tile)
+    model = build_model(entry, classes, bands, tile, seed)
     cfg = model_config(entry, classes, mean, std, tile)
     spec = ModelSpec(
         classes=tuple(f"class{i}" for i in range(classes)),
