@@ -67,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", choices=("uint8", "uint16"), default="uint8")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_data_synth)
+    pr = dsub.add_parser("prepare", help="cut scenes or an official release into training windows")
+    pr.add_argument("source", choices=("scenes", "potsdam", "vaihingen", "loveda"),
+                    help="your own GeoTIFF scenes, or an official dataset release")
+    pr.add_argument("-o", "--out", type=Path, required=True, help="output dataset folder")
+    pr.add_argument("--src", type=Path, help="folder of the downloaded release (archives or files)")
+    pr.add_argument("--images", type=Path, nargs="*", default=[], help="scene GeoTIFFs (scenes)")
+    pr.add_argument("--labels", type=Path, nargs="*", default=[], help="their label GeoTIFFs")
+    pr.add_argument("--classes", type=_csv, default=None, help="class names, comma-separated")
+    pr.add_argument("--window", type=_positive, default=512, help="window size (default 512)")
+    pr.add_argument("--stride", type=_positive, default=None, help="window stride")
+    pr.set_defaults(func=_cmd_data_prepare)
     st = dsub.add_parser("stats", help="per-band mean/std of the training scenes, into dataset.json")
     st.add_argument("dataset", type=Path)
     st.set_defaults(func=_cmd_data_stats)
@@ -168,6 +179,27 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
                         seed=args.seed)
     root = synthesize_dataset(args.out, opts)
     print(f"synthetic dataset written to {root}")
+    return 0
+
+
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from segbench.train import prepare
+
+    if args.source == "scenes":
+        if not args.classes:
+            raise InputError("Name the classes with --classes (their order gives the label values).")
+        info = prepare.prepare_scenes(args.images, args.labels, args.out, classes=args.classes,
+                                      window=args.window, stride=args.stride)
+    elif args.src is None:
+        raise InputError(f"Give the folder of the downloaded {args.source} release with --src.")
+    elif args.source == "loveda":
+        info = prepare.prepare_loveda(args.src, args.out, window=args.window)
+    else:
+        info = prepare.prepare_isprs(args.source, args.src, args.out, window=args.window,
+                                     stride=args.stride or args.window // 2)
+    counts = {s: len(info.pairs(s)) for s in ("train", "val")}
+    print(f"dataset written to {args.out}: {counts['train']} training and {counts['val']} "
+          f"validation windows, {len(info.classes)} classes, {len(info.bands)} bands")
     return 0
 
 

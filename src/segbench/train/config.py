@@ -78,7 +78,8 @@ def model_config(
             head["num_classes"] = num_classes
             loss = head.get("loss_decode")
             for lo in loss if isinstance(loss, list) else [loss] if loss else []:
-                lo.setdefault("avg_non_ignore", True)
+                if lo.get("type") == "CrossEntropyLoss":  # average over labelled pixels only
+                    lo.setdefault("avg_non_ignore", True)
     backbone = model["backbone"]
     target = backbone.get("backbone_cfg", backbone)  # STDC nests its backbone
     target["in_channels"] = len(mean)

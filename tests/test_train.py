@@ -1,0 +1,50 @@
+"""Training with mmseg's Runner on synthetic scenes: multi-band input, the spec, every network."""
+
+import pytest
+
+pytest.importorskip("mmseg")
+
+from segbench.checkpoint import load_model  # noqa: E402
+from segbench.spec import ModelSpec  # noqa: E402
+from segbench.train.catalogue import CATALOGUE  # noqa: E402
+from segbench.train.config import Recipe  # noqa: E402
+from segbench.train.layout import DatasetInfo  # noqa: E402
+from segbench.train.runner import train  # noqa: E402
+from segbench.train.synth import SynthOptions, synthesize_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def rgbn_uint16(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rgbn")
+    return synthesize_dataset(root, SynthOptions(train=2, val=1, test=0, size=96, test_size=96,
+                                                 bands=4, dtype="uint16"))
+
+
+def test_four_band_uint16_scenes_train_and_the_spec_records_them(rgbn_uint16, tmp_path):
+    import torch
+
+    checkpoint, spec = train("fcn-hrnet18s", rgbn_uint16, tmp_path, Recipe(iters=3, batch=2, crop=64),
+                             progress=False)
+    info = DatasetInfo.load(rgbn_uint16).with_stats()
+    assert spec.bands == (1, 2, 3, 4) and spec.input_dtype == "uint16"
+    assert spec.mean == pytest.approx(info.mean) and len(spec.std) == 4
+    assert max(spec.mean) > 255  # raw uint16 units, not ImageNet's RGB statistics
+    assert ModelSpec.load(checkpoint) == spec
+    model, loaded = load_model(checkpoint)
+    assert loaded.tile == 64 and loaded.checkpoint_digest == spec.checkpoint_digest
+    with torch.inference_mode():
+        out = model._forward(torch.zeros(1, 4, 64, 64))
+    assert out.shape[1] == 6
+
+
+@pytest.fixture(scope="module")
+def rgb(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rgb")
+    return synthesize_dataset(root, SynthOptions(train=2, val=1, test=0, size=128, test_size=128))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CATALOGUE))
+def test_every_network_trains_a_few_iterations(rgb, tmp_path, name):
+    checkpoint, spec = train(name, rgb, tmp_path, Recipe(iters=2, batch=2, crop=128), progress=False)
+    assert checkpoint.is_file() and spec.architecture == name
