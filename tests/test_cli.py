@@ -7,7 +7,7 @@ from segbench.cli import build_parser, main
 from segbench.engines.registry import build
 from tests.conftest import write_scene
 
-SUBCOMMANDS = ["demo", "data", "models", "train", "export", "build", "engines", "segment",
+SUBCOMMANDS = ["demo", "data", "models", "train", "eval", "export", "build", "engines", "segment",
                "bench", "report"]
 
 

@@ -8,6 +8,7 @@ from segbench.checkpoint import load_model  # noqa: E402
 from segbench.spec import ModelSpec  # noqa: E402
 from segbench.train.catalogue import CATALOGUE  # noqa: E402
 from segbench.train.config import Recipe  # noqa: E402
+from segbench.train.evaluate import evaluate  # noqa: E402
 from segbench.train.layout import DatasetInfo  # noqa: E402
 from segbench.train.runner import train  # noqa: E402
 from segbench.train.synth import SynthOptions, synthesize_dataset  # noqa: E402
@@ -35,6 +36,9 @@ def test_four_band_uint16_scenes_train_and_the_spec_records_them(rgbn_uint16, tm
     with torch.inference_mode():
         out = model._forward(torch.zeros(1, 4, 64, 64))
     assert out.shape[1] == 6
+    metrics = evaluate(checkpoint, rgbn_uint16, "val")
+    assert metrics["scenes"] == 1 and 0.0 <= metrics["mIoU"] <= 1.0
+    assert set(metrics["per_class"]) == set(spec.classes)
 
 
 @pytest.fixture(scope="module")

@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.set_defaults(func=_cmd_train)
 
+    ev = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split (mmseg's metrics)")
+    ev.add_argument("checkpoint", type=Path)
+    ev.add_argument("--data", type=Path, required=True, help="segbench dataset folder")
+    ev.add_argument("--split", default="val", choices=("train", "val", "test"))
+    ev.set_defaults(func=_cmd_eval)
+
     # export -------------------------------------------------------------
     e = sub.add_parser("export", help="export a checkpoint to ONNX, verified against PyTorch")
     e.add_argument("checkpoint", type=Path)
@@ -228,6 +234,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     recipe = Recipe(iters=args.iters, batch=args.batch, crop=args.crop, lr=args.lr)
     path, _ = train(args.model, args.data, args.out, recipe, device=args.device)
     print(f"checkpoint written to {path}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from segbench.train.evaluate import evaluate
+
+    m = evaluate(args.checkpoint, args.data, args.split)
+    print(f"{args.split}: {m['scenes']} scenes  mIoU {100 * m['mIoU']:.2f}  "
+          f"mAcc {100 * m['mAcc']:.2f}  aAcc {100 * m['aAcc']:.2f}")
+    for name, v in m["per_class"].items():
+        iou = "n/a" if v["IoU"] is None else f"{100 * v['IoU']:.2f}"
+        print(f"  {name:<24} IoU {iou}")
     return 0
 
 

@@ -249,18 +249,27 @@ def plot(report: dict, path: str | os.PathLike[str]) -> Path:
     pts = [(r, _g("latency", "batch1", "p50")(r), _g("accuracy", "miou")(r))
            for r in report["engines"] if r.get("status") == "ok"]
     pts = [(r, x, 100 * y) for r, x, y in pts if x is not None and y is not None]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for r, x, y in pts:
+    from matplotlib.ticker import ScalarFormatter
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    markers = "osD^vP<>Xh"
+    for i, (r, x, y) in enumerate(pts):
         label = r["name"] + (f" [{r['machine']}]" if "machine" in r else "")
-        ax.scatter(x, y, s=40, zorder=3, marker="*" if r.get("pareto") else "o")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        if r.get("pareto"):
+            label += " *"
+        ax.scatter(x, y, s=50, zorder=3, marker=markers[i % len(markers)], label=label)
     front = sorted((x, y) for r, x, y in pts if r.get("pareto"))
     if front:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="grey",
-                linestyle="--", label="Pareto front")
-        ax.legend(loc="lower right", fontsize=8)
+                linestyle="--", label="Pareto front (*)")
     if pts:
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ScalarFormatter())
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.margins(x=0.1, y=0.15)
+        # A legend beside the axes: engine names never overlap one another.
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     ax.set_xlabel("p50 latency per tile, batch 1 (ms, log scale)")
     ax.set_ylabel("mIoU (%)")
     ax.set_title("segbench: latency against accuracy")
