@@ -41,6 +41,7 @@ def test_every_engine_ran_and_is_accurate(demo):
         assert row["latency"]["batch1"]["p50"] > 0 and row["memory"]["peak_rss_bytes"] > 0
         assert row["scene"]["megapixels_per_s"] > 0
     assert any(r["rank"] == 1 for r in rows.values())
+    assert report["model"]["params"] > 1e6 and report["model"]["gflops"] > 0
     for ext in ("md", "csv", "png"):
         assert (demo / "bench" / f"report.{ext}").stat().st_size > 0
 

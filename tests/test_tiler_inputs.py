@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 
 from segbench.engines.registry import build, load
 from segbench.errors import InputError
@@ -106,3 +107,21 @@ def test_full_disk_is_one_sentence_and_leaves_nothing(tmp_path):
     assert err and err[-1].startswith("segbench: error: "), proc.stderr
     assert list(out_dir.iterdir()) == []
     assert ModelSpec.load(artifact)  # inputs untouched
+
+
+def test_internal_mask_and_vrt_inputs(tmp_path):
+    rng = np.random.default_rng(2)
+    scene = write_scene(tmp_path / "masked.tif", rng.integers(1, 255, (3, 80, 90), dtype=np.uint8))
+    with rasterio.open(scene, "r+") as ds:  # an internal mask: the left 25 columns are invalid
+        mask = np.full((80, 90), 255, np.uint8)
+        mask[:, :25] = 0
+        ds.write_mask(mask)
+    vrt = tmp_path / "scene.vrt"
+    rasterio.shutil.copy(scene, vrt, driver="VRT")
+    engine = _engine(tmp_path, 3, 100.0, 50.0, tile=32)
+    for src in (scene, vrt):
+        out = tmp_path / f"{src.stem}-{src.suffix[1:]}-labels.tif"
+        segment(src, engine, out, overlap=8)
+        with rasterio.open(out) as ds:
+            labels = ds.read(1)
+        assert (labels[:, :25] == 255).all() and (labels[:, 25:] != 255).all()

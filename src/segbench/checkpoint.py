@@ -11,6 +11,7 @@ the same spec plus the checkpoint's digest.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,9 @@ def load_model(path: str | os.PathLike[str], device: str = "cpu") -> tuple[Any, 
     if not isinstance(payload, dict) or "model_config" not in payload:
         raise InputError(f"{path} is not a segbench checkpoint; train one with 'segbench train'.")
     register_all_modules(init_default_scope=True)
-    model = MODELS.build(payload["model_config"])
+    with warnings.catch_warnings():  # mmseg's own deprecation notices about its builders
+        warnings.simplefilter("ignore", UserWarning)
+        model = MODELS.build(payload["model_config"])
     model.load_state_dict(payload["state_dict"])
     model = revert_sync_batchnorm(model).to(device).eval()
     spec = ModelSpec.from_dict(payload["spec"])

@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--calib", type=Path, nargs="*", default=[], help="calibration scenes for int8")
     be.add_argument("--reference", default="torch-fp32", help="reference engine (default torch-fp32)")
     be.add_argument("-o", "--out", type=Path, default=Path("segbench-bench"), help="output folder")
+    be.add_argument("--isprs", action="store_true",
+                    help="ISPRS convention: mean F1 and mIoU without clutter, OA over all classes")
+    be.add_argument("--min-ratio", type=float, default=0.99,
+                    help="qualify at this fraction of the reference's mIoU (default 0.99, MLPerf)")
+    be.add_argument("--max-latency-ms", type=float, default=None, help="latency budget per tile")
+    be.add_argument("--max-memory-mb", type=float, default=None, help="peak memory budget")
     _tiling_args(be)
     be.set_defaults(func=_cmd_bench)
     r = sub.add_parser("report", help="render or merge bench reports (JSON)")
@@ -320,7 +326,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
     config = BenchConfig(model=args.model, engines=args.engines, scenes=args.scenes,
                          labels=args.labels, calib=args.calib, reference=args.reference,
-                         overlap=args.overlap, blend=args.blend, batch=args.batch, out=args.out)
+                         overlap=args.overlap, blend=args.blend, batch=args.batch, out=args.out,
+                         isprs=args.isprs, min_ratio=args.min_ratio,
+                         max_latency_ms=args.max_latency_ms, max_memory_mb=args.max_memory_mb)
     run_bench(config)
     return 0
 

@@ -209,7 +209,7 @@ def render_table(report: dict):
     from rich.table import Table
 
     header, rows = table_rows(report)
-    table = Table(title="segbench: accuracy, latency and memory per engine",
+    table = Table(title="segbench: accuracy, latency and memory per engine" + _model_line(report),
                   caption=report.get("rule", ""), caption_justify="left")
     for name in header:
         table.add_column(name, justify="left" if name in ("engine", "device", "machine") else "right")
@@ -221,9 +221,23 @@ def render_table(report: dict):
     return table
 
 
+def _model_line(report: dict) -> str:
+    """The source model in one line: architecture, size, parameters and GFLOPs."""
+    m = report.get("model")
+    if not m:
+        return ""
+    cost = ""
+    if m.get("params"):
+        cost += f", {m['params'] / 1e6:.2f} M params"
+    if m.get("gflops"):
+        cost += f", {m['gflops']:.1f} GFLOPs/tile"
+    return f"\n{m['architecture']} ({m['bands']} bands, {m['tile']}x{m['tile']} tiles{cost})"
+
+
 def to_markdown(report: dict) -> str:
     header, rows = table_rows(report)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"Model: {_model_line(report).strip()}", ""] if report.get("model") else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     notes = [f"- {r['name']}: {r.get('status')}: {r.get('reason')}"
              for r in report["engines"] if r.get("status") != "ok"]

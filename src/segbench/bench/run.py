@@ -76,6 +76,10 @@ def run_bench(config: BenchConfig, console: Console | None = None) -> dict:
     rule = RankRule(config.reference, config.min_ratio, config.max_latency_ms,
                     int(config.max_memory_mb * 2**20) if config.max_memory_mb else None)
     report = new_report(config.to_dict(), rule.text())
+    options = spec.build.options if spec.build else {}
+    report["model"] = {"architecture": spec.architecture, "classes": spec.num_classes,
+                       "bands": spec.num_bands, "tile": spec.tile,
+                       "params": options.get("params"), "gflops": options.get("gflops")}
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     calibration = None
@@ -109,6 +113,9 @@ def run_bench(config: BenchConfig, console: Console | None = None) -> dict:
                 if kind.name == config.reference:
                     reference_labels = row["scene"]["outputs"]
                 console.print(f"[green]{kind.name}[/green]: {_summary(row)}")
+                if row["latency"]["noisy"]:
+                    console.print(f"[yellow]{kind.name}: latency varies by more than 10% between "
+                                  "runs (coefficient of variation); the machine may be busy.[/yellow]")
             except SegbenchError as exc:
                 row.update(status="failed", reason=str(exc))
                 console.print(f"[red]{kind.name}: failed: {exc}[/red]")

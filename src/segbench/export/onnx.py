@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segbench.cost import model_cost
 from segbench.errors import ExportError
 from segbench.files import atomic_output
 from segbench.spec import BuildRecord, ModelSpec
@@ -130,13 +131,14 @@ def export_model(
                 f"of pixels (max |diff| {agreement.max_abs_diff:.3g}); not writing {out.name}."
             )
     seconds = time.perf_counter() - start
+    params, gflops = model_cost(model, spec.num_bands, spec.tile)
     with atomic_output(pt2) as tmp:
         torch.export.save(program, str(tmp))
     versions = {"torch": torch.__version__, "onnx_opset": str(OPSET)}
     record = BuildRecord(
         backend="onnx", precision="fp32", versions=versions, build_seconds=seconds,
         artifact_bytes=out.stat().st_size, source_digest=spec.checkpoint_digest,
-        options={"verification": agreement.to_dict()},
+        options={"verification": agreement.to_dict(), "params": params, "gflops": gflops},
     )
     onnx_spec = spec.replace(build=record)
     onnx_spec.save(out)

@@ -66,29 +66,12 @@ def build_model(entry: CatalogueEntry | str, classes: int, bands: int = 3, tile:
 
 def model_cost(entry: CatalogueEntry | str, classes: int, bands: int = 3, tile: int = 512,
                flops: bool = True) -> ModelCost:
-    """Count parameters and (optionally) GFLOPs of the decode path at ``tile`` x ``tile``."""
-    import torch
+    """Parameters and (optionally) GFLOPs of a catalogue entry at ``tile`` x ``tile``."""
+    from segbench.cost import model_cost as count
 
     if isinstance(entry, str):
         entry = get_entry(entry)
-    model = build_model(entry, classes, bands, tile)
-    params = sum(p.numel() for p in model.parameters())
-    gflops = None
-    if flops:
-        from mmengine.analysis import FlopAnalyzer
-
-        class Forward(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.m = model
-
-            def forward(self, x):
-                return self.m._forward(x)
-
-        with torch.inference_mode():
-            analyzer = FlopAnalyzer(Forward(), torch.zeros(1, bands, tile, tile))
-            analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-            gflops = analyzer.total() / 1e9
+    params, gflops = count(build_model(entry, classes, bands, tile), bands, tile, flops)
     return ModelCost(entry.name, entry.family, params, gflops)
 
 

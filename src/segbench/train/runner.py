@@ -24,7 +24,6 @@ def train(
     progress: bool = True,
 ) -> tuple[Path, ModelSpec]:
     """Train ``model_name`` on the dataset at ``data``; write ``out_dir/model.pth`` and its spec."""
-    import torch
     from mmengine.runner import Runner
     from mmseg.utils import register_all_modules
 
@@ -63,7 +62,6 @@ def train(
         config=entry.config,
         input_dtype=info.dtype,
     )
-    torch.set_grad_enabled(True)
     spec = save_checkpoint(out_dir / CHECKPOINT_NAME, model, model_cfg, spec)
     (out_dir / "train_seconds.txt").write_text(f"{seconds:.1f}\n")
     return out_dir / CHECKPOINT_NAME, spec
