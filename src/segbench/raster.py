@@ -247,8 +247,8 @@ class LabelWriter:
             tiled=True,
             blockxsize=256,
             blockysize=256,
-            compress="deflate",
-            BIGTIFF="IF_SAFER",
+            # The staging file is temporary: left uncompressed, the COG copy compresses once.
+            BIGTIFF="YES" if info.width * info.height > 2**31 else "NO",
         )
         try:
             with warnings.catch_warnings():

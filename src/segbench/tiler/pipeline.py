@@ -156,6 +156,28 @@ def segment(
     if info.crs is None:
         warnings.warn(f"{info.path.name} has no CRS; its labels will have none either.",
                       stacklevel=2)
+    with rasterio.Env(GDAL_CACHEMAX=_cache_bytes(info, tile)):
+        return _run(scene, engine, out, info, tile, step, blend, batch, nodata, confidence,
+                    progress)
+
+
+def _cache_bytes(info, tile: int) -> int:
+    """GDAL's block cache, bounded by the rows in flight rather than 5% of the machine's RAM.
+
+    Enough for the input blocks under two rows of windows plus the label rows being
+    written; GDAL's default would otherwise let the cache grow with the scene's area.
+    """
+    itemsize = np.dtype(info.dtype).itemsize
+    rows = 2 * (tile + 512)
+    need = rows * info.width * (info.count * itemsize + 1) + (32 << 20)
+    return int(min(max(need, 64 << 20), 1 << 30))
+
+
+def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, batch: int,
+         nodata, confidence, progress: bool) -> SegmentResult:
+    """The threaded read -> infer -> blend -> write pipeline of :func:`segment`."""
+    spec = engine.spec
+    labels_out = spec.output == "labels"
     rows, cols = axis_starts(info.height, tile, step), axis_starts(info.width, tile, step)
     wy = dict(zip(rows, axis_weights(rows, tile, info.height, blend), strict=True))
     wx = dict(zip(cols, axis_weights(cols, tile, info.width, blend), strict=True))
