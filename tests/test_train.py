@@ -52,3 +52,43 @@ def rgb(tmp_path_factory):
 def test_every_network_trains_a_few_iterations(rgb, tmp_path, name):
     checkpoint, spec = train(name, rgb, tmp_path, Recipe(iters=2, batch=2, crop=128), progress=False)
     assert checkpoint.is_file() and spec.architecture == name
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(rgb, tmp_path, monkeypatch):
+    import torch
+
+    from segbench.errors import InputError
+    from segbench.train import resume
+
+    recipe = Recipe(iters=4, batch=2, crop=64, val_interval=2)
+    straight = tmp_path / "straight"
+    train("fcn-hrnet18s", rgb, straight, recipe, progress=False)
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(InputError, match="Nothing to resume"):
+        train("fcn-hrnet18s", rgb, interrupted, recipe, progress=False, resume=True)
+    save = resume._save
+
+    def save_then_stop(runner, path, done, run):
+        save(runner, path, done, run)
+        if done == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(resume, "_save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train("fcn-hrnet18s", rgb, interrupted, recipe, progress=False)
+    monkeypatch.undo()
+    assert resume.load_state(interrupted / resume.STATE_NAME)["iter"] == 2
+    assert not (interrupted / "model.pth").exists()
+    with pytest.raises(InputError, match="another run"):
+        train("fcn-hrnet18s", rgb, interrupted, Recipe(iters=4, batch=2, crop=96, val_interval=2),
+              progress=False, resume=True)
+
+    checkpoint, _ = train("fcn-hrnet18s", rgb, interrupted, recipe, progress=False, resume=True)
+    a = resume.load_state(straight / resume.STATE_NAME)
+    b = resume.load_state(interrupted / resume.STATE_NAME)
+    assert b["iter"] == 4 and checkpoint.is_file()
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    momentum = a["optimizer"]["state"][0]["momentum_buffer"]
+    assert torch.equal(momentum, b["optimizer"]["state"][0]["momentum_buffer"])

@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--crop", type=_positive, default=512, help="training crop = engine tile size")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the state saved in the output folder (same options)")
     t.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split (mmseg's metrics)")
@@ -238,7 +240,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from segbench.train.runner import train
 
     recipe = Recipe(iters=args.iters, batch=args.batch, crop=args.crop, lr=args.lr)
-    path, _ = train(args.model, args.data, args.out, recipe, device=args.device)
+    path, _ = train(args.model, args.data, args.out, recipe, device=args.device, resume=args.resume)
     print(f"checkpoint written to {path}")
     return 0
 

@@ -31,6 +31,10 @@ class Recipe:
     seed: int = 0
     workers: int = 0
 
+    def interval(self) -> int:
+        """Iterations between validations and saved training states."""
+        return self.val_interval or max(self.iters // 10, 1)
+
 
 def _walk(node: Any, fn) -> Any:
     """Apply ``fn`` to every dict in a nested config, depth first."""
@@ -177,7 +181,7 @@ def runner_config(
         dict(type="PackSegInputs"),
     ]
     optim, sched = optimizer_config(entry, recipe)
-    val_interval = recipe.val_interval or max(recipe.iters // 10, 1)
+    val_interval = recipe.interval()
     has_val = bool(info.pairs("val"))
     cfg: dict[str, Any] = dict(
         default_scope="mmseg",
@@ -198,8 +202,7 @@ def runner_config(
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=max(recipe.iters // 10, 1), log_metric_by_epoch=False),
             param_scheduler=dict(type="ParamSchedulerHook"),
-            checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=val_interval,
-                            max_keep_ckpts=1, save_last=True),
+            checkpoint=None,  # segbench saves plain-data states instead (train/resume.py)
             sampler_seed=dict(type="DistSamplerSeedHook"),
         ),
         env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork"),

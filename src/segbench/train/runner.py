@@ -11,6 +11,7 @@ from segbench.spec import ModelSpec
 from segbench.train.catalogue import get_entry
 from segbench.train.config import Recipe, model_config, runner_config
 from segbench.train.layout import DatasetInfo
+from segbench.train.resume import STATE_NAME, check_run, load_state, resume_hook
 
 CHECKPOINT_NAME = "model.pth"
 
@@ -22,8 +23,13 @@ def train(
     recipe: Recipe | None = None,
     device: str = "cpu",
     progress: bool = True,
+    resume: bool = False,
 ) -> tuple[Path, ModelSpec]:
-    """Train ``model_name`` on the dataset at ``data``; write ``out_dir/model.pth`` and its spec."""
+    """Train ``model_name`` on the dataset at ``data``; write ``out_dir/model.pth`` and its spec.
+
+    The run's state is saved to ``out_dir/resume.pth`` every validation
+    interval; ``resume=True`` continues from it (same model and options).
+    """
     from mmengine.runner import Runner
     from mmseg.utils import register_all_modules
 
@@ -34,6 +40,15 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     entry = get_entry(model_name)
     info = DatasetInfo.load(data).with_stats()
+    state_path = out_dir / STATE_NAME
+    run = dict(model=entry.name, iters=recipe.iters, batch=recipe.batch, crop=recipe.crop,
+               lr=recipe.lr, seed=recipe.seed, bands=list(info.bands), classes=list(info.classes))
+    if resume:
+        state = load_state(state_path)
+        check_run(state, run, state_path)
+        if state["iter"] >= recipe.iters and (out_dir / CHECKPOINT_NAME).is_file():
+            print(f"{out_dir} is already trained to {recipe.iters} iterations.")
+            return out_dir / CHECKPOINT_NAME, ModelSpec.load(out_dir / CHECKPOINT_NAME)
     model_cfg = model_config(entry, len(info.classes), info.mean, info.std, recipe.crop,
                              info.ignore_index)
     register_all_modules(init_default_scope=True)
@@ -43,6 +58,7 @@ def train(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module="mmseg")
         runner = Runner.from_cfg(Config(cfg))
+    runner.register_hook(resume_hook(state_path, recipe.interval(), run, resume))
     if progress:
         runner.register_hook(_ProgressHook(recipe.iters), priority="VERY_LOW")
     start = time.perf_counter()
@@ -102,7 +118,8 @@ def _progress_hook_class():
                 TimeElapsedColumn(), TimeRemainingColumn(),
             )
             self.bar.start()
-            self.task = self.bar.add_task("train", total=self.iters, loss="-", rate="")
+            self.task = self.bar.add_task("train", total=self.iters, completed=runner.iter,
+                                          loss="-", rate="")
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
             loss = outputs.get("loss") if isinstance(outputs, dict) else None
