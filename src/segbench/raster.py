@@ -26,6 +26,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from rasterio._err import CPLE_BaseError
+from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
@@ -37,6 +38,7 @@ SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
 # What rasterio raises for GDAL failures: its own errors and GDAL's CPL errors.
 GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 LABEL_NODATA = 255
+LABEL_BLOCK = 256  # tile size of the label rasters we write
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class SceneInfo:
     transform: Any
     nodata: float | None
     has_mask: bool
+    block_height: int = 1  # rows per block of the first band (1 for striped files)
 
     @property
     def pixel_area_m2(self) -> float | None:
@@ -88,8 +91,6 @@ def scene_info(ds: rasterio.DatasetReader) -> SceneInfo:
             f"Scene {ds.name} has {dtype} pixels; supported types are "
             f"{', '.join(SUPPORTED_DTYPES)}."
         )
-    from rasterio.enums import MaskFlags
-
     has_mask = any(MaskFlags.per_dataset in f for f in ds.mask_flag_enums)
     return SceneInfo(
         path=Path(ds.name),
@@ -101,6 +102,7 @@ def scene_info(ds: rasterio.DatasetReader) -> SceneInfo:
         transform=ds.transform,
         nodata=ds.nodata,
         has_mask=has_mask,
+        block_height=ds.block_shapes[0][0],
     )
 
 
@@ -142,7 +144,9 @@ def read_window(
     sl = (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col))
     try:
         data = ds.read(list(bands), window=win)
-        if nodata is None:
+        if nodata is None and _all_valid(ds):
+            mask = np.ones(data.shape[1:], bool)
+        elif nodata is None:
             mask = ds.dataset_mask(window=win) > 0
         else:
             mask = ~np.all(data == nodata, axis=0)
@@ -153,6 +157,11 @@ def read_window(
     if not mask.all():
         out[(slice(None), *sl)][:, ~mask] = fill
     return out, valid
+
+
+def _all_valid(ds: rasterio.DatasetReader) -> bool:
+    """True when no band has nodata, a mask or alpha (GDAL would return an all-255 mask)."""
+    return all(flags == [MaskFlags.all_valid] for flags in ds.mask_flag_enums)
 
 
 def read_all(path: str | os.PathLike[str], bands: Sequence[int] | None = None) -> np.ndarray:
@@ -245,8 +254,8 @@ class LabelWriter:
             transform=info.transform,
             nodata=nodata,
             tiled=True,
-            blockxsize=256,
-            blockysize=256,
+            blockxsize=LABEL_BLOCK,
+            blockysize=LABEL_BLOCK,
             # The staging file is temporary: left uncompressed, the COG copy compresses once.
             BIGTIFF="YES" if info.width * info.height > 2**31 else "NO",
         )
@@ -284,9 +293,10 @@ class LabelWriter:
                 self._final_tmp,
                 driver="COG",
                 COMPRESS="DEFLATE",
-                BLOCKSIZE=256,
+                BLOCKSIZE=LABEL_BLOCK,
                 OVERVIEW_RESAMPLING=self.resampling.upper(),
                 BIGTIFF="IF_SAFER",
+                NUM_THREADS="ALL_CPUS",  # the scene's last step: nothing else is running
             )
             os.replace(self._final_tmp, self.dest)
         except OSError as exc:

@@ -12,8 +12,10 @@ partial outputs: nothing is left under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import sys
 import threading
 import time
 import warnings
@@ -28,6 +30,7 @@ import rasterio
 from segbench.engines.base import Engine
 from segbench.errors import InputError
 from segbench.raster import (
+    LABEL_BLOCK,
     LABEL_NODATA,
     LabelWriter,
     check_bands,
@@ -41,6 +44,10 @@ from segbench.tiler.windows import Window, axis_starts, stride_for
 
 QUEUE_DEPTH = 3
 POLL_S = 0.1
+# The reader and writer threads run this much nicer than the engine: on a CPU engine
+# every core is busy inferring, and a helper that preempts one of the engine's worker
+# threads stalls the whole parallel step, so helpers take the cores when they idle.
+HELPER_NICE = 10
 SCENE_SUFFIXES = (".tif", ".tiff", ".vrt")
 
 
@@ -164,12 +171,15 @@ def segment(
 def _cache_bytes(info, tile: int) -> int:
     """GDAL's block cache, bounded by the rows in flight rather than 5% of the machine's RAM.
 
-    Enough for the input blocks under two rows of windows plus the label rows being
-    written; GDAL's default would otherwise let the cache grow with the scene's area.
+    Enough for the input blocks under one row of windows (a tile's height plus one
+    block of misalignment, so the next row of windows finds its overlap cached) and
+    the label blocks still being filled; GDAL's default would otherwise let the cache
+    grow with the scene's area.
     """
     itemsize = np.dtype(info.dtype).itemsize
-    rows = 2 * (tile + 512)
-    need = rows * info.width * (info.count * itemsize + 1) + (32 << 20)
+    block_rows = min(info.block_height, info.height)
+    need = ((tile + block_rows) * info.width * info.count * itemsize
+            + (tile + LABEL_BLOCK) * info.width + (32 << 20))
     return int(min(max(need, 64 << 20), 1 << 30))
 
 
@@ -195,6 +205,7 @@ def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, bat
 
     def guarded(fn):
         def run() -> None:
+            _lower_thread_priority(HELPER_NICE)
             try:
                 with rasterio.Env():  # GDAL errors raise here instead of printing from the thread
                     fn()
@@ -309,6 +320,15 @@ def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, bat
         batches=counts["batches"], seconds=time.perf_counter() - start, stages=times,
         peak_rss_bytes=peak,
     )
+
+
+def _lower_thread_priority(increment: int) -> None:
+    """Make the calling thread ``increment`` nicer (Linux schedules threads individually)."""
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + increment, 19))
 
 
 def expand_scenes(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
