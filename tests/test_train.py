@@ -92,3 +92,17 @@ def test_an_interrupted_run_resumes_to_the_same_weights(rgb, tmp_path, monkeypat
         assert torch.equal(value, b["state_dict"][key]), key
     momentum = a["optimizer"]["state"][0]["momentum_buffer"]
     assert torch.equal(momentum, b["optimizer"]["state"][0]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("iters", [1, 2, 107, 80_000])
+@pytest.mark.parametrize("name", ["segformer-b0", "pspnet-r18"])
+def test_schedules_cover_any_run_length(name, iters):
+    from segbench.train.catalogue import get_entry
+    from segbench.train.config import optimizer_config
+
+    _, schedules = optimizer_config(get_entry(name), Recipe(iters=iters))
+    assert schedules[0]["begin"] == 0 and schedules[-1]["end"] == iters
+    for s in schedules:
+        assert s["begin"] < s["end"], s  # mmengine refuses empty schedules
+    for a, b in zip(schedules, schedules[1:]):
+        assert a["end"] == b["begin"]

@@ -120,11 +120,9 @@ def optimizer_config(entry: CatalogueEntry, recipe: Recipe) -> tuple[dict, list[
                 "head": dict(lr_mult=10.0),
             }),
         )
-        warmup = max(1, round(iters * 1500 / 160_000))
-        sched = [
-            dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=warmup),
-            dict(type="PolyLR", eta_min=0.0, power=1.0, begin=warmup, end=iters, by_epoch=False),
-        ]
+        warmup = min(max(1, round(iters * 1500 / 160_000)), iters - 1)  # leave the poly decay >= 1 step
+        sched = [dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=warmup)] if warmup else []
+        sched.append(dict(type="PolyLR", eta_min=0.0, power=1.0, begin=warmup, end=iters, by_epoch=False))
     else:
         lr = recipe.lr if recipe.lr is not None else 0.01
         optim = dict(
