@@ -104,5 +104,5 @@ def test_schedules_cover_any_run_length(name, iters):
     assert schedules[0]["begin"] == 0 and schedules[-1]["end"] == iters
     for s in schedules:
         assert s["begin"] < s["end"], s  # mmengine refuses empty schedules
-    for a, b in zip(schedules, schedules[1:]):
+    for a, b in zip(schedules, schedules[1:], strict=False):
         assert a["end"] == b["begin"]

@@ -121,7 +121,9 @@ def optimizer_config(entry: CatalogueEntry, recipe: Recipe) -> tuple[dict, list[
             }),
         )
         warmup = min(max(1, round(iters * 1500 / 160_000)), iters - 1)  # leave the poly decay >= 1 step
-        sched = [dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=warmup)] if warmup else []
+        sched = []
+        if warmup:
+            sched.append(dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=warmup))
         sched.append(dict(type="PolyLR", eta_min=0.0, power=1.0, begin=warmup, end=iters, by_epoch=False))
     else:
         lr = recipe.lr if recipe.lr is not None else 0.01
