@@ -21,11 +21,7 @@ def atomic_output(dest: str | os.PathLike[str]) -> Iterator[Path]:
     name. OS errors while writing become one-sentence :class:`OutputError`.
     """
     dest = Path(dest)
-    parent = dest.parent if str(dest.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"Output folder {parent} does not exist; create it first.")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"Output folder {parent} is not writable; choose another with -o.")
+    parent = check_output_folder(dest)
     tmp = parent / f".{dest.stem}.part-{os.getpid()}{dest.suffix}"  # keeps the suffix for drivers
     try:
         yield tmp
@@ -36,6 +32,16 @@ def atomic_output(dest: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         remove_quietly(tmp)
         raise
+
+
+def check_output_folder(dest: str | os.PathLike[str]) -> Path:
+    """The folder that will hold ``dest``; one-sentence errors when it is missing or read-only."""
+    parent = Path(dest).parent
+    if not parent.is_dir():
+        raise OutputError(f"Output folder {parent} does not exist; create it first.")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"Output folder {parent} is not writable; choose another with -o.")
+    return parent
 
 
 def describe_os_error(exc: OSError, dest: Path) -> str:

@@ -31,7 +31,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOEr
 from rasterio.windows import Window
 
 from segbench.errors import InputError, OutputError
-from segbench.files import atomic_output, describe_os_error, remove_quietly
+from segbench.files import atomic_output, check_output_folder, describe_os_error, remove_quietly
 from segbench.spec import ModelSpec
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
@@ -236,11 +236,7 @@ class LabelWriter:
         description: str = "labels",
     ) -> None:
         self.dest = Path(dest)
-        parent = self.dest.parent
-        if not parent.is_dir():
-            raise OutputError(f"Output folder {parent} does not exist; create it first.")
-        if not os.access(parent, os.W_OK):
-            raise OutputError(f"Output folder {parent} is not writable; choose another with -o.")
+        parent = check_output_folder(self.dest)
         self.resampling = resampling
         self._stage = parent / f".{self.dest.name}.stage-{os.getpid()}.tif"
         self._final_tmp = parent / f".{self.dest.name}.part-{os.getpid()}"

@@ -13,7 +13,6 @@ Both keep float32 inputs and outputs, so every engine has the same contract.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -24,6 +23,7 @@ import numpy as np
 from segbench.errors import ExportError, InputError
 from segbench.export.calibration import tiles_digest
 from segbench.files import atomic_output
+from segbench.logs import logger_level
 from segbench.spec import BuildRecord, ModelSpec
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -99,7 +99,8 @@ def quantize_int8(
         exclude = [n.name for n in model.graph.node if n.op_type in ("Resize", "ArgMax")][-1:]
     calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
              "percentile": CalibrationMethod.Percentile}[method]
-    with atomic_output(dst) as tmp, _quiet_root_logger():
+    # ONNX Runtime's quantizer logs advice on the root logger; keep errors only.
+    with atomic_output(dst) as tmp, logger_level(logging.getLogger(), logging.ERROR):
         try:
             quantize_static(
                 str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
@@ -123,18 +124,6 @@ def quantize_int8(
     out = spec.replace(build=record)
     out.save(dst)
     return out
-
-
-@contextlib.contextmanager
-def _quiet_root_logger():
-    """ONNX Runtime's quantizer logs advice on the root logger; keep errors only."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def _versions() -> dict[str, str]:

@@ -269,7 +269,8 @@ def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, bat
                threading.Thread(target=guarded(writer), name="segbench-write", daemon=True)]
     bar = _Progress(len(windows), info, enabled=progress)
     start = time.perf_counter()
-    peak = psutil.Process().memory_info().rss
+    process = psutil.Process()
+    peak = process.memory_info().rss
     try:
         for t in threads:
             t.start()
@@ -291,7 +292,7 @@ def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, bat
                     outputs = list(result)
                 it = iter(outputs)
                 outbox.put([(w, next(it) if px is not None else None, v) for w, px, v in item])
-                peak = max(peak, psutil.Process().memory_info().rss)
+                peak = max(peak, process.memory_info().rss)
                 bar.update(counts["done"], peak)
         except _Stop:
             pass

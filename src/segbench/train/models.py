@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from segbench.logs import logger_level
 from segbench.spec import ModelSpec
 from segbench.train.catalogue import CATALOGUE, CatalogueEntry, get_entry
 from segbench.train.config import model_config
@@ -25,18 +25,11 @@ class ModelCost:
     gflops: float | None
 
 
-@contextlib.contextmanager
 def _quiet_mmengine():
     """mmengine logs every initialised parameter at INFO; keep warnings and errors."""
     from mmengine.logging import MMLogger
 
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    return logger_level(MMLogger.get_current_instance(), logging.WARNING)
 
 
 def _stats(bands: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
