@@ -8,7 +8,7 @@ from segbench.errors import InputError, OutputError
 from segbench.tiler import plan_windows, segment, segment_many, stride_for
 from segbench.tiler.accumulate import BandAccumulator
 from segbench.tiler.blend import axis_weights
-from segbench.tiler.windows import axis_starts
+from segbench.tiler.windows import Window, axis_starts
 from tests.conftest import make_spec, write_scene
 
 
@@ -79,9 +79,7 @@ def test_streaming_accumulator_equals_whole_scene(blend):
             weight = np.outer(yw, xw)
             full[:, r:r + tile, col:col + tile] += logits * weight
             fsum[r:r + tile, col:col + tile] += weight
-            from segbench.tiler.windows import Window
-
-            acc.add(Window(r, col, tile, tile), logits, weight, np.ones((tile, tile), bool))
+            acc.add(Window(r, col, tile, tile), logits, yw, xw, np.ones((tile, tile), bool))
     f = acc.finish()
     out[f[0]:f[0] + len(f[1])] = f[1]
     np.testing.assert_array_equal(out, full.argmax(0))

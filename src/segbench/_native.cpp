@@ -1,14 +1,16 @@
 // segbench._native: the tiler's hot loops.
 //
-// accumulate:     acc[:, y0:y0+h, x0:x0+w] += logits * weight;  wsum[...] += weight
+// accumulate:     acc[:, y0:y0+h, x0:x0+w] += logits * outer(wy, wx);  wsum[...] += outer(wy, wx)
 // argmax_labels:  per-pixel argmax over classes of the accumulated logits -> uint8,
 //                 nodata where no window contributed or the input was invalid;
 //                 optionally the max softmax probability of the blended logits as uint8.
 //
-// accumulate reads the window's output as a strided numpy view without copying;
-// argmax_labels works on the accumulator's own C-contiguous buffers. Both
-// release the GIL and split rows across OpenMP threads; inner loops run over
-// contiguous columns and vectorise.
+// accumulate reads the window's output as a strided numpy view without copying and
+// takes the blending weights as their two separable axis vectors. Both release the
+// GIL and split rows across `threads` OpenMP threads (0: OpenMP's default); inner
+// loops run over contiguous columns and vectorise. The tiler asks for one thread
+// when a CPU engine owns every core: a parallel region there only adds OpenMP's
+// spin-waiting to the engine's load.
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -19,6 +21,10 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace py = pybind11;
 
@@ -49,6 +55,24 @@ View<T> view(const py::buffer_info& info, int ndim, const char* name) {
   return v;
 }
 
+int team_size(int threads) {
+#ifdef _OPENMP
+  return threads > 0 ? threads : omp_get_max_threads();
+#else
+  (void)threads;
+  return 1;
+#endif
+}
+
+const float* vector_of(const py::buffer_info& info, ssize_t n, const char* name) {
+  if (info.ndim != 1 || info.shape[0] != n ||
+      (n > 1 && info.strides[0] != static_cast<ssize_t>(sizeof(float)))) {
+    throw std::invalid_argument(std::string(name) + " must be a contiguous vector of length " +
+                                std::to_string(n));
+  }
+  return static_cast<const float*>(info.ptr);
+}
+
 void require_c_contiguous(const py::buffer_info& info, const char* name) {
   ssize_t expected = info.itemsize;
   for (ssize_t i = info.ndim - 1; i >= 0; --i) {
@@ -60,49 +84,50 @@ void require_c_contiguous(const py::buffer_info& info, const char* name) {
 }
 
 void accumulate(py::array_t<float, 0> acc, py::array_t<float, 0> wsum,
-                py::array_t<float, 0> logits, py::array_t<float, 0> weight, ssize_t y0,
-                ssize_t x0) {
+                py::array_t<float, 0> logits, py::array_t<float, 0> wy,
+                py::array_t<float, 0> wx, ssize_t y0, ssize_t x0, int threads) {
   py::buffer_info a = acc.request(true), s = wsum.request(true);
-  py::buffer_info l = logits.request(), w = weight.request();
+  py::buffer_info l = logits.request(), by = wy.request(), bx = wx.request();
   require_c_contiguous(a, "acc");
   require_c_contiguous(s, "wsum");
   View<float> L = view<float>(l, 3, "logits");
-  View<float> W = view<float>(w, 2, "weight");
   const ssize_t C = a.shape[0], H = a.shape[1], Wd = a.shape[2];
   if (a.ndim != 3 || s.ndim != 2 || s.shape[0] != H || s.shape[1] != Wd) {
     throw std::invalid_argument("acc must be (C, H, W) and wsum (H, W)");
   }
   const ssize_t h = L.shape[1], wd = L.shape[2];
   if (L.shape[0] != C) throw std::invalid_argument("logits and acc differ in class count");
-  if (W.shape[1] != h || W.shape[2] != wd) {
-    throw std::invalid_argument("weight must match the logits' height and width");
-  }
+  const float* WY = vector_of(by, h, "wy");
+  const float* WX = vector_of(bx, wd, "wx");
   if (y0 < 0 || x0 < 0 || y0 + h > H || x0 + wd > Wd) {
     throw std::invalid_argument("window falls outside the accumulator");
   }
   float* A = static_cast<float*>(a.ptr);
   float* S = static_cast<float*>(s.ptr);
+  const int team = team_size(threads);
   {
     py::gil_scoped_release release;
-#pragma omp parallel for schedule(static)
-    for (ssize_t y = 0; y < h; ++y) {
-      const float* wrow = W.data + y * W.stride[1];
-      float* srow = S + (y0 + y) * Wd + x0;
-      if (W.stride[2] == 1) {
+#pragma omp parallel num_threads(team)
+    {
+      std::vector<float> wrow_buf(wd);
+      float* wrow = wrow_buf.data();
+#pragma omp for schedule(static)
+      for (ssize_t y = 0; y < h; ++y) {
+        const float wyy = WY[y];
+        float* srow = S + (y0 + y) * Wd + x0;
 #pragma omp simd
-        for (ssize_t x = 0; x < wd; ++x) srow[x] += wrow[x];
-      } else {
-        for (ssize_t x = 0; x < wd; ++x) srow[x] += wrow[x * W.stride[2]];
-      }
-      for (ssize_t c = 0; c < C; ++c) {
-        const float* lrow = L.data + c * L.stride[0] + y * L.stride[1];
-        float* arow = A + (c * H + y0 + y) * Wd + x0;
-        if (L.stride[2] == 1 && W.stride[2] == 1) {
+        for (ssize_t x = 0; x < wd; ++x) {
+          wrow[x] = wyy * WX[x];
+          srow[x] += wrow[x];
+        }
+        for (ssize_t c = 0; c < C; ++c) {
+          const float* lrow = L.data + c * L.stride[0] + y * L.stride[1];
+          float* arow = A + (c * H + y0 + y) * Wd + x0;
+          if (L.stride[2] == 1) {
 #pragma omp simd
-          for (ssize_t x = 0; x < wd; ++x) arow[x] += lrow[x] * wrow[x];
-        } else {
-          for (ssize_t x = 0; x < wd; ++x) {
-            arow[x] += lrow[x * L.stride[2]] * wrow[x * W.stride[2]];
+            for (ssize_t x = 0; x < wd; ++x) arow[x] += lrow[x] * wrow[x];
+          } else {
+            for (ssize_t x = 0; x < wd; ++x) arow[x] += lrow[x * L.stride[2]] * wrow[x];
           }
         }
       }
@@ -111,7 +136,7 @@ void accumulate(py::array_t<float, 0> acc, py::array_t<float, 0> wsum,
 }
 
 py::object argmax_labels(py::array_t<float, 0> acc, py::array_t<float, 0> wsum, ssize_t rows,
-                         py::object valid, int nodata, bool confidence) {
+                         py::object valid, int nodata, bool confidence, int threads) {
   // The accumulator's own buffers: C-contiguous, so every loop runs over contiguous rows.
   py::buffer_info a = acc.request(), s = wsum.request();
   require_c_contiguous(a, "acc");
@@ -144,9 +169,10 @@ py::object argmax_labels(py::array_t<float, 0> acc, py::array_t<float, 0> wsum, 
   uint8_t* cout = confidence ? conf.mutable_data() : nullptr;
   const uint8_t fill = static_cast<uint8_t>(nodata);
   const ssize_t plane = H * Wd;
+  const int team = team_size(threads);
   {
     py::gil_scoped_release release;
-#pragma omp parallel
+#pragma omp parallel num_threads(team)
     {
       std::vector<float> best_buf(Wd);
       float* best = best_buf.data();
@@ -201,10 +227,12 @@ py::object argmax_labels(py::array_t<float, 0> acc, py::array_t<float, 0> wsum, 
 PYBIND11_MODULE(_native, m) {
   m.doc() = "segbench's tiler hot loops (weighted accumulation, argmax to uint8 labels)";
   m.def("accumulate", &accumulate, py::arg("acc"), py::arg("wsum"), py::arg("logits"),
-        py::arg("weight"), py::arg("y0"), py::arg("x0"),
-        "acc[:, y0:y0+h, x0:x0+w] += logits * weight; wsum[y0:y0+h, x0:x0+w] += weight.");
+        py::arg("wy"), py::arg("wx"), py::arg("y0"), py::arg("x0"), py::arg("threads") = 0,
+        "acc[:, y0:y0+h, x0:x0+w] += logits * outer(wy, wx); wsum[y0:y0+h, x0:x0+w] += "
+        "outer(wy, wx). threads: OpenMP threads, 0 for OpenMP's default.");
   m.def("argmax_labels", &argmax_labels, py::arg("acc"), py::arg("wsum"), py::arg("rows"),
         py::arg("valid") = py::none(), py::arg("nodata") = 255, py::arg("confidence") = false,
+        py::arg("threads") = 0,
         "uint8 argmax over classes of the first `rows` rows; nodata where wsum <= 0 or invalid. "
         "With confidence=True also returns round(255 * max softmax probability).");
 }

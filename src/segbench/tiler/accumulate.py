@@ -25,9 +25,10 @@ class BandAccumulator:
     """
 
     def __init__(self, height: int, width: int, classes: int, tile: int, nodata: int = 255,
-                 confidence: bool = False, labels: bool = False) -> None:
+                 confidence: bool = False, labels: bool = False, threads: int = 0) -> None:
         self.height, self.width, self.tile = height, width, tile
         self.nodata, self.confidence, self.labels = nodata, confidence, labels
+        self.threads = threads  # OpenMP threads of the native loops (0: all)
         rows = min(tile, height)
         if labels:
             self._labels = np.full((rows, width), nodata, np.uint8)
@@ -37,8 +38,10 @@ class BandAccumulator:
         self._valid = np.zeros((rows, width), bool)
         self.top = 0  # scene row of the buffer's first row
 
-    def add(self, window: Window, output: np.ndarray, weight: np.ndarray, valid: np.ndarray) -> None:
-        """Blend one window's output (logits (C, t, t) or labels (t, t)) with ``weight`` (t, t)."""
+    def add(self, window: Window, output: np.ndarray, wy: np.ndarray, wx: np.ndarray,
+            valid: np.ndarray) -> None:
+        """Blend one window's output (logits (C, t, t) or labels (t, t)) with weights
+        ``outer(wy, wx)`` (the window's row and column weight vectors, length t each)."""
         y = window.row - self.top
         h = min(window.height, self.height - window.row)
         w = min(window.width, self.width - window.col)
@@ -46,11 +49,13 @@ class BandAccumulator:
             raise ValueError(f"window at row {window.row} is outside the open rows from {self.top}")
         x = window.col
         if self.labels:
-            take = weight[:h, :w] > 0
+            weight = np.outer(wy[:h], wx[:w])
+            take = weight > 0
             self._labels[y:y + h, x:x + w][take] = output[:h, :w][take]
-            self._wsum[y:y + h, x:x + w] += weight[:h, :w]
+            self._wsum[y:y + h, x:x + w] += weight
         else:
-            _native.accumulate(self._acc, self._wsum, output[:, :h, :w], weight[:h, :w], y, x)
+            _native.accumulate(self._acc, self._wsum, output[:, :h, :w], wy[:h], wx[:w], y, x,
+                               self.threads)
         self._valid[y:y + h, x:x + w] |= valid[:h, :w]
 
     def flush(self, upto: int) -> tuple[int, np.ndarray, np.ndarray | None] | None:
@@ -66,7 +71,7 @@ class BandAccumulator:
             self._shift(self._labels, n, self.nodata)
         else:
             result = _native.argmax_labels(self._acc, self._wsum, n, self._valid, self.nodata,
-                                           self.confidence)
+                                           self.confidence, self.threads)
             labels, conf = result if self.confidence else (result, None)
             self._shift(self._acc, n, 0)
         self._shift(self._wsum, n, 0)

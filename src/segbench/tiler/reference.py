@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def accumulate(acc: np.ndarray, wsum: np.ndarray, logits: np.ndarray, weight: np.ndarray,
-               y0: int, x0: int) -> None:
+def accumulate(acc: np.ndarray, wsum: np.ndarray, logits: np.ndarray, wy: np.ndarray,
+               wx: np.ndarray, y0: int, x0: int) -> None:
+    weight = np.outer(wy, wx)
     h, w = weight.shape
     acc[:, y0:y0 + h, x0:x0 + w] += logits * weight
     wsum[y0:y0 + h, x0:x0 + w] += weight
