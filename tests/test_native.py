@@ -52,6 +52,7 @@ def test_argmax_labels_matches_numpy(with_valid, threads):
     want = reference.argmax_labels(acc, wsum, 25, valid, 255, True)
     np.testing.assert_array_equal(got[0], want[0])
     assert np.abs(got[1].astype(int) - want[1].astype(int)).max() <= 1
+    assert np.mean(got[1] == want[1]) > 0.99  # off by one only where float rounding decides
     assert (got[0][3, :10] == 255).all() and (got[1][3, :10] == 0).all()
     labels_only = _native.argmax_labels(acc, wsum, 25, valid)
     np.testing.assert_array_equal(labels_only, want[0])

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -71,6 +72,27 @@ const float* vector_of(const py::buffer_info& info, ssize_t n, const char* name)
                                 std::to_string(n));
   }
   return static_cast<const float*>(info.ptr);
+}
+
+// exp(x) for x <= 0, vectorisable (std::exp is a scalar call): x log2(e) = k + r with k an
+// integer and |r| <= 1/2; e^(r ln 2) by its Taylor series to the 6th power (truncation
+// error about 1e-7), 2^k put in the exponent bits. x is clamped at -87, near where expf
+// underflows: a softmax sum that holds exp(0) = 1 does not see the difference.
+inline float exp_nonpositive(float x) {
+  const float t = std::max(x, -87.0f) * 1.44269504f;  // log2(e)
+  const float k = std::floor(t + 0.5f);
+  const float f = (t - k) * 0.69314718f;  // ln 2: now |f| <= ln(2) / 2 and 2^(t-k) = e^f
+  float p = 1.0f / 720.0f;
+  p = p * f + 1.0f / 120.0f;
+  p = p * f + 1.0f / 24.0f;
+  p = p * f + 1.0f / 6.0f;
+  p = p * f + 0.5f;
+  p = p * f + 1.0f;
+  p = p * f + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
 }
 
 void require_c_contiguous(const py::buffer_info& info, const char* name) {
@@ -174,8 +196,11 @@ py::object argmax_labels(py::array_t<float, 0> acc, py::array_t<float, 0> wsum, 
     py::gil_scoped_release release;
 #pragma omp parallel num_threads(team)
     {
-      std::vector<float> best_buf(Wd);
-      float* best = best_buf.data();
+      std::vector<float> buf(4 * Wd);  // per thread: running max, and for confidence 1/wsum,
+      float* best = buf.data();        // the blended max and the softmax denominator
+      float* inv = best + Wd;
+      float* top = inv + Wd;
+      float* z = top + Wd;
 #pragma omp for schedule(static)
       for (ssize_t y = 0; y < rows; ++y) {
         const ssize_t off = y * Wd;
@@ -204,16 +229,21 @@ py::object argmax_labels(py::array_t<float, 0> acc, py::array_t<float, 0> wsum, 
         if (!cout) continue;
         // max softmax probability of the blended logits acc / wsum: 1 / sum_c exp(l_c - l_max)
         uint8_t* crow = cout + off;
+#pragma omp simd
         for (ssize_t x = 0; x < Wd; ++x) {
-          const float ws = srow[x];
-          if (!(ws > 0.0f) || (vrow && !vrow[x])) {
-            crow[x] = 0;
-            continue;
-          }
-          const float inv = 1.0f / ws, top = best[x] * inv;
-          float z = 0.0f;
-          for (ssize_t c = 0; c < C; ++c) z += std::exp(A[c * plane + off + x] * inv - top);
-          crow[x] = static_cast<uint8_t>(std::lround(255.0f / z));
+          inv[x] = srow[x] > 0.0f ? 1.0f / srow[x] : 0.0f;
+          top[x] = best[x] * inv[x];
+          z[x] = 0.0f;
+        }
+        for (ssize_t c = 0; c < C; ++c) {
+          const float* ac = A + c * plane + off;
+#pragma omp simd
+          for (ssize_t x = 0; x < Wd; ++x) z[x] += exp_nonpositive(ac[x] * inv[x] - top[x]);
+        }
+#pragma omp simd
+        for (ssize_t x = 0; x < Wd; ++x) {
+          const bool ok = srow[x] > 0.0f && (!vrow || vrow[x]);
+          crow[x] = ok ? static_cast<uint8_t>(255.0f / z[x] + 0.5f) : uint8_t(0);
         }
       }
     }
