@@ -81,6 +81,25 @@ def test_label_writer_abort_leaves_nothing(tmp_path, scene):
     assert list(tmp_path.glob("*labels*")) == [] and list(tmp_path.glob(".*")) == []
 
 
+def test_leftovers_of_killed_writers_are_removed(tmp_path, scene):
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    alive = os.getppid()
+    stale = [tmp_path / f".labels.tif.stage-{dead}.tif", tmp_path / f".labels.tif.part-{dead}"]
+    kept = [tmp_path / f".labels.tif.stage-{alive}.tif", tmp_path / f".other.tif.part-{dead}"]
+    for path in stale + kept:
+        path.write_bytes(b"partial")
+    with open_raster(scene) as ds:
+        info = scene_info(ds)
+    with LabelWriter(tmp_path / "labels.tif", info) as writer:
+        writer.write_rows(0, np.zeros((info.height, info.width), np.uint8))
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+
+
 def test_unwritable_output_folder_is_one_sentence(tmp_path, scene):
     with open_raster(scene) as ds:
         info = scene_info(ds)

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ def atomic_output(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """
     dest = Path(dest)
     parent = check_output_folder(dest)
+    remove_stale_temporaries(dest)
     tmp = parent / f".{dest.stem}.part-{os.getpid()}{dest.suffix}"  # keeps the suffix for drivers
     try:
         yield tmp
@@ -42,6 +44,35 @@ def check_output_folder(dest: str | os.PathLike[str]) -> Path:
     if not os.access(parent, os.W_OK):
         raise OutputError(f"Output folder {parent} is not writable; choose another with -o.")
     return parent
+
+
+def remove_stale_temporaries(dest: str | os.PathLike[str]) -> None:
+    """Remove temporary files of ``dest`` left by writers that were killed (SIGKILL, power loss).
+
+    Writers name them ``.<dest name or stem>.<part|stage>-<pid>...`` beside ``dest``
+    and remove them themselves unless the process dies; a file whose process no
+    longer runs is such a leftover. Files of running processes are left alone.
+    """
+    dest = Path(dest)
+    names = "|".join(re.escape(n) for n in {dest.name, dest.stem})
+    pattern = re.compile(rf"\.(?:{names})\.(?:part|stage)-(\d+)")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(dest.parent):
+            match = pattern.match(entry.name)
+            if match and not _process_exists(int(match.group(1))):
+                remove_quietly(Path(entry.path))
+
+
+def _process_exists(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but belongs to someone else
+        return True
+    return True
 
 
 def describe_os_error(exc: OSError, dest: Path) -> str:
