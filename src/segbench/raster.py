@@ -31,7 +31,13 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOEr
 from rasterio.windows import Window
 
 from segbench.errors import InputError, OutputError
-from segbench.files import atomic_output, check_output_folder, describe_os_error, remove_quietly
+from segbench.files import (
+    atomic_output,
+    check_output_folder,
+    describe_os_error,
+    remove_quietly,
+    remove_stale_temporaries,
+)
 from segbench.spec import ModelSpec
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
@@ -125,6 +131,7 @@ def read_window(
     bands: Sequence[int],
     fill: float = 0.0,
     nodata: float | None = None,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read a window that may overhang the scene.
 
@@ -132,12 +139,19 @@ def read_window(
     width)`` with ``fill`` outside the scene and on invalid pixels, ``valid``
     is bool ``(height, width)``; a pixel is valid when it lies in the scene
     and the dataset mask (nodata or internal mask) marks it valid. ``nodata``
-    overrides the file's nodata value.
+    overrides the file's nodata value. ``out``, a float32 array of that shape,
+    receives the pixels instead of a new array (e.g. a slot of a batch).
     """
-    out = np.full((len(bands), height, width), fill, dtype=np.float32)
+    shape = (len(bands), height, width)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 {shape}, not {out.dtype} {out.shape}")
     valid = np.zeros((height, width), dtype=bool)
     r0, c0 = max(row, 0), max(col, 0)
     r1, c1 = min(row + height, ds.height), min(col + width, ds.width)
+    if (r1 - r0, c1 - c0) != (height, width):  # overhangs: fill what the scene does not cover
+        out[...] = fill
     if r1 <= r0 or c1 <= c0:
         return out, valid
     win = Window(c0, r0, c1 - c0, r1 - r0)
@@ -237,6 +251,7 @@ class LabelWriter:
     ) -> None:
         self.dest = Path(dest)
         parent = check_output_folder(self.dest)
+        remove_stale_temporaries(self.dest)
         self.resampling = resampling
         self._stage = parent / f".{self.dest.name}.stage-{os.getpid()}.tif"
         self._final_tmp = parent / f".{self.dest.name}.part-{os.getpid()}"

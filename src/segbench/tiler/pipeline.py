@@ -217,23 +217,30 @@ def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, bat
         return run
 
     def reader() -> None:
+        # Windows are read straight into the batch the engine will take, so the
+        # inference thread never copies pixels; all-nodata windows take no slot.
+        def new_batch() -> np.ndarray:
+            return np.empty((batch, spec.num_bands, tile, tile), np.float32)
+
         with open_raster(scene) as src:
-            pending: list[tuple[Window, np.ndarray | None, np.ndarray | None]] = []
+            pending: list[tuple[Window, np.ndarray | None]] = []  # (window, valid or None)
+            pixels, used = new_batch(), 0
             for window in windows:
                 t0 = time.perf_counter()
-                pixels, valid = read_window(src, window.row, window.col, tile, tile, spec.bands,
-                                            nodata=nodata)
+                _, valid = read_window(src, window.row, window.col, tile, tile, spec.bands,
+                                       nodata=nodata, out=pixels[used])
                 times.read += time.perf_counter() - t0
-                if not valid.any():
-                    counts["skipped"] += 1
-                    pending.append((window, None, None))
+                if valid.any():
+                    pending.append((window, valid))
+                    used += 1
                 else:
-                    pending.append((window, pixels, valid))
-                if sum(p[1] is not None for p in pending) == batch:
-                    inbox.put(pending)
-                    pending = []
+                    counts["skipped"] += 1
+                    pending.append((window, None))
+                if used == batch:
+                    inbox.put((pending, pixels))
+                    pending, pixels, used = [], new_batch(), 0
             if pending:
-                inbox.put(pending)
+                inbox.put((pending, pixels[:used]))
             inbox.put(_DONE)
 
     def writer() -> None:
@@ -282,16 +289,15 @@ def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, bat
                 if item is _DONE:
                     outbox.put(_DONE)
                     break
-                tiles = [p for p in item if p[1] is not None]
+                entries, pixels = item
                 outputs: list = []
-                if tiles:
+                if len(pixels):
                     t0 = time.perf_counter()
-                    result = engine.infer(np.stack([p[1] for p in tiles]))
+                    outputs = list(engine.infer(pixels))
                     times.infer += time.perf_counter() - t0
                     counts["batches"] += 1
-                    outputs = list(result)
                 it = iter(outputs)
-                outbox.put([(w, next(it) if px is not None else None, v) for w, px, v in item])
+                outbox.put([(w, None if v is None else next(it), v) for w, v in entries])
                 peak = max(peak, process.memory_info().rss)
                 bar.update(counts["done"], peak)
         except _Stop:
