@@ -291,6 +291,7 @@ def _cmd_engines(args: argparse.Namespace) -> int:
     from segbench.engines.registry import KINDS, availability
 
     width = max(map(len, KINDS))
+    described = max(len(kind.description) for kind in KINDS.values())
     for name, kind in KINDS.items():
         reason = availability(name)
         if reason is None:
@@ -299,7 +300,7 @@ def _cmd_engines(args: argparse.Namespace) -> int:
             status = f"build only: {reason}"
         else:
             status = f"unavailable: {reason}"
-        print(f"{name:<{width}}  {kind.description:<48} {status}")
+        print(f"{name:<{width}}  {kind.description:<{described}}  {status}")
     return 0
 
 
