@@ -38,8 +38,6 @@ def load_model(path: str | os.PathLike[str], device: str = "cpu") -> tuple[Any, 
     """Build the mmseg model of a segbench checkpoint, in eval mode, with its spec."""
     import torch
     from mmengine.model import revert_sync_batchnorm
-    from mmseg.registry import MODELS
-    from mmseg.utils import register_all_modules
 
     path = Path(path)
     if not path.is_file():
@@ -53,16 +51,24 @@ def load_model(path: str | os.PathLike[str], device: str = "cpu") -> tuple[Any, 
         ) from exc
     if not isinstance(payload, dict) or "model_config" not in payload:
         raise InputError(f"{path} is not a segbench checkpoint; train one with 'segbench train'.")
-    register_all_modules(init_default_scope=True)
-    with warnings.catch_warnings():  # mmseg's own deprecation notices about its builders
-        warnings.simplefilter("ignore", UserWarning)
-        model = MODELS.build(payload["model_config"])
+    model = build_mmseg_model(payload["model_config"])
     model.load_state_dict(payload["state_dict"])
     model = revert_sync_batchnorm(model).to(device).eval()
     spec = ModelSpec.from_dict(payload["spec"])
     if spec.checkpoint_digest is None:
         spec = spec.replace(checkpoint_digest=sha256_file(path))
     return model, spec
+
+
+def build_mmseg_model(config: dict) -> Any:
+    """An mmseg model from its config (random weights), without mmseg's builder notices."""
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    with warnings.catch_warnings():  # mmseg's own deprecation notices about its builders
+        warnings.simplefilter("ignore", UserWarning)
+        return MODELS.build(config)
 
 
 def _plain(node: Any) -> Any:

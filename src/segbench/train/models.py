@@ -43,15 +43,14 @@ def build_model(entry: CatalogueEntry | str, classes: int, bands: int = 3, tile:
     """The mmseg model of a catalogue entry, built on CPU in eval mode (random weights from ``seed``)."""
     import torch
     from mmengine.model import revert_sync_batchnorm
-    from mmseg.registry import MODELS
-    from mmseg.utils import register_all_modules
+
+    from segbench.checkpoint import build_mmseg_model
 
     if isinstance(entry, str):
         entry = get_entry(entry)
     mean, std = _stats(bands)
-    register_all_modules(init_default_scope=True)
     torch.manual_seed(seed)
-    model = MODELS.build(model_config(entry, classes, mean, std, tile))
+    model = build_mmseg_model(model_config(entry, classes, mean, std, tile))
     with _quiet_mmengine():
         model.init_weights()
     return revert_sync_batchnorm(model).eval()
