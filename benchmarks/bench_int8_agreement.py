@@ -46,7 +46,9 @@ LR = {"segformer-b0": 1e-3}
 def agreements(onnx_path: Path, workdir: Path, calib: np.ndarray, tiles: np.ndarray,
                method: str) -> tuple[dict[str, float], np.ndarray]:
     """Each available engine's label agreement with torch-fp32 on ``tiles``; the reference labels."""
-    reference = load(build(onnx_path, "torch-fp32", workdir)).infer(tiles).argmax(1)
+    torch_engine = load(build(onnx_path, "torch-fp32", workdir))
+    reference = torch_engine.infer(tiles).argmax(1)
+    torch_engine.close()
     out = {}
     for name in ENGINES:
         if availability(name) is not None:
