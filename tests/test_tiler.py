@@ -5,7 +5,7 @@ import pytest
 import rasterio
 
 from segbench.errors import InputError, OutputError
-from segbench.tiler import plan_windows, segment, segment_many, stride_for
+from segbench.tiler import plan_windows, reference, segment, segment_many, stride_for
 from segbench.tiler.accumulate import BandAccumulator
 from segbench.tiler.blend import axis_weights
 from segbench.tiler.windows import Window, axis_starts
@@ -76,9 +76,7 @@ def test_streaming_accumulator_equals_whole_scene(blend):
             out[f[0]:f[0] + len(f[1])] = f[1]
         for col, xw in zip(cols, wx, strict=True):
             logits = rng.normal(size=(c, tile, tile)).astype(np.float32)
-            weight = np.outer(yw, xw)
-            full[:, r:r + tile, col:col + tile] += logits * weight
-            fsum[r:r + tile, col:col + tile] += weight
+            reference.accumulate(full, fsum, logits, yw, xw, r, col)
             acc.add(Window(r, col, tile, tile), logits, yw, xw, np.ones((tile, tile), bool))
     f = acc.finish()
     out[f[0]:f[0] + len(f[1])] = f[1]
