@@ -34,3 +34,9 @@ class ExportError(SegbenchError):
 
 class OutputError(SegbenchError):
     """An output could not be written (permissions, full disk, ...)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
