@@ -21,6 +21,8 @@ from segbench.files import atomic_output
 
 SPEC_SUFFIX = ".spec.json"
 SPEC_VERSION = 1
+# The one ignore/nodata value of label rasters: labels are uint8, classes 0..254.
+IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,14 @@ class ModelSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     tile: int
-    ignore_index: int = 255
+    ignore_index: int = IGNORE_INDEX
     output_stride: int = 4
     architecture: str = ""
     config: str = ""
     checkpoint_digest: str | None = None
     input_dtype: str = "uint8"
+    stride: int | None = None  # window stride the model was evaluated with (mmseg's slide test_cfg)
+    reduce_zero_label: bool = False  # its training labels were 1-based (0 = ignored), as in mmseg
     output: str = "logits"  # "logits" (N, C, H, W) float32 or "labels" (N, H, W) uint8
     build: BuildRecord | None = None
 
@@ -96,6 +100,8 @@ class ModelSpec:
             raise SpecError(f"Tile size {self.tile} is too small; use at least 16 pixels.")
         if self.output not in ("logits", "labels"):
             raise SpecError(f"Unknown spec output {self.output!r}; use 'logits' or 'labels'.")
+        if self.stride is not None and not 0 < self.stride <= self.tile:
+            raise SpecError(f"The window stride {self.stride} must be in 1..{self.tile} (the tile).")
         if 0 <= self.ignore_index < len(self.classes):
             raise SpecError(f"ignore_index {self.ignore_index} collides with a class index.")
 
@@ -174,3 +180,8 @@ ISPRS_PALETTE = (
     (255, 255, 0),
     (255, 0, 0),
 )
+
+
+def default_palette(n: int) -> tuple[tuple[int, int, int], ...]:
+    """Distinct colours for ``n`` classes with no palette of their own."""
+    return tuple(((37 * i) % 256, (91 * i) % 256, (151 * i) % 256) for i in range(n))
