@@ -38,12 +38,12 @@ from segbench.files import (
     remove_quietly,
     remove_stale_temporaries,
 )
-from segbench.spec import ModelSpec
+from segbench.spec import IGNORE_INDEX, ModelSpec
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
 # What rasterio raises for GDAL failures: its own errors and GDAL's CPL errors.
 GDAL_ERRORS = (RasterioError, CPLE_BaseError)
-LABEL_NODATA = 255
+LABEL_NODATA = IGNORE_INDEX
 LABEL_BLOCK = 256  # tile size of the label rasters we write
 
 

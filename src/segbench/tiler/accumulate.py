@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from segbench import _native
+from segbench.spec import IGNORE_INDEX
 from segbench.tiler.windows import Window
 
 
@@ -24,7 +25,7 @@ class BandAccumulator:
     the label of the window whose weight there is positive.
     """
 
-    def __init__(self, height: int, width: int, classes: int, tile: int, nodata: int = 255,
+    def __init__(self, height: int, width: int, classes: int, tile: int, nodata: int = IGNORE_INDEX,
                  confidence: bool = False, labels: bool = False, threads: int = 0) -> None:
         self.height, self.width, self.tile = height, width, tile
         self.nodata, self.confidence, self.labels = nodata, confidence, labels

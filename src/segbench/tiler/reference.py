@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from segbench.spec import IGNORE_INDEX
+
 
 def accumulate(acc: np.ndarray, wsum: np.ndarray, logits: np.ndarray, wy: np.ndarray,
                wx: np.ndarray, y0: int, x0: int) -> None:
@@ -14,7 +16,7 @@ def accumulate(acc: np.ndarray, wsum: np.ndarray, logits: np.ndarray, wy: np.nda
 
 
 def argmax_labels(acc: np.ndarray, wsum: np.ndarray, rows: int, valid: np.ndarray | None = None,
-                  nodata: int = 255, confidence: bool = False):
+                  nodata: int = IGNORE_INDEX, confidence: bool = False):
     a = acc[:, :rows]
     ok = wsum[:rows] > 0
     if valid is not None:

@@ -13,6 +13,7 @@ from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
 from segbench.raster import open_raster
+from segbench.spec import IGNORE_INDEX
 
 
 @TRANSFORMS.register_module()
@@ -36,7 +37,7 @@ class LoadGeoTiffImage(BaseTransform):
 class LoadGeoTiffLabel(BaseTransform):
     """Read ``results['seg_map_path']`` as ``gt_seg_map`` (uint8), nodata -> ignore index."""
 
-    def __init__(self, ignore_index: int = 255) -> None:
+    def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
         self.ignore_index = ignore_index
 
     def transform(self, results: dict) -> dict:

@@ -18,6 +18,7 @@ import numpy as np
 from segbench.errors import InputError
 from segbench.files import atomic_output
 from segbench.raster import open_raster
+from segbench.spec import IGNORE_INDEX
 
 SPLITS = ("train", "val", "test")
 
@@ -50,7 +51,7 @@ class DatasetInfo:
                 root=root,
                 classes=tuple(d["classes"]),
                 palette=tuple(tuple(c) for c in d["palette"]),
-                ignore_index=int(d.get("ignore_index", 255)),
+                ignore_index=int(d.get("ignore_index", IGNORE_INDEX)),
                 bands=tuple(d["bands"]),
                 dtype=d.get("dtype", "uint8"),
                 mean=tuple(d["mean"]) if d.get("mean") else None,

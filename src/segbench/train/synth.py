@@ -28,10 +28,9 @@ from rasterio.transform import from_origin
 from segbench.errors import InputError
 from segbench.files import atomic_output
 from segbench.raster import write_raster
-from segbench.spec import ISPRS_CLASSES, ISPRS_PALETTE
+from segbench.spec import IGNORE_INDEX, ISPRS_CLASSES, ISPRS_PALETTE
 
 IMPERVIOUS, BUILDING, LOW_VEG, TREE, CAR, CLUTTER = range(6)
-IGNORE_INDEX = 255
 SYNTH_CRS = CRS.from_epsg(32633)
 PIXEL_SIZE = 0.3  # metres
 
