@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from segbench.spec import IGNORE_INDEX
 from segbench.train.catalogue import TRANSFORMER, CatalogueEntry
 from segbench.train.layout import DatasetInfo
 
@@ -67,7 +68,7 @@ def model_config(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     tile: int,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> dict:
     """The mmseg model config of ``entry`` for ``len(mean)`` bands and ``num_classes``."""
     from mmengine.config import Config
