@@ -7,7 +7,7 @@ import pytest
 import rasterio
 from PIL import Image
 
-from segbench.errors import InputError
+from segbench.errors import InputError, OutputError
 from segbench.train.layout import DatasetInfo
 from segbench.train.prepare import prepare_isprs, prepare_loveda, prepare_scenes
 from tests.conftest import require_shared, write_scene
@@ -55,6 +55,36 @@ def test_bad_user_scenes_name_the_file(tmp_path):
     empty = _scene_pair(tmp_path, "empty", np.full((50, 50), 255, np.uint8))
     with pytest.raises(InputError, match="training split"):
         prepare_scenes([empty[0]], [empty[1]], tmp_path / "ds3", classes=["x", "y"])
+
+
+def test_refused_input_leaves_no_folder_behind(tmp_path):
+    """A refused dataset leaves nothing at the output path, not even empty folders."""
+    labels = np.zeros((50, 50), np.uint8)
+    a = _scene_pair(tmp_path, "a", labels)
+    bad = _scene_pair(tmp_path, "bad", np.full((50, 50), 7, np.uint8))
+    out = tmp_path / "nested" / "ds"
+    with pytest.raises(InputError, match="class value 7"):
+        prepare_scenes([a[0], bad[0]], [a[1], bad[1]], out, classes=["x", "y"], val_every=2)
+    assert not out.exists() and not out.parent.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (*a, *bad))  # no hidden temporary folder either
+
+
+def test_existing_dataset_is_never_overwritten(tmp_path):
+    labels = np.random.default_rng(0).integers(0, 2, (60, 60), dtype=np.uint8)
+    a = _scene_pair(tmp_path, "a", labels)
+    out = tmp_path / "ds"
+    first = prepare_scenes([a[0]], [a[1]], out, classes=["x", "y"], window=32)
+    assert first.root == out and DatasetInfo.load(out).classes == ("x", "y")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(OutputError, match="not empty"):
+        prepare_scenes([a[0]], [a[1]], out, classes=["u", "v"], window=32)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert DatasetInfo.load(out).classes == ("x", "y")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert prepare_scenes([a[0]], [a[1]], empty, classes=["x", "y"], window=32).root == empty
+    assert len(DatasetInfo.load(empty).pairs("train")) == 4
 
 
 def _mmseg_decoded(label_png):

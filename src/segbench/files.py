@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,38 @@ def atomic_output(dest: str | os.PathLike[str]) -> Iterator[Path]:
         raise OutputError(describe_os_error(exc, dest)) from exc
     except BaseException:
         remove_quietly(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_folder(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder beside ``dest``; rename it onto ``dest`` when complete.
+
+    ``dest`` must not exist or be an empty folder (a dataset is never
+    overwritten). Missing parent folders are created only on success, so a
+    refused or interrupted run leaves nothing behind: the temporary folder
+    lives in the nearest existing ancestor and is removed on any exception.
+    """
+    dest = Path(dest).absolute()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise OutputError(f"Output folder {dest} already exists and is not empty; "
+                          "choose another with -o or remove it first.")
+    anchor = next(p for p in dest.parents if p.is_dir())
+    if not os.access(anchor, os.W_OK):
+        raise OutputError(f"Output folder {anchor} is not writable; choose another with -o.")
+    remove_stale_temporaries(anchor / dest.name)
+    tmp = anchor / f".{dest.name}.part-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        yield tmp
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(describe_os_error(exc, dest)) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -84,6 +117,10 @@ def describe_os_error(exc: OSError, dest: Path) -> str:
 
 
 def remove_quietly(path: Path) -> None:
+    """Remove a file, or a temporary folder and what it holds; nothing if it is gone."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+        return
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
 

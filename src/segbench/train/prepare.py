@@ -14,6 +14,7 @@ split. Label conventions follow mmseg's converters and datasets:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tempfile
 import zipfile
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from segbench.errors import InputError
+from segbench.files import atomic_folder
 from segbench.raster import open_raster, read_window, scene_info, write_raster
 from segbench.spec import ISPRS_CLASSES, ISPRS_PALETTE
 from segbench.train.layout import DatasetInfo
@@ -124,8 +126,17 @@ def cut_scene(image: Path, label: Path, split_dir: Path, decode: Decoder, window
 def _write_dataset(out: Path, pairs: dict[str, list[tuple[Path, Path]]], decode: Decoder,
                    classes: Sequence[str], palette, window: int, stride: int,
                    bands: Sequence[int] | None = None) -> DatasetInfo:
+    """Cut every split into a temporary folder, renamed to ``out`` once complete."""
     if not pairs.get("train"):
         raise InputError("The training split is empty; give at least one training scene.")
+    with atomic_folder(out) as tmp:
+        info = _cut_splits(tmp, pairs, decode, classes, palette, window, stride, bands)
+    return dataclasses.replace(info, root=Path(out))
+
+
+def _cut_splits(out: Path, pairs: dict[str, list[tuple[Path, Path]]], decode: Decoder,
+                classes: Sequence[str], palette, window: int, stride: int,
+                bands: Sequence[int] | None) -> DatasetInfo:
     dtype, count = None, None
     for split, scenes in pairs.items():
         for sub in ("images", "labels"):
