@@ -1,10 +1,18 @@
-"""Accuracy from one streaming confusion matrix, with mmseg's ``IoUMetric`` conventions.
+"""Accuracy from one streaming confusion matrix, with mmseg's ``IoUMetric`` arithmetic.
 
-Pixels whose label is the ignore index (or is not a class), or that are
-marked invalid (nodata), are excluded. Counts are summed over every pixel of
-every scene before any ratio is taken. A class absent from both the labels
-and the predictions has a 0/0 IoU: NaN, skipped by the means, exactly as
-mmseg does.
+:func:`label_targets` turns a label raster's values into targets (label
+nodata, invalid scene pixels and the ignore index all become the ignore
+index); training evaluation, the bench and the study score with it and with
+:class:`ConfusionMatrix`, so all of them read labels the same way.
+
+The figures equal mmseg 1.2.2's ``IoUMetric.total_area_to_metrics`` (metrics
+``mIoU`` and ``mFscore``): counts are summed over every pixel of every scene
+before any ratio is taken; a ratio of 0/0 is NaN (written as None) and left
+out of the class means; F1 is NaN for a class with no true positive. Pixels
+labelled with a value that is neither a class nor the ignore index are not
+in any class's label count, but their predictions count, as in mmseg's
+``intersect_and_union``. Kappa is segbench's own, over the pixels labelled
+with a class.
 """
 
 from __future__ import annotations
@@ -13,28 +21,54 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from segbench.spec import IGNORE_INDEX
+
+
+def label_targets(label: np.ndarray, nodata: float | None = None, valid: np.ndarray | None = None,
+                  ignore_index: int = IGNORE_INDEX, reduce_zero_label: bool = False) -> np.ndarray:
+    """Targets for scoring: the label raster's values with ``nodata`` and invalid pixels ignored.
+
+    ``nodata`` is the label raster's nodata value; ``valid`` marks the pixels
+    the prediction covers (False: scene nodata). ``reduce_zero_label`` maps
+    1-based labels to 0-based ones with 0 ignored, as mmseg does.
+    """
+    ignored = label == ignore_index
+    if nodata is not None:
+        ignored |= label == nodata
+    if valid is not None:
+        ignored |= ~valid
+    targets = label.astype(np.int64)
+    if reduce_zero_label:
+        ignored |= targets == 0
+        targets -= 1
+    targets[ignored] = ignore_index
+    return targets
+
 
 class ConfusionMatrix:
-    """``counts[label, pred]`` over every pixel seen so far."""
+    """``counts[label, pred]`` over every pixel seen so far.
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    Row ``num_classes`` counts the predictions on pixels labelled outside the
+    classes (neither a class nor the ignore index).
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.counts = np.zeros((num_classes, num_classes), np.int64)
+        self.counts = np.zeros((num_classes + 1, num_classes), np.int64)
 
-    def update(self, pred: np.ndarray, label: np.ndarray, valid: np.ndarray | None = None) -> None:
-        """Add one chunk of predictions and labels (same shape)."""
-        if pred.shape != label.shape:
-            raise ValueError(f"prediction {pred.shape} and label {label.shape} differ in shape")
+    def update(self, pred: np.ndarray, targets: np.ndarray) -> None:
+        """Add one chunk of predictions and targets (same shape; see :func:`label_targets`)."""
+        if pred.shape != targets.shape:
+            raise ValueError(f"prediction {pred.shape} and targets {targets.shape} differ in shape")
         c = self.num_classes
-        label = label.astype(np.int64, copy=False)
-        keep = (label != self.ignore_index) & (label >= 0) & (label < c)
-        if valid is not None:
-            keep &= valid
+        keep = targets != self.ignore_index
+        y = targets[keep].astype(np.int64)
+        y[(y < 0) | (y >= c)] = c
         p = pred[keep].astype(np.int64)
         if p.size and (p.min() < 0 or p.max() >= c):
             raise ValueError(f"predictions outside 0..{c - 1}")
-        self.counts += np.bincount(label[keep] * c + p, minlength=c * c).reshape(c, c)
+        self.counts += np.bincount(y * c + p, minlength=(c + 1) * c).reshape(c + 1, c)
 
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         self.counts += other.counts
@@ -44,27 +78,41 @@ class ConfusionMatrix:
         return metrics_from_counts(self.counts, class_names, exclude)
 
 
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return a / b
+
+
+def _kappa(inside: np.ndarray) -> float:
+    """Cohen's kappa of a square confusion matrix; NaN when undefined."""
+    total = inside.sum()
+    if not total:
+        return np.nan
+    po = np.trace(inside) / total
+    pe = (inside.sum(1) * inside.sum(0)).sum() / (total * total)
+    return (po - pe) / (1 - pe) if pe != 1 else np.nan
+
+
 def metrics_from_counts(counts: np.ndarray, class_names: Sequence[str],
                         exclude: Sequence[str] = ()) -> dict:
-    """mIoU, mAcc, mean F1, overall accuracy, kappa and per-class figures.
+    """mIoU, mAcc, mean F1, precision and recall, overall accuracy (aAcc), kappa, per-class figures.
 
-    ``exclude`` names classes left out of the class means (the ISPRS
-    convention leaves out clutter); overall accuracy always counts every class.
-    NaN (a class absent from labels and predictions) is written as None.
+    ``counts`` is a :class:`ConfusionMatrix`'s (a square matrix without the
+    outside-the-classes row is accepted too). ``exclude`` names classes left
+    out of the class means (the ISPRS convention leaves out clutter); overall
+    accuracy always counts every class. NaN is written as None.
     """
     counts = np.asarray(counts, dtype=np.float64)
-    tp = np.diag(counts)
-    label_area = counts.sum(1)
+    c = counts.shape[1]
+    inside = counts[:c]
+    tp = np.diag(inside)
+    label_area = inside.sum(1)
     pred_area = counts.sum(0)
-    total = counts.sum()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = tp / (label_area + pred_area - tp)
-        acc = tp / label_area
-        precision = tp / pred_area
-        f1 = 2 * tp / (label_area + pred_area)
-        oa = tp.sum() / total if total else np.nan
-        pe = (label_area * pred_area).sum() / (total * total) if total else np.nan
-        kappa = (oa - pe) / (1 - pe) if total and pe != 1 else np.nan
+    iou = _ratio(tp, label_area + pred_area - tp)
+    recall = _ratio(tp, label_area)
+    precision = _ratio(tp, pred_area)
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    oa = _ratio(tp.sum(), label_area.sum())
     keep = np.array([name not in exclude for name in class_names])
 
     def mean(x: np.ndarray) -> float | None:
@@ -73,19 +121,21 @@ def metrics_from_counts(counts: np.ndarray, class_names: Sequence[str],
         return float(x.mean()) if x.size else None
 
     def clean(x) -> float | None:
-        return None if x is None or np.isnan(x) else float(x)
+        return None if np.isnan(x) else float(x)
 
     return {
         "miou": mean(iou),
-        "macc": mean(acc),
+        "macc": mean(recall),
         "mf1": mean(f1),
+        "mprecision": mean(precision),
+        "mrecall": mean(recall),
         "oa": clean(oa),
-        "kappa": clean(kappa),
-        "pixels": int(total),
+        "kappa": clean(_kappa(inside)),
+        "pixels": int(label_area.sum()),
         "excluded_classes": list(exclude),
         "per_class": {
-            name: {"iou": clean(iou[i]), "acc": clean(acc[i]), "precision": clean(precision[i]),
-                   "f1": clean(f1[i]), "pixels": int(label_area[i])}
+            name: {"iou": clean(iou[i]), "acc": clean(recall[i]), "precision": clean(precision[i]),
+                   "recall": clean(recall[i]), "f1": clean(f1[i]), "pixels": int(label_area[i])}
             for i, name in enumerate(class_names)
         },
     }

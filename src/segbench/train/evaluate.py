@@ -1,4 +1,10 @@
-"""Evaluate a checkpoint on a dataset split with mmseg's own inference and IoUMetric."""
+"""Evaluate a checkpoint on a dataset split: mmseg's slide inference, scored as the bench scores.
+
+Labels become targets with :func:`segbench.bench.metrics.label_targets` (label
+nodata and the scene's invalid pixels ignored) and are counted in one
+:class:`~segbench.bench.metrics.ConfusionMatrix`, whose figures are mmseg's
+``IoUMetric``'s.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
+from segbench.bench.metrics import ConfusionMatrix, label_targets
 from segbench.errors import InputError
-from segbench.raster import read_all
+from segbench.raster import open_raster, read_window
 from segbench.train.layout import DatasetInfo
 
 
 def evaluate(checkpoint: str | Path, data: str | Path, split: str = "val") -> dict:
-    """mIoU, mAcc, aAcc and per-class IoU/Acc of ``checkpoint`` on ``split``.
+    """mIoU, mAcc, mFscore, aAcc and per-class IoU/Acc/Fscore/Precision/Recall on ``split``.
 
     Whole scenes go through mmseg's ``slide`` inference at the model's tile
-    size (stride three quarters of a tile) and its ``IoUMetric`` arithmetic.
+    size (stride: the spec's, else three quarters of a tile).
     """
-    import torch
     from mmengine.config import ConfigDict
-    from mmseg.evaluation.metrics import IoUMetric
 
     from segbench.checkpoint import load_model
 
@@ -30,27 +35,41 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "val") -> di
     model, spec = load_model(checkpoint)
     if spec.num_bands != len(info.bands):
         raise InputError(f"The model reads {spec.num_bands} bands but {data} has {len(info.bands)}.")
-    stride = max(spec.tile * 3 // 4, 1)
+    stride = spec.stride or max(spec.tile * 3 // 4, 1)
     model.test_cfg = ConfigDict(mode="slide", crop_size=(spec.tile, spec.tile), stride=(stride, stride))
-    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std).view(1, -1, 1, 1)
-    results = []
+    cm = ConfusionMatrix(spec.num_classes, spec.ignore_index)
     for image, label in pairs:
-        x = (torch.from_numpy(read_all(image, spec.bands).astype(np.float32))[None] - mean) / std
-        meta = dict(img_shape=x.shape[2:], ori_shape=x.shape[2:], pad_shape=x.shape[2:])
-        with torch.inference_mode():
-            pred = model.inference(x, [meta]).argmax(1)[0]
-        gt = torch.from_numpy(read_all(label)[0].astype(np.int64))
-        results.append(IoUMetric.intersect_and_union(pred, gt, spec.num_classes, spec.ignore_index))
-    totals = [sum(r[i] for r in results) for i in range(4)]
-    metrics = IoUMetric.total_area_to_metrics(*totals, ["mIoU"], nan_to_num=None, beta=1)
-    iou, acc = np.asarray(metrics["IoU"]), np.asarray(metrics["Acc"])
+        pixels, valid = _read_scene(image, spec.bands)
+        with open_raster(label) as lab:
+            targets = label_targets(lab.read(1), lab.nodata, valid, spec.ignore_index,
+                                    spec.reduce_zero_label)
+        cm.update(_slide_predict(model, pixels, spec), targets)
+    m = cm.metrics(spec.classes)
     return {
         "scenes": len(pairs),
-        "aAcc": float(metrics["aAcc"]),
-        "mIoU": float(np.nanmean(iou)),
-        "mAcc": float(np.nanmean(acc)),
-        "per_class": {name: {"IoU": None if np.isnan(i) else float(i),
-                             "Acc": None if np.isnan(a) else float(a)}
-                      for name, i, a in zip(spec.classes, iou, acc, strict=True)},
+        "aAcc": m["oa"], "mIoU": m["miou"], "mAcc": m["macc"], "mFscore": m["mf1"],
+        "mPrecision": m["mprecision"], "mRecall": m["mrecall"], "kappa": m["kappa"],
+        "pixels": m["pixels"],
+        "per_class": {name: {"IoU": v["iou"], "Acc": v["acc"], "Fscore": v["f1"],
+                             "Precision": v["precision"], "Recall": v["recall"]}
+                      for name, v in m["per_class"].items()},
+        "confusion": cm.counts.tolist(),
     }
+
+
+def _read_scene(path: Path, bands) -> tuple[np.ndarray, np.ndarray]:
+    """The whole scene as float32 ``(bands, H, W)`` and its valid-pixel mask, read as the tiler reads."""
+    with open_raster(path) as ds:
+        return read_window(ds, 0, 0, ds.height, ds.width, bands)
+
+
+def _slide_predict(model, pixels: np.ndarray, spec) -> np.ndarray:
+    """mmseg's slide inference on normalized pixels: ``(H, W)`` class indexes."""
+    import torch
+
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    x = (torch.from_numpy(pixels)[None] - mean) / std
+    meta = dict(img_shape=x.shape[2:], ori_shape=x.shape[2:], pad_shape=x.shape[2:])
+    with torch.inference_mode():
+        return model.inference(x, [meta]).argmax(1)[0].numpy()
