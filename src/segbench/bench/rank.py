@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,20 @@ class RankRule:
     ratio: float = 0.99
     max_latency_ms: float | None = None
     max_memory_bytes: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_report(cls, report: dict) -> RankRule:
+        """The rule a report was ranked by: its ``ranking``, else read from its bench configuration."""
+        if report.get("ranking"):
+            names = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in report["ranking"].items() if k in names})
+        config = report.get("config") or {}
+        memory_mb = config.get("max_memory_mb")
+        return cls(config.get("reference", cls.reference), config.get("min_ratio", cls.ratio),
+                   config.get("max_latency_ms"), int(memory_mb * 2**20) if memory_mb else None)
 
     def text(self) -> str:
         parts = [f"An engine qualifies when its mIoU is at least {self.ratio:.0%} of "

@@ -1,13 +1,14 @@
 """The bench report: JSON is the source of truth; the table, Markdown, CSV and plot render it.
 
 A report holds the machine (CPU, cores, memory, GPU, library versions), the
-configuration, one row per engine and the ranking rule. Reports from several
-machines merge into one, each row labelled with its machine, so a GPU box
-and a CPU box compare side by side.
+configuration, the model, one row per engine and the ranking rule. Reports of
+one model from several machines merge into one, ranked once, each row
+labelled with its machine, so a GPU box and a CPU box compare side by side.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import datetime as dt
 import importlib
@@ -21,6 +22,8 @@ from pathlib import Path
 import psutil
 
 from segbench import __version__
+from segbench.bench.latency import P90_MIN_SAMPLES
+from segbench.bench.rank import RankRule, rank
 from segbench.errors import InputError
 from segbench.files import atomic_output
 
@@ -125,23 +128,73 @@ def load_report(path: str | os.PathLike[str]) -> dict:
     return report
 
 
+# What makes two reports comparable: the same model, classes, bands and tile.
+MODEL_KEYS = ("architecture", "checkpoint_digest", "classes", "class_names", "bands", "tile")
+
+
+def rank_report(report: dict) -> dict:
+    """Rank the report's rows (in place) by the report's own rule; returns the report."""
+    rule = RankRule.from_report(report)
+    rank(report["engines"], rule)
+    report["ranking"], report["rule"] = rule.to_dict(), rule.text()
+    return report
+
+
 def merge_reports(reports: Sequence[dict]) -> dict:
-    """One report whose rows carry the machine they ran on."""
+    """One report, ranked once, whose rows carry the machine and model they ran on.
+
+    Reports (merged ones too) must be of one model and class set. The merged
+    rows are ranked by the first report's rule, on one rank order and one
+    Pareto front; the reports given are not changed.
+    """
     if len(reports) == 1:
         return reports[0]
-    rows = []
-    for report in reports:
-        label = machine_label(report.get("machine", {}))
-        for row in report["engines"]:
-            rows.append({**row, "machine": label})
-    return {
+    for other in reports[1:]:
+        _check_comparable(reports[0], other)
+    first = reports[0]
+    merged = {
         "segbench": __version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machines": [r.get("machine") for r in reports],
-        "merged_from": [r.get("created") for r in reports],
-        "rule": reports[0].get("rule", ""),
-        "engines": rows,
+        "machines": [m for r in reports for m in r.get("machines") or [r.get("machine", {})]],
+        "merged_from": [c for r in reports for c in r.get("merged_from") or [r.get("created")]],
+        "model": first.get("model"),
+        "config": first.get("config", {}),
+        "ranking": RankRule.from_report(first).to_dict(),
+        "engines": [row for r in reports for row in _labelled_rows(r)],
     }
+    return rank_report(merged)
+
+
+def _labelled_rows(report: dict) -> list[dict]:
+    """Copies of the report's rows, each with its machine and model (rows of a merged report keep theirs)."""
+    machine = machine_label(report["machine"]) if "machine" in report else None
+    model = (report.get("model") or {}).get("architecture")
+    rows = copy.deepcopy(report["engines"])
+    for row in rows:
+        row.setdefault("machine", machine)
+        row.setdefault("model", model)
+    return rows
+
+
+def _report_label(report: dict) -> str:
+    if "machine" in report:
+        return f"report from {machine_label(report['machine'])}"
+    return f"merged report of {len(report.get('machines', []))} machines"
+
+
+def _check_comparable(a: dict, b: dict) -> None:
+    """Refuse, in one sentence, to merge reports of different models or class sets."""
+    ma, mb = a.get("model"), b.get("model")
+    if not ma or not mb:
+        raise InputError(f"The {_report_label(a if not ma else b)} does not say which model it "
+                         "measured; re-run 'segbench bench' to merge it.")
+    for key in MODEL_KEYS:
+        va, vb = ma.get(key), mb.get(key)
+        if va is not None and vb is not None and va != vb:
+            raise InputError(
+                f"The {_report_label(a)} and the {_report_label(b)} are of different models "
+                f"({key} {va!r} against {vb!r}); merge only reports of one model and class set."
+            )
 
 
 # -- one column definition serves the table, Markdown and CSV -----------------------------
@@ -167,6 +220,16 @@ def _mib(v) -> str:
     return "" if v is None else f"{v / 2**20:.0f}"
 
 
+def _p90(latency) -> str:
+    """p90 with its sample count; never a figure from fewer samples than its minimum."""
+    if not isinstance(latency, dict) or latency.get("n") is None:
+        return ""
+    n, p90 = latency["n"], latency.get("p90")
+    if p90 is None or n < P90_MIN_SAMPLES:
+        return f"not stated (n={n} < {P90_MIN_SAMPLES})"
+    return f"{p90:.1f} (n={n})"
+
+
 def _rank(row: dict) -> str:
     mark = "*" if row.get("pareto") else ""
     if row.get("status") != "ok":
@@ -181,7 +244,7 @@ COLUMNS: list[tuple[str, Callable[[dict], object], Callable[[object], str]]] = [
     ("OA %", _g("accuracy", "oa"), _pct),
     ("agree %", _g("accuracy", "agreement"), _pct),
     ("p50 ms", _g("latency", "batch1", "p50"), _num(".1f")),
-    ("p90 ms", _g("latency", "batch1", "p90"), _num(".1f")),
+    ("p90 ms", _g("latency", "batch1"), _p90),
     ("MP/s", _g("scene", "megapixels_per_s"), _num(".2f")),
     ("peak MiB", _g("memory", "peak_rss_bytes"), _mib),
     ("size MiB", _g("artifact_bytes"), lambda v: "" if v is None else f"{v / 2**20:.1f}"),

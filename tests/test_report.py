@@ -1,0 +1,109 @@
+"""Reports from several machines merge into one ranking; reports of different models do not merge."""
+
+import json
+from dataclasses import asdict
+
+import pytest
+
+from segbench.bench.rank import RankRule, rank
+from segbench.bench.report import merge_reports, plot, to_csv, to_markdown
+from segbench.errors import SegbenchError
+
+MODEL = {"architecture": "segformer-b0", "classes": 6, "bands": 3, "tile": 512,
+         "class_names": ["impervious", "building", "low vegetation", "tree", "car", "clutter"],
+         "params": None, "gflops": None}
+
+
+def _row(name, miou, p50, mps, device="cpu"):
+    return {"name": name, "status": "ok", "device": device,
+            "accuracy": {"miou": miou, "oa": 0.9, "agreement": None},
+            "latency": {"batch1": {"n": 80, "p50": p50, "p90": p50 * 1.1}},
+            "scene": {"megapixels_per_s": mps}, "memory": {"peak_rss_bytes": 2**29},
+            "artifact_bytes": 2**20}
+
+
+def _report(machine: dict, rows: list[dict], model: dict = MODEL, reference: str = "torch-fp32") -> dict:
+    """A report as run_bench leaves it: rows ranked on their own machine."""
+    rule = RankRule(reference)
+    rank(rows, rule)
+    return {"machine": machine, "model": dict(model), "config": {"reference": reference},
+            "rule": rule.text(), "ranking": asdict(rule), "engines": rows, "created": machine["hostname"]}
+
+
+@pytest.fixture
+def cpu_box():
+    return _report({"hostname": "cpu-box", "cpu": "EPYC", "cores": 2, "gpu": None}, [
+        _row("torch-fp32", 0.80, 70.0, 0.7), _row("ort-fp32", 0.80, 28.0, 1.0),
+        _row("openvino-int8", 0.795, 14.0, 2.2),
+        {"name": "trt-fp16", "status": "skipped", "reason": "TensorRT is not installed"}])
+
+
+@pytest.fixture
+def gpu_box():
+    return _report({"hostname": "gpu-box", "cpu": "Xeon", "cores": 16, "gpu": {"name": "NVIDIA H200"}}, [
+        _row("torch-fp32", 0.80, 9.0, 12.0, "cuda"), _row("torch-fp16", 0.799, 5.0, 20.0, "cuda"),
+        _row("ort-int8", 0.70, 30.0, 0.5)])
+
+
+def _ok(report):
+    return [r for r in report["engines"] if r["status"] == "ok"]
+
+
+def test_each_report_alone_has_its_own_rank_one(cpu_box, gpu_box):
+    assert [r["name"] for r in cpu_box["engines"] if r["rank"] == 1] == ["openvino-int8"]
+    assert [r["name"] for r in gpu_box["engines"] if r["rank"] == 1] == ["torch-fp16"]
+
+
+def test_merged_reports_are_ranked_once(cpu_box, gpu_box):
+    merged = merge_reports([cpu_box, gpu_box])
+    rows = {(r["machine"], r["name"]): r for r in merged["engines"]}
+    assert len(rows) == 7
+    ranks = sorted(r["rank"] for r in merged["engines"] if r["rank"] is not None)
+    assert ranks == list(range(1, len(ranks) + 1))  # one order: a single rank 1
+    assert rows[("gpu-box (NVIDIA H200)", "torch-fp16")]["rank"] == 1
+    assert rows[("cpu-box (EPYC x2)", "openvino-int8")]["rank"] == 3
+    assert not rows[("gpu-box (NVIDIA H200)", "ort-int8")]["qualified"]
+    # One Pareto front of latency against mIoU: the CPU rows are dominated by the GPU's.
+    front = {key for key, r in rows.items() if r["pareto"]}
+    assert front == {("gpu-box (NVIDIA H200)", "torch-fp16"), ("gpu-box (NVIDIA H200)", "torch-fp32")}
+    assert all(r["model"] == "segformer-b0" for r in merged["engines"])
+    assert merged["model"]["class_names"] == MODEL["class_names"]
+    # the inputs keep their own ranking
+    assert [r["name"] for r in cpu_box["engines"] if r["rank"] == 1] == ["openvino-int8"]
+
+
+def test_merging_a_merged_report_keeps_every_machine(cpu_box, gpu_box):
+    laptop = _report({"hostname": "laptop", "cpu": "i7", "cores": 8, "gpu": None},
+                     [_row("torch-fp32", 0.80, 40.0, 1.5), _row("openvino-int8", 0.796, 8.0, 3.0)])
+    saved = json.loads(json.dumps(merge_reports([cpu_box, gpu_box])))  # as read back from merged.json
+    again = merge_reports([saved, laptop])
+    assert {r["machine"] for r in again["engines"]} == \
+        {"cpu-box (EPYC x2)", "gpu-box (NVIDIA H200)", "laptop (i7 x8)"}
+    assert [m["hostname"] for m in again["machines"]] == ["cpu-box", "gpu-box", "laptop"]
+    assert [r["rank"] for r in again["engines"]].count(1) == 1
+    assert sum(r["pareto"] for r in again["engines"]) == 2
+
+
+@pytest.mark.parametrize("change", [{"architecture": "deeplabv3plus-r18"},
+                                    {"class_names": ["a", "b", "c", "d", "e", "f"]},
+                                    {"classes": 7}])
+def test_reports_of_different_models_do_not_merge(cpu_box, change):
+    other = _report({"hostname": "other", "cpu": "x", "cores": 1, "gpu": None},
+                    [_row("torch-fp32", 0.6, 50.0, 1.0)], {**MODEL, **change})
+    with pytest.raises(SegbenchError, match="different model") as info:
+        merge_reports([cpu_box, other])
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_renderings_of_a_merged_report(cpu_box, gpu_box, tmp_path):
+    merged = merge_reports([cpu_box, gpu_box])
+    md = to_markdown(merged)
+    header = md.splitlines()[2]
+    assert "machine" in header
+    assert "| torch-fp16 | gpu-box (NVIDIA H200) | cuda | 79.90 |" in md
+    assert "trt-fp16: skipped: TensorRT is not installed" in md
+    lines = to_csv(merged).splitlines()
+    assert lines[0].startswith("engine,machine,device,mIoU %") and len(lines) == 8
+    assert sum(line.endswith(",1*") or line.endswith(",1") for line in lines) == 1
+    png = plot(merged, tmp_path / "merged.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
