@@ -75,3 +75,77 @@ def test_interrupted_bench_keeps_finished_engines(tmp_path, tiny_onnx, scenes, m
         run_bench(_config(tmp_path, tiny_onnx, scenes))
     saved = json.loads((tmp_path / "bench" / "report.json").read_text())
     assert [r["name"] for r in saved["engines"]] == ["ort-fp32"]
+
+
+def test_agreement_without_labels(tmp_path, tiny_onnx, scenes):
+    """No ground truth: the accuracy columns stay empty, agreement with the reference is measured."""
+    from segbench.bench.report import table_rows
+
+    report = run_bench(_config(tmp_path, tiny_onnx, scenes, labels=[],
+                               engines=["ort-fp32", "openvino-fp32"]))
+    rows = {r["name"]: r for r in report["engines"]}
+    assert rows["ort-fp32"]["accuracy"] is None  # the reference: nothing to compare with
+    accuracy = rows["openvino-fp32"]["accuracy"]
+    assert accuracy["agreement"] >= 0.999 and accuracy.get("miou") is None
+    header, cells = table_rows(report)
+    ov = cells[[r["name"] for r in report["engines"]].index("openvino-fp32")]
+    assert ov[header.index("agree %")] != "" and ov[header.index("mIoU %")] == ""
+
+
+def _unrunnable_onnx(path, spec):
+    """A real ONNX graph ONNX Runtime loads but cannot run (3x32x32 values reshaped into rows of 7)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    t = spec.tile
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["pixels", "shape"], ["logits"])], "unrunnable",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", spec.num_bands, t, t])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([-1, 7], np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def test_an_engine_that_raises_becomes_a_failed_row(tmp_path, tiny_onnx, tiny_spec, scenes):
+    """ONNX Runtime's own error in the measuring child: one failed row, its traceback in a log,
+    and the bench goes on to the next engine."""
+    from segbench.engines.registry import build
+
+    config = _config(tmp_path, tiny_onnx, scenes, engines=["ort-fp32", "openvino-fp32"])
+    # a built engine whose graph is then replaced: the bench reuses the build, ONNX Runtime fails
+    _unrunnable_onnx(build(tiny_onnx, "ort-fp32", config.out / "engines"), tiny_spec)
+    report = run_bench(config)
+    rows = {r["name"]: r for r in report["engines"]}
+    failed = rows["ort-fp32"]
+    assert failed["status"] == "failed" and len(failed["reason"].splitlines()) == 1
+    assert "Reshape" in failed["reason"] or "shape" in failed["reason"]
+    log = config.out / "ort-fp32.error.log"
+    assert failed["log"] == str(log)
+    text = log.read_text()
+    assert "Traceback" in text and "onnxruntime" in text and "measure_engine" in text
+    assert rows["openvino-fp32"]["status"] == "ok" and rows["openvino-fp32"]["accuracy"]["miou"] > 0
+    saved = json.loads((config.out / "report.json").read_text())
+    assert [r["status"] for r in saved["engines"]] == ["failed", "ok"]
+
+
+def test_a_runtime_error_while_building_does_not_stop_the_bench(tmp_path, tiny_spec, scenes):
+    """ONNX Runtime's own error in the bench process (int8 calibration runs the graph), then the next
+    engine (which fails in its measuring child): two failed rows, each with its log, and a report."""
+    from segbench.spec import BuildRecord
+
+    model = _unrunnable_onnx(tmp_path / "unrunnable.onnx", tiny_spec)
+    tiny_spec.replace(build=BuildRecord(backend="onnx", precision="fp32")).save(model)
+    config = _config(tmp_path, model, scenes, engines=["ort-int8", "ort-fp32"], reference="ort-int8",
+                     calib=[scenes[0]], calib_tiles=2)
+    report = run_bench(config)
+    rows = {r["name"]: r for r in report["engines"]}
+    assert [r["name"] for r in report["engines"]] == ["ort-int8", "ort-fp32"]
+    for name, where in (("ort-int8", "quantize_static"), ("ort-fp32", "measure_engine")):
+        row = rows[name]
+        assert row["status"] == "failed" and row["reason"].startswith("Fail: [ONNXRuntimeError]")
+        text = (config.out / f"{name}.error.log").read_text()
+        assert row["log"] == str(config.out / f"{name}.error.log") and where in text
+    assert (config.out / "report.md").is_file()

@@ -1,70 +1,48 @@
-"""Memory probes: a process's peak resident memory, GPU memory, and a fresh child process.
+"""Memory probes: peak resident memory from the kernel's high-water marks, GPU memory, a fresh child.
 
-The OS high-water mark (``ru_maxrss``) only ever grows over a process's
-life, so the bench measures each engine in a fresh child process
-(:func:`run_in_child`); :class:`PeakMemory` also samples the resident set
-size in a thread so a window of work inside one process can be measured.
+:class:`PeakMemory` reads the kernel's high-water marks (:mod:`segbench.peak`),
+so no peak is missed between samples. The mark of a process only ever grows
+unless reset, so the bench measures each engine in a fresh child process
+(:func:`run_in_child`).
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import resource
 import sys
-import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
 
-import psutil
-
-from segbench.errors import EngineError, SegbenchError
+from segbench.errors import EngineError, SegbenchError, first_line
+from segbench.peak import children_peak_rss_bytes, current_rss_bytes, peak_rss_bytes, reset_peak
+from segbench.peak import peak_rss_bytes as process_peak_rss_bytes  # noqa: F401  (benchmarks' name)
 
 
 class PeakMemory:
-    """Context manager: peak resident set size of this process while it is open."""
+    """Context manager: peak resident memory of this process, and of its children, while open.
 
-    def __init__(self, interval_s: float = 0.005) -> None:
-        self.interval_s = interval_s
+    On entry the process's high-water mark is reset to its current resident
+    set (where the kernel allows; otherwise the peak counts from the process's
+    start). ``children_peak_rss_bytes`` is the largest peak of any child
+    process this one has waited for (the kernel keeps one figure for all of
+    them, since this process started).
+    """
+
+    def __init__(self) -> None:
         self.baseline_rss_bytes = 0
         self.peak_rss_bytes = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._proc = psutil.Process()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.peak_rss_bytes = max(self.peak_rss_bytes, self._proc.memory_info().rss)
+        self.children_peak_rss_bytes = 0
+        self.reset = False
 
     def __enter__(self) -> PeakMemory:
-        self.baseline_rss_bytes = self.peak_rss_bytes = self._proc.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, name="segbench-mem", daemon=True)
-        self._thread.start()
+        self.reset = reset_peak()
+        self.baseline_rss_bytes = current_rss_bytes()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
-        self.peak_rss_bytes = max(self.peak_rss_bytes, self._proc.memory_info().rss)
-
-
-def process_peak_rss_bytes() -> int:
-    """The OS's high-water mark of this process's resident memory.
-
-    On Linux this is ``VmHWM`` of /proc/self/status, which starts afresh at
-    exec; ``ru_maxrss`` is not used there because Linux carries it across
-    fork and exec, so a spawned child would report its parent's peak.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
+        self.peak_rss_bytes = peak_rss_bytes()
+        self.children_peak_rss_bytes = children_peak_rss_bytes()
 
 
 def gpu_memory() -> dict | None:
@@ -87,13 +65,24 @@ def gpu_memory() -> dict | None:
     }
 
 
+class ChildError(EngineError):
+    """The measuring child process failed; ``details`` holds its full traceback."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a failure: a user error's sentence, any other error's type and first line."""
+    return first_line(exc) if isinstance(exc, SegbenchError) else f"{type(exc).__name__}: {first_line(exc)}"
+
+
 def _child(conn, fn: Callable, args: tuple) -> None:
     try:
         conn.send(("ok", fn(*args)))
-    except SegbenchError as exc:
-        conn.send(("user", f"{type(exc).__name__}: {exc}"))
     except BaseException as exc:  # noqa: BLE001  (reported to the parent)
-        conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+        conn.send(("error", describe(exc), traceback.format_exc()))
     finally:
         conn.close()
 
@@ -101,7 +90,8 @@ def _child(conn, fn: Callable, args: tuple) -> None:
 def run_in_child(fn: Callable, *args: Any, timeout_s: float | None = None) -> Any:
     """Run a picklable top-level ``fn(*args)`` in a fresh process and return its result.
 
-    A failure in the child becomes an :class:`EngineError` with its one-line message.
+    A failure in the child becomes a :class:`ChildError` with its one-line
+    message and, in ``details``, the child's traceback.
     """
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
@@ -111,7 +101,7 @@ def run_in_child(fn: Callable, *args: Any, timeout_s: float | None = None) -> An
     try:
         if not parent.poll(timeout_s):
             raise EngineError(f"The child process did not finish within {timeout_s} s.")
-        status, payload = parent.recv()
+        status, payload, *details = parent.recv()
     except EOFError:
         proc.join()
         code = proc.exitcode
@@ -128,4 +118,4 @@ def run_in_child(fn: Callable, *args: Any, timeout_s: float | None = None) -> An
             proc.kill()
     if status == "ok":
         return payload
-    raise EngineError(payload.splitlines()[0])
+    raise ChildError(payload, "".join(details))

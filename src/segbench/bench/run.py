@@ -12,16 +12,16 @@ finished.
 from __future__ import annotations
 
 import os
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 
-from segbench.bench.latency import time_callable
-from segbench.bench.memory import PeakMemory, gpu_memory, process_peak_rss_bytes, run_in_child
-from segbench.bench.metrics import AgreementCounter, ConfusionMatrix
-from segbench.bench.rank import RankRule, rank
+from segbench.bench.latency import P90_MIN_SAMPLES, time_callable
+from segbench.bench.memory import PeakMemory, describe, gpu_memory, run_in_child
+from segbench.bench.metrics import AgreementCounter, ConfusionMatrix, label_targets
+from segbench.bench.rank import RankRule
 from segbench.bench.report import (
     console as make_console,
 )
@@ -29,11 +29,13 @@ from segbench.bench.report import (
     load_report,
     merge_reports,
     new_report,
+    rank_report,
     render_table,
     write_all,
     write_json,
 )
-from segbench.errors import InputError, SegbenchError
+from segbench.errors import InputError
+from segbench.files import atomic_output
 from segbench.raster import LABEL_NODATA, open_raster, sample_tiles, scene_info
 from segbench.spec import ModelSpec
 
@@ -76,8 +78,10 @@ def run_bench(config: BenchConfig, console: Console | None = None) -> dict:
     rule = RankRule(config.reference, config.min_ratio, config.max_latency_ms,
                     int(config.max_memory_mb * 2**20) if config.max_memory_mb else None)
     report = new_report(config.to_dict(), rule.text())
+    report["ranking"] = rule.to_dict()
     options = spec.build.options if spec.build else {}
     report["model"] = {"architecture": spec.architecture, "classes": spec.num_classes,
+                       "class_names": list(spec.classes), "checkpoint_digest": spec.checkpoint_digest,
                        "bands": spec.num_bands, "tile": spec.tile,
                        "params": options.get("params"), "gflops": options.get("gflops")}
     out = Path(config.out)
@@ -116,16 +120,25 @@ def run_bench(config: BenchConfig, console: Console | None = None) -> dict:
                 if row["latency"]["noisy"]:
                     console.print(f"[yellow]{kind.name}: latency varies by more than 10% between "
                                   "runs (coefficient of variation); the machine may be busy.[/yellow]")
-            except SegbenchError as exc:
-                row.update(status="failed", reason=str(exc))
-                console.print(f"[red]{kind.name}: failed: {exc}[/red]")
+            except Exception as exc:  # noqa: BLE001  (one engine's failure is one failed row)
+                row.update(status="failed", reason=describe(exc), log=str(_error_log(out, kind.name, exc)))
+                console.print(f"[red]{kind.name}: failed: {row['reason']} (log: {row['log']})[/red]")
         report["engines"].append(row)
-        rank(report["engines"], rule)
+        rank_report(report)
         write_json(report, out / "report.json")
     paths = write_all(report, out)
     console.print(render_table(report))
     console.print(f"Report: {', '.join(str(p) for p in paths)}")
     return report
+
+
+def _error_log(out: Path, name: str, exc: Exception) -> Path:
+    """Write the full traceback of an engine's failure (the measuring child's, when it failed there)."""
+    path = out / f"{name}.error.log"
+    details = getattr(exc, "details", "") or "".join(traceback.format_exception(exc))
+    with atomic_output(path) as tmp:
+        tmp.write_text(f"{name}: {describe(exc)}\n\n{details}")
+    return path
 
 
 def _summary(row: dict) -> str:
@@ -183,10 +196,13 @@ def measure_engine(job: _Job) -> dict:
         engine = load(job.artifact)
         spec = engine.spec
         tiles = sample_tiles(job.scenes[:1], spec, count=job.batch, seed=1)
-        iters = dict(warmup=1, min_iters=3, min_seconds=0.2) if job.quick else \
-            dict(warmup=3, min_iters=10, min_seconds=2.0)
+        if job.quick:
+            iters = iters1 = dict(warmup=1, min_iters=3, min_seconds=0.2)
+        else:  # batch 1 runs enough calls for its p90 (in the table) to be stated
+            iters = dict(warmup=3, min_iters=10, min_seconds=2.0)
+            iters1 = {**iters, "min_iters": P90_MIN_SAMPLES}
         one = tiles[:1].copy()
-        batch1 = time_callable(lambda: engine.infer(one), **iters)
+        batch1 = time_callable(lambda: engine.infer(one), **iters1)
         batchb = time_callable(lambda: engine.infer(tiles), **iters)
         os.makedirs(job.out_dir, exist_ok=True)
         results = []
@@ -198,7 +214,7 @@ def measure_engine(job: _Job) -> dict:
         device_memory = getattr(engine, "device_memory_bytes", None)
         inference_precision = getattr(engine, "inference_precision", None)
         engine.close()
-    accuracy = _score(job, spec, [r.output for r in results]) if job.labels else None
+    accuracy = _score(job, spec, [r.output for r in results])
     seconds = sum(r.seconds for r in results)
     megapixels = sum(r.megapixels for r in results)
     area = _area_km2(job.scenes)
@@ -215,7 +231,8 @@ def measure_engine(job: _Job) -> dict:
                   "windows": sum(r.windows for r in results),
                   "skipped_windows": sum(r.skipped for r in results), "stages": stages,
                   "outputs": [r.output for r in results]},
-        "memory": {"peak_rss_bytes": max(mem.peak_rss_bytes, process_peak_rss_bytes()),
+        "memory": {"peak_rss_bytes": mem.peak_rss_bytes,
+                   "children_peak_rss_bytes": mem.children_peak_rss_bytes or None,
                    "gpu": gpu, "engine_device_bytes": device_memory},
         "accuracy": accuracy,
     }
@@ -224,27 +241,34 @@ def measure_engine(job: _Job) -> dict:
     return row
 
 
-def _score(job: _Job, spec: ModelSpec, outputs: list[str]) -> dict:
-    """Metrics over whole stitched scenes, and agreement with the reference's labels."""
+def _score(job: _Job, spec: ModelSpec, outputs: list[str]) -> dict | None:
+    """Metrics over whole stitched scenes (with labels) and agreement with the reference's labels
+    (with or without labels); None when there is neither."""
+    if not job.labels and not job.reference_labels:
+        return None
     cm = ConfusionMatrix(spec.num_classes, spec.ignore_index)
     agree = AgreementCounter()
-    for i, (pred_path, label_path) in enumerate(zip(outputs, job.labels, strict=True)):
+    for i, pred_path in enumerate(outputs):
+        label_path = job.labels[i] if job.labels else None
         ref_path = job.reference_labels[i] if job.reference_labels else None
-        with open_raster(pred_path) as pred, open_raster(label_path) as lab:
+        with open_raster(pred_path) as pred:
+            lab = open_raster(label_path) if label_path else None
             ref = open_raster(ref_path) if ref_path else None
             try:
                 for _, window in pred.block_windows(1):
                     p = pred.read(1, window=window)
-                    y = lab.read(1, window=window)
                     valid = p != LABEL_NODATA
-                    if lab.nodata is not None:
-                        y = np.where(y == lab.nodata, spec.ignore_index, y)
-                    cm.update(p, y, valid)
+                    if lab is not None:
+                        cm.update(p, label_targets(lab.read(1, window=window), lab.nodata, valid,
+                                                   spec.ignore_index, spec.reduce_zero_label))
                     if ref is not None:
                         agree.update(p, ref.read(1, window=window), valid)
             finally:
-                if ref is not None:
-                    ref.close()
+                for ds in (lab, ref):
+                    if ds is not None:
+                        ds.close()
+    if not job.labels:
+        return {"agreement": agree.value}
     exclude = ("clutter",) if job.isprs and "clutter" in spec.classes else ()
     metrics = cm.metrics(spec.classes, exclude)
     metrics["agreement"] = agree.value
