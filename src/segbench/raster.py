@@ -173,6 +173,21 @@ def read_window(
     return out, valid
 
 
+def valid_mask(ds: rasterio.DatasetReader, out_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Bool mask of the scene's valid pixels (nodata values, internal masks), whole scene.
+
+    With ``out_shape`` the mask is read decimated by GDAL (nearest sample per
+    cell): cheap on large scenes, exact only at full resolution.
+    """
+    shape = out_shape or (ds.height, ds.width)
+    if _all_valid(ds):
+        return np.ones(shape, bool)
+    try:
+        return ds.dataset_mask(out_shape=shape) > 0
+    except GDAL_ERRORS as exc:
+        raise InputError(f"Could not read {ds.name}: {_first_line(exc)}.") from exc
+
+
 def _all_valid(ds: rasterio.DatasetReader) -> bool:
     """True when no band has nodata, a mask or alpha (GDAL would return an all-255 mask)."""
     return all(flags == [MaskFlags.all_valid] for flags in ds.mask_flag_enums)
@@ -350,10 +365,12 @@ def sample_tiles(
     count: int = 32,
     seed: int = 0,
 ) -> np.ndarray:
-    """``count`` raw-pixel tiles ``(count, bands, tile, tile)`` float32 from ``scenes``.
+    """``count`` raw-pixel tiles ``(count, bands, tile, tile)`` float32 from ``scenes``, as tiled.
 
-    Stratified: the same number from each scene, at positions spread over a
-    regular grid with a seeded jitter, so a tile set is reproducible.
+    For latency measurements: windows spread over a regular grid with a
+    seeded jitter (reproducible), padded with 0 beyond the scene and on
+    nodata as the tiler pads them. Not for calibration, which must see valid
+    imagery only: :func:`segbench.export.calibration.calibration_tiles`.
     """
     rng = np.random.default_rng(seed)
     per_scene = np.full(len(scenes), count // len(scenes))

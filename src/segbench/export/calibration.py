@@ -1,16 +1,125 @@
-"""Calibration sets: tiles drawn from scenes with :func:`segbench.raster.sample_tiles`.
+"""Calibration sets: whole windows of valid imagery drawn from scenes, reproducibly.
 
-Calibration scenes must never be the evaluation scenes; the digest of the
-tiles identifies a calibration set in the spec of every engine built from it.
+A calibration tile is a tile-sized window lying inside its scene in which
+every pixel is valid (nodata and internal masks honoured): never padding
+beyond the scene's edge, never nodata fill, which would teach the quantizer
+ranges the imagery does not have. Scenes smaller than a tile give no tiles.
+
+Windows are drawn from each scene in a seeded order that prefers windows not
+overlapping those already drawn, and scenes take turns in a seeded order, so
+``count`` tiles come from as many scenes as possible and the same seed gives
+the same tiles. Calibration scenes must never be the evaluation scenes; the
+digest of the tiles identifies a calibration set in the spec of every engine
+built from it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
+
+from segbench.errors import InputError
+from segbench.raster import check_bands, open_raster, read_window, scene_info, valid_mask
+from segbench.spec import ModelSpec
+
+#: cells per tile side of the coarse validity mask that pre-selects windows
+MASK_CELLS_PER_TILE = 8
 
 
 def tiles_digest(tiles: np.ndarray) -> str:
     """SHA-256 of a tile set, recorded in the spec of calibrated engines."""
     return hashlib.sha256(np.ascontiguousarray(tiles).tobytes()).hexdigest()
+
+
+def calibration_tiles(
+    scenes: Sequence[str | os.PathLike[str]],
+    spec: ModelSpec,
+    count: int = 32,
+    seed: int = 0,
+) -> np.ndarray:
+    """``count`` raw-pixel tiles ``(count, bands, tile, tile)`` float32 of valid imagery from ``scenes``.
+
+    Fewer when the scenes hold fewer distinct valid windows; one sentence when they hold none.
+    """
+    if not scenes:
+        raise InputError("Give at least one calibration scene.")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(scenes))
+    draws = {int(i): _draw(Path(scenes[i]), spec, np.random.default_rng([seed, int(i)])) for i in order}
+    tiles: list[np.ndarray] = []
+    while draws and len(tiles) < count:
+        for i in list(draws):
+            if len(tiles) == count:
+                break
+            tile = next(draws[i], None)
+            if tile is None:
+                del draws[i]
+            else:
+                tiles.append(tile)
+    if not tiles:
+        names = ", ".join(Path(s).name for s in scenes)
+        raise InputError(
+            f"No calibration scene ({names}) has a {spec.tile}x{spec.tile} window of valid pixels: "
+            "they are smaller than a tile or mostly nodata; give larger training scenes."
+        )
+    return np.stack(tiles)
+
+
+def _draw(path: Path, spec: ModelSpec, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Tiles of valid pixels from one scene, lazily, in a seeded order preferring fresh ground."""
+    with open_raster(path) as ds:
+        info = scene_info(ds)
+        check_bands(info, spec)
+        origins = _candidate_origins(ds, spec.tile)
+    if not len(origins):
+        return
+    origins = origins[rng.permutation(len(origins))]
+    taken: list[tuple[int, int]] = []
+    overlapping = []
+    for row, col in origins:  # first pass: windows that overlap none drawn so far
+        if any(abs(row - r) < spec.tile and abs(col - c) < spec.tile for r, c in taken):
+            overlapping.append((row, col))
+            continue
+        tile = _read_valid(path, spec, row, col)
+        if tile is not None:
+            taken.append((row, col))
+            yield tile
+    for row, col in overlapping:  # then the rest
+        tile = _read_valid(path, spec, row, col)
+        if tile is not None:
+            yield tile
+
+
+def _candidate_origins(ds, tile: int) -> np.ndarray:
+    """Origins ``(n, 2)`` of windows inside the scene that a coarse validity mask marks all valid.
+
+    Origins lie on a grid of ``tile / MASK_CELLS_PER_TILE`` pixels, plus the
+    last row and column that fit; the exact check happens when a window is read.
+    """
+    if ds.height < tile or ds.width < tile:
+        return np.zeros((0, 2), int)
+    step = max(1, tile // MASK_CELLS_PER_TILE)
+    rows = np.unique(np.r_[np.arange(0, ds.height - tile + 1, step), ds.height - tile])
+    cols = np.unique(np.r_[np.arange(0, ds.width - tile + 1, step), ds.width - tile])
+    coarse = valid_mask(ds, (-(-ds.height // step), -(-ds.width // step)))
+    if coarse.all():
+        return np.array([(r, c) for r in rows for c in cols], int)
+    # invalid cells per window from a summed-area table of the coarse mask
+    invalid = np.pad(np.cumsum(np.cumsum(~coarse, 0), 1), ((1, 0), (1, 0)))
+    r0, c0 = np.meshgrid(rows // step, cols // step, indexing="ij")
+    r1 = np.minimum(-(-(rows + tile) // step), coarse.shape[0])[:, None]
+    c1 = np.minimum(-(-(cols + tile) // step), coarse.shape[1])[None, :]
+    bad = invalid[r1, c1] - invalid[r0, c1] - invalid[r1, c0] + invalid[r0, c0]
+    keep = np.argwhere(bad == 0)
+    return np.stack([rows[keep[:, 0]], cols[keep[:, 1]]], axis=1) if len(keep) else np.zeros((0, 2), int)
+
+
+def _read_valid(path: Path, spec: ModelSpec, row: int, col: int) -> np.ndarray | None:
+    """The window's pixels when every one of them is valid, else None."""
+    with open_raster(path) as ds:
+        pixels, valid = read_window(ds, int(row), int(col), spec.tile, spec.tile, spec.bands)
+    return pixels if valid.all() else None
