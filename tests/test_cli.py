@@ -1,5 +1,7 @@
 """The command line: help texts, and bad input stopping with one sentence and nothing written."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -67,7 +69,22 @@ def test_unknown_engine_and_missing_model(tmp_path, tiny_onnx, capsys):
     assert "does not exist" in _one_line_error(capsys)
 
 
+def engine_statuses(listing: str) -> dict[str, str]:
+    """Engine name -> status column of 'segbench engines' (columns start where the header's do)."""
+    header, *rows = listing.splitlines()
+    assert header.split() == ["engine", "description", "status"], header
+    start = header.index("status")
+    return {row.split()[0]: row[start:].strip() for row in rows}
+
+
 def test_engines_listing(capsys):
+    from segbench.engines.registry import KINDS
+
     assert main(["engines"]) == 0
-    out = capsys.readouterr().out
-    assert "ort-fp32" in out and "available" in out and "trt-int8" in out
+    statuses = engine_statuses(capsys.readouterr().out)
+    assert list(statuses) == list(KINDS)
+    assert statuses["ort-fp32"] == "available"  # onnxruntime is a core dependency
+    if importlib.util.find_spec("tensorrt") is None:  # full TensorRT cannot be installed here
+        assert statuses["trt-int8"].startswith("unavailable: ") and "NVIDIA" in statuses["trt-int8"]
+    for status in statuses.values():
+        assert status == "available" or status.startswith(("unavailable: ", "build only: ")), status

@@ -277,12 +277,15 @@ def _cmd_build(args: argparse.Namespace) -> int:
     kinds = [get_kind(name) for name in args.engine]
     calibration = None
     if any(k.graph == "int8" for k in kinds) and args.calib:
-        from segbench.raster import sample_tiles
+        from segbench.export.calibration import calibration_tiles
         from segbench.spec import ModelSpec
 
-        calibration = sample_tiles(args.calib, ModelSpec.load(args.model), args.calib_tiles)
+        calibration = calibration_tiles(args.calib, ModelSpec.load(args.model), args.calib_tiles)
+    remade: set[str] = set()  # with --force, each graph variant is remade once, not once per engine
     for kind in kinds:
-        artifact = build(args.model, kind.name, args.out, calibration, args.calib_method, args.force)
+        artifact = build(args.model, kind.name, args.out, calibration, args.calib_method, args.force,
+                         force_graph=args.force and kind.graph not in remade)
+        remade.add(kind.graph)
         print(f"{kind.name}: {artifact}")
     return 0
 
@@ -292,6 +295,7 @@ def _cmd_engines(args: argparse.Namespace) -> int:
 
     width = max(map(len, KINDS))
     described = max(len(kind.description) for kind in KINDS.values())
+    print(f"{'engine':<{width}}  {'description':<{described}}  status")
     for name, kind in KINDS.items():
         reason = availability(name)
         if reason is None:

@@ -36,7 +36,13 @@ class BuildRecord:
     build_seconds: float | None = None
     artifact_bytes: int | None = None
     calibration_digest: str | None = None
+    #: SHA-256 of what the artifact was made from: ``source``, a file name beside it, of kind
+    #: ``source_kind`` ("checkpoint" for exported graphs, "onnx" for graph variants and the
+    #: engines compiled from them, "pt2" for torch engines). Specs written before these two
+    #: fields existed load with None, and a None digest never counts as current.
     source_digest: str | None = None
+    source: str | None = None
+    source_kind: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,14 +1,30 @@
-"""The Engine contract every backend implements, in the spirit of Polygraphy's runners."""
+"""The Engine contract, and the Runner base class every backend subclasses.
+
+In the spirit of Polygraphy's runners (``polygraphy/backend/base/runner.py``):
+the base class owns the lifecycle and checks inputs once; a backend only
+fills in small template methods.
+
+Build side (class methods, no engine loaded): ``check`` (can this machine
+build the kind?), ``check_run`` (can it also run it?), ``versions`` (what the
+build record names), ``build_options`` (settings recorded in the spec and
+part of the build's cache key) and ``compile_impl`` (graph variant ->
+artifact).
+
+Run side (an instance is a loaded engine): ``load_impl`` when created,
+``infer_impl`` on inputs already checked, ``close_impl`` once; ``with
+Runner(...) as engine:`` closes it on exit.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from segbench.errors import SpecError
+from segbench.errors import InputError, SpecError
 from segbench.spec import ModelSpec
 
 
@@ -28,6 +44,93 @@ class Engine(Protocol):
     def infer(self, tiles: np.ndarray) -> np.ndarray: ...
 
     def close(self) -> None: ...
+
+
+class Runner:
+    """A loaded engine of one backend; subclasses implement the ``*_impl`` methods."""
+
+    #: the runtime's import name, for messages and availability
+    runtime: ClassVar[str] = ""
+
+    def __init__(self, artifact: Path, spec: ModelSpec, kind, device: str | None = None) -> None:
+        self.name: str = kind.name
+        self.spec = spec
+        self.kind = kind
+        self.device: str = device or ("cuda:0" if kind.device == "cuda" else "cpu")
+        self.artifact = Path(artifact)
+        #: seconds the last ``infer`` call took (the runner times itself)
+        self.last_inference_time: float | None = None
+        self._closed = False
+        self.load_impl(self.artifact)
+
+    # -- build side ------------------------------------------------------
+    @classmethod
+    def check(cls, kind) -> None:
+        """Raise RuntimeMissingError when this machine cannot build ``kind``."""
+
+    @classmethod
+    def check_run(cls, kind) -> None:
+        """Raise RuntimeMissingError when this machine can build but not run ``kind``."""
+
+    @classmethod
+    def versions(cls, kind) -> dict[str, str]:
+        """Library versions recorded in the build record."""
+        return {}
+
+    @classmethod
+    def build_options(cls, kind) -> dict[str, Any]:
+        """Settings recorded in the build record; a build with other settings is rebuilt."""
+        return {}
+
+    @classmethod
+    def compile(cls, graph: Path, kind, dest: Path, spec: ModelSpec) -> dict[str, Any]:
+        """Compile ``graph`` into the artifact ``dest``; returns what the build record keeps."""
+        return {**cls.build_options(kind), **(cls.compile_impl(graph, kind, dest, spec) or {})}
+
+    @classmethod
+    def compile_impl(cls, graph: Path, kind, dest: Path, spec: ModelSpec) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # -- run side --------------------------------------------------------
+    def load_impl(self, artifact: Path) -> None:
+        raise NotImplementedError
+
+    def infer_impl(self, tiles: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def close_impl(self) -> None:
+        """Release the runtime's objects."""
+
+    def infer(self, tiles: np.ndarray) -> np.ndarray:
+        """Raw pixels ``(N, bands, tile, tile)`` float32 -> logits (or labels); see :class:`Engine`."""
+        if self._closed:
+            raise InputError(f"{self.name} is closed; load the engine again to run it.")
+        check_tiles(tiles, self.spec, self.name)
+        start = time.perf_counter()
+        out = self.infer_impl(np.ascontiguousarray(tiles))
+        self.last_inference_time = time.perf_counter() - start
+        return out
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.close_impl()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+
+def check_tiles(tiles: Any, spec: ModelSpec, name: str) -> None:
+    """Refuse a batch that is not ``(N >= 1, bands, tile, tile)`` float32, in one sentence."""
+    want = (spec.num_bands, spec.tile, spec.tile)
+    if not isinstance(tiles, np.ndarray) or tiles.dtype != np.float32 or tiles.ndim != 4 \
+            or tiles.shape[1:] != want or not len(tiles):
+        got = f"{tiles.dtype} {tiles.shape}" if isinstance(tiles, np.ndarray) else type(tiles).__name__
+        raise InputError(f"{name} takes float32 tiles of shape (N, {', '.join(map(str, want))}), "
+                         f"not {got}.")
 
 
 def check_input_shape(shape: Sequence, spec: ModelSpec, artifact: Path) -> None:

@@ -3,55 +3,55 @@
 The artifact is the graph variant itself (fp32, fp16 or int8 Q/DQ ONNX),
 copied beside its own spec. The CPU execution provider always runs; the CUDA
 provider is used for ``device="cuda"`` where onnxruntime-gpu is installed.
+
+Session options are chosen by measurement (benchmarks/bench_ort_options.py):
+the memory-pattern planner is off. With it on, ONNX Runtime keeps the
+activations of the first run in its arena and then allocates one more block
+for the planned pattern, nearly doubling the peak (SegFormer-B0, batch 4 at
+512: 1894 MB against 1029 MB) for no gain in speed (628 against 561 ms per
+batch). The options are recorded in the engine's build record and the
+session is created with the recorded ones.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from segbench.engines.base import check_input_shape
+from segbench.engines.base import Runner, check_input_shape
 from segbench.errors import EngineError, RuntimeMissingError
+from segbench.extras import require
 from segbench.files import atomic_output
 from segbench.spec import ModelSpec
 
-
-def check(kind) -> None:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        raise RuntimeMissingError(
-            f"{kind.name} needs ONNX Runtime, which is not installed; "
-            "run 'pip install onnxruntime'."
-        ) from None
+#: the defaults, from benchmarks/bench_ort_options.py; recorded in every ort-* build record
+SESSION_OPTIONS: dict[str, Any] = {
+    "enable_mem_pattern": False,
+    "enable_cpu_mem_arena": True,
+    "graph_optimization_level": "ORT_ENABLE_ALL",
+}
 
 
-def versions(kind) -> dict[str, str]:
-    import onnxruntime
-
-    return {"onnxruntime": onnxruntime.__version__}
-
-
-def compile(graph: Path, kind, dest: Path, spec: ModelSpec) -> dict:
-    """Copy the graph variant into place and check that ONNX Runtime can load it."""
-    with atomic_output(dest) as tmp:
-        shutil.copyfile(graph, tmp)
-        _session(tmp, "cpu").get_inputs()
-    return {}
-
-
-def load(artifact: Path, spec: ModelSpec, kind, device: str | None = None) -> OrtEngine:
-    return OrtEngine(artifact, spec, kind.name, device or "cpu")
-
-
-def _session(path: Path, device: str):
+def session_options(settings: dict[str, Any] | None = None):
+    """An ``onnxruntime.SessionOptions`` from ``settings`` (keys of :data:`SESSION_OPTIONS`)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    for key, value in {**SESSION_OPTIONS, **(settings or {})}.items():
+        if key == "graph_optimization_level":
+            value = getattr(ort.GraphOptimizationLevel, value)
+        setattr(opts, key, value)
+    return opts
+
+
+def create_session(path: Path, device: str = "cpu", settings: dict[str, Any] | None = None):
+    """An inference session on ``path`` with ``settings``; one sentence if ONNX Runtime refuses it."""
+    import onnxruntime as ort
+
     providers = ["CPUExecutionProvider"]
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -60,27 +60,49 @@ def _session(path: Path, device: str):
             )
         providers.insert(0, "CUDAExecutionProvider")
     try:
-        return ort.InferenceSession(str(path), opts, providers=providers)
+        return ort.InferenceSession(str(path), session_options(settings), providers=providers)
     except Exception as exc:  # ORT raises its own exception types for bad graphs
         raise EngineError(
             f"ONNX Runtime cannot load {Path(path).name}: {str(exc).splitlines()[0]}"
         ) from exc
 
 
-class OrtEngine:
+class OrtRunner(Runner):
     """An ONNX Runtime session behind the Engine contract."""
 
-    def __init__(self, path: Path, spec: ModelSpec, name: str, device: str) -> None:
-        self.name = name
-        self.spec = spec
-        self.device = device
-        self._session = _session(path, device)
+    runtime = "onnxruntime"
+
+    @classmethod
+    def check(cls, kind) -> None:
+        require("onnxruntime", kind.name)
+
+    @classmethod
+    def versions(cls, kind) -> dict[str, str]:
+        return {"onnxruntime": require("onnxruntime", kind.name).__version__}
+
+    @classmethod
+    def build_options(cls, kind) -> dict[str, Any]:
+        return {"session_options": dict(SESSION_OPTIONS)}
+
+    @classmethod
+    def compile_impl(cls, graph: Path, kind, dest: Path, spec: ModelSpec) -> dict:
+        """Copy the graph variant into place and check that ONNX Runtime can load it."""
+        with atomic_output(dest) as tmp:
+            shutil.copyfile(graph, tmp)
+            create_session(tmp).get_inputs()
+        return {}
+
+    def load_impl(self, artifact: Path) -> None:
+        record = self.spec.build.options if self.spec.build else {}
+        #: the session options this engine runs with (those recorded at build time)
+        self.session_options = {**SESSION_OPTIONS, **record.get("session_options", {})}
+        self._session = create_session(artifact, self.device, self.session_options)
         inp = self._session.get_inputs()[0]
-        check_input_shape(inp.shape, spec, path)
+        check_input_shape(inp.shape, self.spec, artifact)
         self._input = inp.name
 
-    def infer(self, tiles: np.ndarray) -> np.ndarray:
+    def infer_impl(self, tiles: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input: tiles})[0]
 
-    def close(self) -> None:
+    def close_impl(self) -> None:
         self._session = None

@@ -24,17 +24,17 @@ Ada, Blackwell consumer/workstation parts), not on data-centre Hopper.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
 
+from segbench.engines.base import Runner
 from segbench.errors import EngineError, RuntimeMissingError, SpecError
+from segbench.extras import require
 from segbench.files import atomic_output
 from segbench.spec import ModelSpec
 
-LIBRARIES = {"trt": ("tensorrt", "tensorrt-cu13"), "trtrtx": ("tensorrt_rtx_bindings",
-             "tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs")}
+LIBRARIES = {"trt": "tensorrt", "trtrtx": "tensorrt_rtx_bindings"}
 MAX_BATCH = 32
 OPT_BATCH = 4
 WORKSPACE_BYTES = 2 << 30
@@ -47,74 +47,7 @@ def _family(kind) -> str:
 
 def library(kind):
     """Import the TensorRT flavour ``kind`` needs, or say how to install it."""
-    module, package = LIBRARIES[_family(kind)]
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        hint = ("full TensorRT needs NVIDIA's own package index" if _family(kind) == "trt"
-                else "run 'pip install " + package + "'")
-        raise RuntimeMissingError(
-            f"{kind.name} needs the Python module {module}, which is not installed "
-            f"({hint}); the ort-* and openvino-* engines run here instead."
-        ) from None
-
-
-def check(kind) -> None:
-    library(kind)
-
-
-def check_run(kind) -> None:
-    """Running a plan needs CUDA too (the builder of TensorRT for RTX runs on the CPU)."""
-    library(kind)
-    try:
-        import torch
-    except ImportError:
-        raise RuntimeMissingError(f"{kind.name} needs PyTorch with CUDA for its buffers.") from None
-    if not torch.cuda.is_available():
-        gpu = "an RTX-class NVIDIA GPU" if _family(kind) == "trtrtx" else "an NVIDIA GPU"
-        raise RuntimeMissingError(
-            f"{kind.name} plans build here but run only on {gpu}, and this machine has none."
-        )
-
-
-def versions(kind) -> dict[str, str]:
-    trt = library(kind)
-    return {trt.__name__: trt.__version__}
-
-
-def compile(graph: Path, kind, dest: Path, spec: ModelSpec, max_batch: int = MAX_BATCH,
-            opt_batch: int = OPT_BATCH, workspace: int = WORKSPACE_BYTES) -> dict:
-    """Parse ``graph`` into a strongly typed network and serialise a plan to ``dest``."""
-    trt = library(kind)
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
-    flag = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flag)
-    parser = trt.OnnxParser(network, logger)
-    # parse_from_file also resolves weights kept in an external .onnx.data file.
-    if not parser.parse_from_file(str(graph)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineError(f"{kind.name}: the ONNX parser rejected {graph.name}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
-    profile = builder.create_optimization_profile()
-    inp = network.get_input(0)
-    shape = (spec.num_bands, spec.tile, spec.tile)
-    opt_batch = min(opt_batch, max_batch)
-    profile.set_shape(inp.name, (1, *shape), (opt_batch, *shape), (max_batch, *shape))
-    config.add_optimization_profile(profile)
-    # TensorRT for RTX builds ahead of time without timing; its cache calls are no-ops.
-    cache_path = dest.parent / f"{_family(kind)}-{TIMING_CACHE}"
-    cache = _load_timing_cache(config, cache_path) if _family(kind) == "trt" else None
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise EngineError(f"{kind.name}: TensorRT could not build a plan from {graph.name}.")
-    with atomic_output(dest) as tmp:
-        tmp.write_bytes(memoryview(plan))
-    if cache is not None:
-        _save_timing_cache(config, cache_path)
-    return {"layers": network.num_layers, "max_batch": max_batch, "opt_batch": opt_batch,
-            "workspace_bytes": workspace, "plan_bytes": dest.stat().st_size}
+    return require(LIBRARIES[_family(kind)], kind.name)
 
 
 def _load_timing_cache(config, path: Path):
@@ -132,34 +65,88 @@ def _save_timing_cache(config, path: Path) -> None:
         tmp.write_bytes(memoryview(cache.serialize()))
 
 
-def load(artifact: Path, spec: ModelSpec, kind, device: str | None = None) -> TensorRTEngine:
-    trt = library(kind)
-    built = (spec.build.versions if spec.build else {}).get(trt.__name__)
-    if built != trt.__version__:
-        raise SpecError(
-            f"{artifact.name} was built with {trt.__name__} {built or '(unknown)'} but "
-            f"{trt.__version__} is installed; rebuild it with 'segbench build --force'."
-        )
-    return TensorRTEngine(artifact, spec, kind, trt, device)
-
-
-class TensorRTEngine:
+class TensorRTRunner(Runner):
     """A deserialised TensorRT plan behind the Engine contract."""
 
-    def __init__(self, path: Path, spec: ModelSpec, kind, trt, device: str | None = None) -> None:
+    runtime = "tensorrt"
+
+    @classmethod
+    def check(cls, kind) -> None:
+        library(kind)
+
+    @classmethod
+    def check_run(cls, kind) -> None:
+        """Running a plan needs CUDA too (the builder of TensorRT for RTX runs on the CPU)."""
+        library(kind)
+        torch = require("torch", f"{kind.name} (for its CUDA buffers)")
+        if not torch.cuda.is_available():
+            gpu = "an RTX-class NVIDIA GPU" if _family(kind) == "trtrtx" else "an NVIDIA GPU"
+            raise RuntimeMissingError(
+                f"{kind.name} plans build here but run only on {gpu}, and this machine has none."
+            )
+
+    @classmethod
+    def versions(cls, kind) -> dict[str, str]:
+        trt = library(kind)
+        return {trt.__name__: trt.__version__}
+
+    @classmethod
+    def build_options(cls, kind) -> dict:
+        return {"max_batch": MAX_BATCH, "opt_batch": min(OPT_BATCH, MAX_BATCH),
+                "workspace_bytes": WORKSPACE_BYTES}
+
+    @classmethod
+    def compile_impl(cls, graph: Path, kind, dest: Path, spec: ModelSpec) -> dict:
+        """Parse ``graph`` into a strongly typed network and serialise a plan to ``dest``."""
+        options = cls.build_options(kind)
+        trt = library(kind)
+        logger = trt.Logger(trt.Logger.ERROR)
+        builder = trt.Builder(logger)
+        flag = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        network = builder.create_network(flag)
+        parser = trt.OnnxParser(network, logger)
+        # parse_from_file also resolves weights kept in an external .onnx.data file.
+        if not parser.parse_from_file(str(graph)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise EngineError(f"{kind.name}: the ONNX parser rejected {graph.name}: {errors}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options["workspace_bytes"])
+        profile = builder.create_optimization_profile()
+        inp = network.get_input(0)
+        shape = (spec.num_bands, spec.tile, spec.tile)
+        profile.set_shape(inp.name, (1, *shape), (options["opt_batch"], *shape),
+                          (options["max_batch"], *shape))
+        config.add_optimization_profile(profile)
+        # TensorRT for RTX builds ahead of time without timing; its cache calls are no-ops.
+        cache_path = dest.parent / f"{_family(kind)}-{TIMING_CACHE}"
+        cache = _load_timing_cache(config, cache_path) if _family(kind) == "trt" else None
+        plan = builder.build_serialized_network(network, config)
+        if plan is None:
+            raise EngineError(f"{kind.name}: TensorRT could not build a plan from {graph.name}.")
+        with atomic_output(dest) as tmp:
+            tmp.write_bytes(memoryview(plan))
+        if cache is not None:
+            _save_timing_cache(config, cache_path)
+        return {"layers": network.num_layers, "plan_bytes": dest.stat().st_size}
+
+    def load_impl(self, artifact: Path) -> None:
+        trt = library(self.kind)
+        built = (self.spec.build.versions if self.spec.build else {}).get(trt.__name__)
+        if built != trt.__version__:
+            raise SpecError(
+                f"{artifact.name} was built with {trt.__name__} {built or '(unknown)'} but "
+                f"{trt.__version__} is installed; rebuild it with 'segbench build --force'."
+            )
+        self.check_run(self.kind)
         import torch
 
-        check_run(kind)
-        self.name = kind.name
-        self.spec = spec
-        self.device = device or "cuda:0"
         self._torch = torch
         self._logger = trt.Logger(trt.Logger.ERROR)
         self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        self._engine = self._runtime.deserialize_cuda_engine(artifact.read_bytes())
         if self._engine is None:
             raise EngineError(
-                f"{Path(path).name} is not a plan this TensorRT and GPU can run "
+                f"{artifact.name} is not a plan this TensorRT and GPU can run "
                 "(another version, GPU or a corrupt file); rebuild it on this machine."
             )
         self._context = self._engine.create_execution_context()
@@ -167,7 +154,7 @@ class TensorRTEngine:
         mode = trt.TensorIOMode.INPUT
         self._input = next(n for n in names if self._engine.get_tensor_mode(n) == mode)
         self._output = next(n for n in names if self._engine.get_tensor_mode(n) != mode)
-        self._out_dtype = torch.uint8 if spec.output == "labels" else torch.float32
+        self._out_dtype = torch.uint8 if self.spec.output == "labels" else torch.float32
         self._stream = torch.cuda.Stream(device=self.device)
         #: device memory the engine's execution context needs, in bytes
         self.device_memory_bytes = int(getattr(self._engine, "device_memory_size_v2",
@@ -187,13 +174,11 @@ class TensorRTEngine:
         self._torch.cuda.current_stream(self.device).wait_stream(self._stream)
         return out
 
-    def infer(self, tiles: np.ndarray) -> np.ndarray:
-        x = self._torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, non_blocking=True)
-        out = self.infer_device(x)
-        return out.cpu().numpy()
+    def infer_impl(self, tiles: np.ndarray) -> np.ndarray:
+        x = self._torch.from_numpy(tiles).to(self.device, non_blocking=True)
+        return self.infer_device(x).cpu().numpy()
 
-    def close(self) -> None:
+    def close_impl(self) -> None:
         self._context = None
         self._engine = None
         self._runtime = None
-

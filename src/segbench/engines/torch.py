@@ -13,42 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from segbench.engines.base import Runner
 from segbench.errors import EngineError, RuntimeMissingError
+from segbench.extras import require
 from segbench.files import atomic_output
 from segbench.spec import ModelSpec
 
 
-def check(kind) -> None:
-    try:
-        import torch
-    except ImportError:
-        raise RuntimeMissingError(
-            f"{kind.name} needs PyTorch, which is not installed; run 'pip install torch'."
-        ) from None
-    if kind.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeMissingError(f"{kind.name} needs a CUDA GPU, and this machine has none.")
-
-
-def versions(kind) -> dict[str, str]:
-    import torch
-
-    v = {"torch": torch.__version__}
-    if torch.cuda.is_available():
-        v["cuda"] = str(torch.version.cuda)
-    return v
-
-
-def compile(graph: Path, kind, dest: Path, spec: ModelSpec) -> dict:
-    """Copy the exported program into place and check that it loads."""
-    with atomic_output(dest) as tmp:
-        shutil.copyfile(graph, tmp)
-        _load_program(tmp)
-    return {}
-
-
 def _load_program(path: Path):
-    import torch
-
+    torch = require("torch", "torch engines")
     try:
         return torch.export.load(str(path))
     except Exception as exc:
@@ -57,22 +30,38 @@ def _load_program(path: Path):
         ) from exc
 
 
-def load(artifact: Path, spec: ModelSpec, kind, device: str | None = None) -> TorchEngine:
-    return TorchEngine(artifact, spec, kind, device)
-
-
-class TorchEngine:
+class TorchRunner(Runner):
     """A torch.export program behind the Engine contract."""
 
-    def __init__(self, path: Path, spec: ModelSpec, kind, device: str | None = None) -> None:
-        import torch
+    runtime = "torch"
 
-        self.name = kind.name
-        self.spec = spec
-        self.device = device or ("cuda:0" if kind.device == "cuda" else "cpu")
+    @classmethod
+    def check(cls, kind) -> None:
+        torch = require("torch", kind.name)
+        if kind.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeMissingError(f"{kind.name} needs a CUDA GPU, and this machine has none.")
+
+    @classmethod
+    def versions(cls, kind) -> dict[str, str]:
+        torch = require("torch", kind.name)
+        v = {"torch": torch.__version__}
+        if torch.cuda.is_available():
+            v["cuda"] = str(torch.version.cuda)
+        return v
+
+    @classmethod
+    def compile_impl(cls, graph: Path, kind, dest: Path, spec: ModelSpec) -> dict:
+        """Copy the exported program into place and check that it loads."""
+        with atomic_output(dest) as tmp:
+            shutil.copyfile(graph, tmp)
+            _load_program(tmp)
+        return {}
+
+    def load_impl(self, artifact: Path) -> None:
+        torch = require("torch", self.name)
         self._torch = torch
-        self._module = _load_program(path).module().to(self.device)
-        self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(kind.precision)
+        self._module = _load_program(artifact).module().to(self.device)
+        self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.kind.precision)
         self._cuda = self.device.startswith("cuda")
 
     def _autocast(self):
@@ -80,7 +69,7 @@ class TorchEngine:
             return contextlib.nullcontext()
         return self._torch.autocast("cuda" if self._cuda else "cpu", dtype=self._dtype)
 
-    def infer(self, tiles: np.ndarray) -> np.ndarray:
+    def infer_impl(self, tiles: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode(), self._autocast():
             x = torch.from_numpy(tiles).to(self.device, non_blocking=True)
@@ -91,5 +80,5 @@ class TorchEngine:
             out = out.float()
         return out.cpu().numpy()
 
-    def close(self) -> None:
+    def close_impl(self) -> None:
         self._module = None

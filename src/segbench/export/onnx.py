@@ -27,6 +27,7 @@ import numpy as np
 
 from segbench.cost import model_cost
 from segbench.errors import ExportError
+from segbench.extras import require
 from segbench.files import atomic_output
 from segbench.spec import BuildRecord, ModelSpec
 
@@ -87,8 +88,8 @@ def export_model(
     is renamed into place; a graph whose labels agree on fewer than
     ``min_agreement`` of the pixels is refused.
     """
-    import torch
-
+    torch = require("torch", "segbench export")
+    require("mmseg", "segbench export")
     from segbench.checkpoint import load_model
 
     out = Path(out)
@@ -138,13 +139,15 @@ def export_model(
     record = BuildRecord(
         backend="onnx", precision="fp32", versions=versions, build_seconds=seconds,
         artifact_bytes=out.stat().st_size, source_digest=spec.checkpoint_digest,
+        source=Path(checkpoint).name, source_kind="checkpoint",
         options={"verification": agreement.to_dict(), "params": params, "gflops": gflops},
     )
     onnx_spec = spec.replace(build=record)
     onnx_spec.save(out)
     spec.replace(build=BuildRecord(backend="torch.export", precision="fp32", versions=versions,
                                    artifact_bytes=pt2.stat().st_size,
-                                   source_digest=spec.checkpoint_digest)).save(pt2)
+                                   source_digest=spec.checkpoint_digest,
+                                   source=Path(checkpoint).name, source_kind="checkpoint")).save(pt2)
     return out, onnx_spec, agreement
 
 

@@ -23,7 +23,8 @@ import numpy as np
 
 from segbench.errors import ExportError, InputError
 from segbench.export.calibration import tiles_digest
-from segbench.files import atomic_output
+from segbench.extras import require
+from segbench.files import atomic_output, sha256_file
 from segbench.logs import logger_level
 from segbench.spec import BuildRecord, ModelSpec
 
@@ -37,9 +38,10 @@ QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> ModelSpec:
     """Write the fp16 variant of ``src`` to ``dst``; returns its spec (also saved beside it)."""
     import onnx
-    from onnxconverter_common import float16
 
+    float16 = require("onnxconverter_common.float16", f"the fp16 graph of {Path(src).name}")
     spec = ModelSpec.load(src)
+    source = _source(src)
     start = time.perf_counter()
     model = onnx.load(str(src))
     # Keep the tail in float32: the full-resolution resize and the argmax.
@@ -53,8 +55,7 @@ def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> ModelSp
         onnx.save(half, str(tmp))
     record = BuildRecord(backend="onnx", precision="fp16", versions=_versions(),
                          build_seconds=time.perf_counter() - start,
-                         artifact_bytes=Path(dst).stat().st_size,
-                         source_digest=spec.checkpoint_digest)
+                         artifact_bytes=Path(dst).stat().st_size, **source)
     out = spec.replace(build=record)
     out.save(dst)
     return out
@@ -87,6 +88,7 @@ def quantize_int8(
             f"Calibration tiles must be (N, {spec.num_bands}, {spec.tile}, {spec.tile}); "
             f"got {calibration.shape}."
         )
+    source = _source(src)
     start = time.perf_counter()
     name = onnx.load(str(src), load_external_data=False).graph.input[0].name
 
@@ -121,7 +123,7 @@ def quantize_int8(
     record = BuildRecord(
         backend="onnx", precision="int8", versions=_versions(),
         build_seconds=time.perf_counter() - start, artifact_bytes=Path(dst).stat().st_size,
-        calibration_digest=tiles_digest(calibration), source_digest=spec.checkpoint_digest,
+        calibration_digest=tiles_digest(calibration), **source,
         options={"calibration_method": method, "calibration_tiles": len(calibration),
                  "activations": "int8 symmetric", "weights": "int8 per-channel symmetric",
                  "bias": "float"},
@@ -129,6 +131,11 @@ def quantize_int8(
     out = spec.replace(build=record)
     out.save(dst)
     return out
+
+
+def _source(src: str | os.PathLike[str]) -> dict[str, str]:
+    """The build-record fields naming the ONNX file a variant is made from (hashed before reading)."""
+    return {"source": Path(src).name, "source_kind": "onnx", "source_digest": sha256_file(src)}
 
 
 def _versions() -> dict[str, str]:

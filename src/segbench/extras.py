@@ -1,0 +1,55 @@
+"""Optional extras: import what an extra provides, or say in one sentence which extra to install.
+
+A runtime can be absent (``ModuleNotFoundError``) or installed but broken (an
+``OSError`` from a missing shared library, an ``ImportError`` from a half
+installed package, anything its import raises); either way the user gets a
+:class:`~segbench.errors.RuntimeMissingError` naming the extra, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from segbench.errors import RuntimeMissingError
+
+#: top-level module -> the segbench extra that installs it (pyproject.toml)
+EXTRAS = {
+    "torch": "train",
+    "mmseg": "train",
+    "mmengine": "train",
+    "mmcv": "train",
+    "onnxscript": "train",
+    "onnxconverter_common": "quant",
+    "openvino": "openvino",
+    "tensorrt_rtx_bindings": "tensorrt-rtx",
+    "matplotlib": "plot",
+}
+#: modules no extra provides, with how to get them
+OTHER = {
+    "tensorrt": "install TensorRT from NVIDIA's package index "
+                "('pip install tensorrt-cu13 --extra-index-url https://pypi.nvidia.com')",
+}
+
+
+def install_hint(module: str) -> str:
+    """How to install ``module``: the segbench extra, or where else it comes from."""
+    top = module.split(".")[0]
+    if top in EXTRAS:
+        return f"run pip install 'segbench[{EXTRAS[top]}]'"
+    return OTHER.get(top, f"run 'pip install {top}'")
+
+
+def require(module: str, purpose: str) -> ModuleType:
+    """Import ``module`` for ``purpose`` (e.g. "openvino-fp32"); one sentence if that fails."""
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:
+        top = module.split(".")[0]
+        missing = isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == top
+        if missing:
+            state = "which is not installed"
+        else:
+            detail = (str(exc).strip().splitlines() or [""])[0].rstrip(".")
+            state = f"which is installed but fails to import ({type(exc).__name__}: {detail})"
+        raise RuntimeMissingError(f"{purpose} needs {top}, {state}; {install_hint(top)}.") from None
