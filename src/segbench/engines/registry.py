@@ -109,8 +109,8 @@ def _require(kind: EngineKind, run: bool) -> None:
     reason = availability(kind.name, run)
     if reason is not None:
         others = [n for n in available_engines(run) if n != kind.name]
-        raise RuntimeMissingError(f"{reason.rstrip('.')}; engines that run here: "
-                                  f"{', '.join(others) or 'none'}.")
+        raise RuntimeMissingError(f"{reason.rstrip('.')}; engines that {'run' if run else 'build'} "
+                                  f"here: {', '.join(others) or 'none'}.")
 
 
 def build(
