@@ -14,7 +14,7 @@ untrained and trained, and the demo's bench reports it for its model.
 import numpy as np
 import pytest
 
-pytest.importorskip("mmseg")
+pytest.importorskip("mmseg", reason="needs the train extra: pip install 'segbench[train]'")
 
 from segbench.engines.registry import availability, build, load  # noqa: E402
 from segbench.errors import ExportError  # noqa: E402

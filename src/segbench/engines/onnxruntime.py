@@ -4,13 +4,14 @@ The artifact is the graph variant itself (fp32, fp16 or int8 Q/DQ ONNX),
 copied beside its own spec. The CPU execution provider always runs; the CUDA
 provider is used for ``device="cuda"`` where onnxruntime-gpu is installed.
 
-Session options are chosen by measurement (benchmarks/bench_ort_options.py):
-the memory-pattern planner is off. With it on, ONNX Runtime keeps the
-activations of the first run in its arena and then allocates one more block
-for the planned pattern, nearly doubling the peak (SegFormer-B0, batch 4 at
-512: 1894 MB against 1029 MB) for no gain in speed (628 against 561 ms per
-batch). The options are recorded in the engine's build record and the
-session is created with the recorded ones.
+Session options are chosen by measurement (benchmarks/bench_ort_options.py,
+SegFormer-B0, batch 4 at 512, one process per option set): the memory-pattern
+planner is off. With it on, ONNX Runtime keeps the activations of the first
+run in its arena and then allocates one more block for the planned pattern,
+nearly doubling the peak (1910 MB against 1050 MB) for no gain in speed (same
+ms per batch within 2%). Turning the arena off too saves another 150 MB but
+costs 35-50% in speed, so the arena stays. The options are recorded in the
+engine's build record and the session is created with the recorded ones.
 """
 
 from __future__ import annotations
