@@ -1,0 +1,58 @@
+"""SIGTERM and SIGHUP as Ctrl-C: an exception in the main thread, so every clean-up runs.
+
+Batch schedulers and ``docker stop`` send SIGTERM, a closed terminal SIGHUP;
+both kill a Python process at once by default, leaving its temporary files.
+Inside :func:`terminate_as_interrupt` they raise :class:`Terminated`, a
+:class:`KeyboardInterrupt`, so the code that already cleans up after Ctrl-C
+(``except KeyboardInterrupt`` / ``BaseException``, ``finally``) cleans up after
+them too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop by ``signum``; exit with status ``128 + signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)  # args stay (signum,), so it pickles
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+    def __str__(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Raise :class:`Terminated` in the main thread on SIGTERM or SIGHUP while the block runs.
+
+    Only signals left at their default action are taken over: ignored ones
+    (``nohup``) stay ignored and a caller's own handler stays in charge, so
+    nesting is harmless. Like Ctrl-C, each signal raises, so a second one can
+    cut a slow clean-up short. Outside the main thread this does nothing, since
+    Python runs signal handlers only there. The previous handlers come back on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame) -> None:
+        raise Terminated(signum)
+
+    previous = {}
+    try:
+        for signum in SIGNALS:
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                previous[signum] = signal.signal(signum, handler)
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
