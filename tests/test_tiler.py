@@ -1,10 +1,16 @@
 """Window planning, blending, streaming accumulation and the threaded pipeline."""
 
+import os
+import signal
+import threading
+import time
+
 import numpy as np
 import pytest
 import rasterio
 
 from segbench.errors import InputError, OutputError
+from segbench.peak import current_rss_bytes, reset_peak
 from segbench.tiler import plan_windows, reference, segment, segment_many, stride_for
 from segbench.tiler.accumulate import BandAccumulator
 from segbench.tiler.blend import axis_weights
@@ -114,17 +120,52 @@ def _scene(tmp_path, h=150, w=170, nodata=None):
     return write_scene(tmp_path / "scene.tif", data, nodata=nodata), data
 
 
+class PositionEngine:
+    """A real (tiny) engine whose logits depend on where a pixel lies in its window, as a CNN's do.
+
+    Class scores of the pixels plus a fixed bias per window position: the same
+    scene pixel gets different logits from each window that covers it, so the
+    labels depend on every blending weight (a per-pixel engine hides them all).
+    """
+
+    def __init__(self, spec, seed=0):
+        self.spec, self.name, self.device = spec, "numpy-position", "cpu"
+        self.pixel = PixelEngine(spec)
+        rng = np.random.default_rng(seed)
+        self.bias = rng.normal(0, 1, (spec.num_classes, spec.tile, spec.tile)).astype(np.float32)
+
+    def infer(self, tiles):
+        return 0.01 * self.pixel.scores(tiles) + self.bias
+
+    def close(self):
+        pass
+
+
+def _reference_segmentation(data, engine, stride, blend):
+    """The whole scene in memory: every window through the engine, numpy's accumulate and argmax."""
+    c, (_, h, w), tile = engine.spec.num_classes, data.shape, engine.spec.tile
+    rows, cols = axis_starts(h, tile, stride), axis_starts(w, tile, stride)
+    acc, wsum = np.zeros((c, h, w), np.float32), np.zeros((h, w), np.float32)
+    for r, yw in zip(rows, axis_weights(rows, tile, h, blend), strict=True):
+        for col, xw in zip(cols, axis_weights(cols, tile, w, blend), strict=True):
+            window = data[None, :, r:r + tile, col:col + tile].astype(np.float32)
+            reference.accumulate(acc, wsum, engine.infer(window)[0], yw, xw, r, col)
+    return reference.argmax_labels(acc, wsum, h, confidence=True)
+
+
 @pytest.mark.parametrize("blend", ["mean", "cosine", "crop"])
-def test_pipeline_labels_equal_the_pointwise_function(tmp_path, blend):
+def test_pipeline_equals_the_numpy_reference(tmp_path, blend):
     path, data = _scene(tmp_path)
-    engine = PixelEngine(make_spec(tile=48))
-    out = tmp_path / "labels.tif"
-    result = segment(path, engine, out, overlap=16, blend=blend, batch=3)
-    expected = engine.scores(data[None].astype(np.float32))[0].argmax(0)
+    engine = PositionEngine(make_spec(tile=48))
+    out, conf = tmp_path / "labels.tif", tmp_path / "conf.tif"
+    result = segment(path, engine, out, overlap=16, blend=blend, batch=3, confidence=conf)
+    labels, confidence = _reference_segmentation(data, engine, 32, blend)
     with rasterio.open(out) as ds, rasterio.open(path) as src:
         assert (ds.crs, ds.transform, ds.width, ds.height) == (src.crs, src.transform, src.width, src.height)
         assert ds.nodata == 255 and ds.dtypes[0] == "uint8"
-        np.testing.assert_array_equal(ds.read(1), expected)
+        np.testing.assert_array_equal(ds.read(1), labels)
+    with rasterio.open(conf) as ds:
+        assert np.abs(ds.read(1).astype(int) - confidence).max() <= 1
     assert result.windows == len(plan_windows(150, 170, 48, 32)) and result.skipped == 0
     assert result.stages.infer > 0 and result.megapixels_per_s > 0
 
@@ -190,3 +231,98 @@ def test_segment_many_over_a_folder(tmp_path):
         write_scene(folder / f"s{i}.tif", rng.integers(0, 255, (3, 40, 50), dtype=np.uint8))
     results = segment_many([folder], PixelEngine(make_spec(tile=32)), tmp_path / "out", progress=False)
     assert [r.output for r in results] == [str(tmp_path / "out" / f"s{i}.labels.tif") for i in range(2)]
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "existing-folder", "stage-blocked"])
+def test_a_confidence_output_that_cannot_be_opened_leaves_nothing(tmp_path, where):
+    path, _ = _scene(tmp_path)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    conf, left = out_dir / "c.tif", []
+    if where == "missing-folder":
+        conf = tmp_path / "missing" / "c.tif"
+    elif where == "existing-folder":  # its path is a folder
+        conf.mkdir()
+        left = ["c.tif"]
+    else:  # GDAL cannot create its staging file (past every check of the path)
+        (out_dir / f".c.tif.stage-{os.getpid()}.tif").mkdir()
+    with pytest.raises(OutputError):
+        segment(path, PixelEngine(make_spec(tile=32)), out_dir / "labels.tif", confidence=conf)
+    assert sorted(p.name for p in out_dir.iterdir()) == left
+    assert not (tmp_path / "missing").exists()
+
+
+def test_abort_never_closes_a_dataset_the_writer_thread_is_using(tmp_path, monkeypatch):
+    """Ctrl-C while the writer is inside a slow write (longer than any join timeout)."""
+    import segbench.tiler.stages as stage_module
+    from segbench.raster import LabelWriter
+
+    events, writing = [], threading.Event()
+
+    class SlowDisk(LabelWriter):
+        """The real writer on a disk that takes 3 s per row band."""
+
+        def write_rows(self, row, labels):
+            events.append(("write", threading.current_thread().name))
+            writing.set()
+            time.sleep(3)
+            super().write_rows(row, labels)
+            events.append(("written", threading.current_thread().name))
+
+        def close(self):
+            events.append(("close", threading.current_thread().name))
+            return super().close()
+
+        def abort(self):
+            events.append(("abort", threading.current_thread().name))
+            super().abort()
+
+    monkeypatch.setattr(stage_module, "LabelWriter", SlowDisk)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # even in a background job
+    try:
+        rng = np.random.default_rng(6)
+        scene = write_scene(tmp_path / "s.tif", rng.integers(1, 255, (3, 400, 400), dtype=np.uint8))
+        threading.Thread(target=lambda: writing.wait(60) and os.kill(os.getpid(), signal.SIGINT),
+                         daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            segment(scene, PixelEngine(make_spec(tile=32)), tmp_path / "l.tif", batch=2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert not [t for t in threading.enumerate() if t.name.startswith("segbench-") and t.is_alive()]
+    kinds = [kind for kind, _ in events]
+    assert kinds.count("write") == kinds.count("written")  # no write was cut off by a close
+    last_write = max(i for i, k in enumerate(kinds) if k == "written")
+    first_end = min(i for i, k in enumerate(kinds) if k in ("abort", "close"))
+    assert first_end > last_write, events
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
+
+
+class SpikyEngine(PixelEngine):
+    """Touches ``spike`` bytes inside each call and frees them before returning."""
+
+    spike = 200 * 2**20
+
+    def infer(self, tiles):
+        np.ones(self.spike, np.uint8)
+        return super().infer(tiles)
+
+
+@pytest.fixture
+def fresh_peak():
+    if not reset_peak():
+        pytest.skip("this kernel cannot reset the memory high-water mark")
+    return current_rss_bytes()
+
+
+def test_peak_rss_sees_a_spike_between_batches(tmp_path, fresh_peak):
+    path, _ = _scene(tmp_path)
+    result = segment(path, SpikyEngine(make_spec(tile=32)), tmp_path / "l.tif", batch=2)
+    assert result.peak_rss_bytes >= fresh_peak + 0.9 * SpikyEngine.spike
+
+
+def test_peak_rss_counts_from_before_segment_began(tmp_path, fresh_peak):
+    """The bench measures a child's whole life with the same counter: segment must not reset it."""
+    path, _ = _scene(tmp_path)
+    np.ones(SpikyEngine.spike, np.uint8)  # e.g. loading the engine, before the scene
+    result = segment(path, PixelEngine(make_spec(tile=32)), tmp_path / "l.tif", batch=2)
+    assert result.peak_rss_bytes >= fresh_peak + 0.9 * SpikyEngine.spike

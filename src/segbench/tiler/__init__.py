@@ -1,6 +1,7 @@
 """Whole-scene segmentation: window plan, blending, streaming accumulation, threaded pipeline."""
 
-from segbench.tiler.pipeline import SegmentResult, StageTimes, expand_scenes, segment, segment_many
+from segbench.tiler.pipeline import SegmentResult, StageTimes, segment
+from segbench.tiler.scenes import expand_scenes, segment_many
 from segbench.tiler.windows import Window, plan_windows, stride_for
 
 __all__ = ["SegmentResult", "StageTimes", "Window", "expand_scenes", "plan_windows", "segment",

@@ -1,0 +1,221 @@
+"""The tiler's three stages: read -> infer -> blend and write, each with its own state.
+
+A :class:`Reader` thread reads windows into the engine's batches, the calling
+thread runs :class:`Inference`, a :class:`Writer` thread blends and writes.
+They share only their two channels and the stop event; each keeps its own
+counters and times, which the pipeline reads once the threads have ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+from segbench.engines.base import Engine
+from segbench.raster import LABEL_NODATA, LabelWriter, SceneInfo, open_raster, read_window
+from segbench.spec import ModelSpec
+from segbench.tiler.accumulate import BandAccumulator
+from segbench.tiler.channel import DONE, Channel, Stopped
+from segbench.tiler.windows import Window
+
+# The reader and writer threads run this much nicer than the engine: on a CPU engine
+# every core is busy inferring, and a helper that preempts one of the engine's worker
+# threads stalls the whole parallel step, so helpers take the cores when they idle.
+HELPER_NICE = 10
+
+
+class Reader:
+    """Reads the windows in plan order straight into the engine's next batch (no copy later).
+
+    Puts ``(entries, pixels)`` on ``inbox``: ``entries`` lists every window of the
+    batch as ``(window, valid mask)``, with ``None`` for all-nodata windows,
+    which take no slot in ``pixels``; then :data:`DONE`.
+    """
+
+    def __init__(self, scene: str | os.PathLike[str], windows: Sequence[Window], spec: ModelSpec,
+                 batch: int, nodata: float | None, inbox: Channel) -> None:
+        self.scene, self.windows, self.spec, self.batch = scene, windows, spec, batch
+        self.nodata, self.inbox = nodata, inbox
+        self.seconds = 0.0
+        self.skipped = 0
+
+    def _new_batch(self) -> np.ndarray:
+        tile = self.spec.tile
+        return np.empty((self.batch, self.spec.num_bands, tile, tile), np.float32)
+
+    def run(self) -> None:
+        tile = self.spec.tile
+        with open_raster(self.scene) as src:
+            pending: list[tuple[Window, np.ndarray | None]] = []
+            pixels, used = self._new_batch(), 0
+            for window in self.windows:
+                t0 = time.perf_counter()
+                _, valid = read_window(src, window.row, window.col, tile, tile, self.spec.bands,
+                                       nodata=self.nodata, out=pixels[used])
+                self.seconds += time.perf_counter() - t0
+                if valid.any():
+                    pending.append((window, valid))
+                    used += 1
+                else:
+                    self.skipped += 1
+                    pending.append((window, None))
+                if used == self.batch:
+                    self.inbox.put((pending, pixels))
+                    pending, pixels, used = [], self._new_batch(), 0
+            if pending:
+                self.inbox.put((pending, pixels[:used]))
+            self.inbox.put(DONE)
+
+
+class Inference:
+    """The calling thread's stage: each batch through the engine, then on to the writer.
+
+    Puts ``[(window, logits or None, valid or None), ...]`` per batch on ``outbox``,
+    then :data:`DONE`.
+    """
+
+    def __init__(self, engine: Engine, inbox: Channel, outbox: Channel) -> None:
+        self.engine, self.inbox, self.outbox = engine, inbox, outbox
+        self.seconds = 0.0
+        self.idle = 0.0  # waiting for the reader
+        self.batches = 0
+
+    def run(self, after_batch: Callable[[], None]) -> None:
+        while True:
+            t0 = time.perf_counter()
+            item = self.inbox.get()
+            self.idle += time.perf_counter() - t0
+            if item is DONE:
+                self.outbox.put(DONE)
+                return
+            entries, pixels = item
+            outputs: list = []
+            if len(pixels):
+                t0 = time.perf_counter()
+                outputs = list(self.engine.infer(pixels))
+                self.seconds += time.perf_counter() - t0
+                self.batches += 1
+            it = iter(outputs)
+            self.outbox.put([(w, None if v is None else next(it), v) for w, v in entries])
+            after_batch()
+
+
+class Writer:
+    """Blends each window into a :class:`BandAccumulator` and writes finished row bands.
+
+    It owns the label (and confidence) rasters: its thread opens them and, if
+    anything fails or the pipeline stops, aborts them; after a whole scene it
+    leaves them open and the pipeline, once this thread has ended, finishes
+    them with :meth:`close` or drops them with :meth:`abort`. So a GDAL dataset
+    is used by one thread at a time and never closed under a write.
+    """
+
+    def __init__(self, outbox: Channel, stop: threading.Event, info: SceneInfo, spec: ModelSpec,
+                 weights: tuple[dict[int, np.ndarray], dict[int, np.ndarray]],
+                 out: str | os.PathLike[str], confidence: str | os.PathLike[str] | None,
+                 threads: int) -> None:
+        self.outbox, self.stop, self.info, self.spec = outbox, stop, info, spec
+        self.wy, self.wx = weights
+        self.out, self.confidence, self.threads = Path(out), confidence, threads
+        self.writers: list[LabelWriter] = []
+        self.blend_seconds = 0.0
+        self.write_seconds = 0.0
+        self.done = 0  # windows blended
+
+    def _open(self) -> None:
+        spec = self.spec
+        self.writers.append(LabelWriter(self.out, self.info, classes=spec.classes, palette=spec.palette))
+        if self.confidence:
+            self.writers.append(LabelWriter(self.confidence, self.info, nodata=0,
+                                            description="confidence", resampling="average"))
+
+    def run(self) -> None:
+        try:
+            self._open()
+            self._blend_and_write()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _blend_and_write(self) -> None:
+        acc = BandAccumulator(self.info.height, self.info.width, self.spec.num_classes, self.spec.tile,
+                              LABEL_NODATA, confidence=bool(self.confidence),
+                              labels=self.spec.output == "labels", threads=self.threads)
+        while (item := self.outbox.get()) is not DONE:
+            for window, output, valid in item:
+                t0 = time.perf_counter()
+                flushed = acc.flush(window.row) if window.row > acc.top else None
+                if output is not None:
+                    acc.add(window, output, self.wy[window.row], self.wx[window.col], valid)
+                self.blend_seconds += time.perf_counter() - t0
+                self._write(flushed)
+                self.done += 1
+        t0 = time.perf_counter()
+        flushed = acc.finish()
+        self.blend_seconds += time.perf_counter() - t0
+        self._write(flushed)
+
+    def _write(self, flushed) -> None:
+        if flushed is None:
+            return
+        if self.stop.is_set():  # a write can be slow: none after the pipeline has stopped
+            raise Stopped
+        row0, *bands = flushed
+        t0 = time.perf_counter()
+        for writer, rows in zip(self.writers, bands, strict=False):
+            writer.write_rows(row0, rows)
+        self.write_seconds += time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Finish the rasters as COGs under their final names; only once this stage's thread has ended."""
+        t0 = time.perf_counter()
+        with rasterio.Env():
+            for writer in self.writers:
+                writer.close()
+        self.write_seconds += time.perf_counter() - t0
+
+    def abort(self) -> None:
+        """Remove everything written (repeatable); from this stage's thread, or once it has ended."""
+        for writer in self.writers:
+            writer.abort()
+
+
+class StageThread(threading.Thread):
+    """A helper stage's thread: nicer than the engine, GDAL errors raised, its error kept.
+
+    A failure sets ``stop``, so every other stage gives up; :class:`Stopped` is
+    how a stage gives up, and is no error.
+    """
+
+    def __init__(self, name: str, work: Callable[[], None], stop: threading.Event) -> None:
+        super().__init__(name=name, daemon=True)
+        self.work, self.stop = work, stop
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        _lower_thread_priority(HELPER_NICE)
+        try:
+            with rasterio.Env():  # GDAL errors raise here instead of printing from the thread
+                self.work()
+        except Stopped:
+            pass
+        except BaseException as exc:  # noqa: BLE001  (handed to the pipeline)
+            self.error = exc
+            self.stop.set()
+
+
+def _lower_thread_priority(increment: int) -> None:
+    """Make the calling thread ``increment`` nicer (Linux schedules threads individually)."""
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + increment, 19))
