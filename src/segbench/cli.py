@@ -348,19 +348,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``segbench`` console script."""
+    """Entry point of the ``segbench`` console script.
+
+    SIGTERM and SIGHUP stop a command as Ctrl-C does (temporary files removed);
+    the exit status is then 128 + the signal's number (130 for Ctrl-C, 143, 129).
+    """
+    from segbench.signals import terminate_as_interrupt
+
     parser = build_parser()
     args = parser.parse_args(argv)
     # GDAL's own messages repeat what the one-sentence errors already say.
     logging.getLogger("rasterio").setLevel(logging.CRITICAL)
     try:
-        return args.func(args)
+        with terminate_as_interrupt():
+            return args.func(args)
     except SegbenchError as exc:
         print(f"segbench: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("segbench: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP as segbench.signals.Terminated
+        why = f" ({exc})" if str(exc) else ""
+        print(f"segbench: interrupted{why}", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,147 @@
+"""SIGTERM and SIGHUP (batch schedulers, ``docker stop``, a closed terminal) behave like Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from tests.conftest import make_spec, tiny_conv_onnx, write_scene
+
+SEGBENCH = Path(sys.executable).with_name("segbench")
+STOP_S = 5.0
+
+
+def _wait_for(predicate, timeout=120.0, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"exited early ({proc.returncode}): {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def _start(args, **kw):
+    """``segbench ARGS`` as a foreground job would run it: SIGINT not ignored, whatever ran pytest."""
+    return subprocess.Popen([str(SEGBENCH), *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
+
+
+def _stop(proc, signum) -> float:
+    """Send ``signum``; the seconds until the process exited."""
+    start = time.perf_counter()
+    proc.send_signal(signum)
+    try:
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return time.perf_counter() - start
+
+
+def test_terminate_becomes_an_interrupt_and_the_old_handlers_come_back():
+    from segbench.signals import Terminated, terminate_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated) as caught, terminate_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert isinstance(caught.value, KeyboardInterrupt) and caught.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_ignored_signals_stay_ignored_and_other_threads_install_nothing():
+    from segbench.signals import terminate_as_interrupt
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+    try:
+        with terminate_as_interrupt():
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.2)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    seen = []
+
+    def in_thread():
+        with terminate_as_interrupt():
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join()
+    assert seen == [signal.getsignal(signal.SIGTERM)]
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """A scene that takes the tiny ONNX engine several seconds, and that engine."""
+    root = tmp_path_factory.mktemp("big")
+    rng = np.random.default_rng(0)
+    scene = write_scene(root / "big.tif", rng.integers(1, 255, (3, 3000, 3000), dtype=np.uint8))
+    from segbench.engines.registry import build
+
+    spec = make_spec(tile=64)
+    artifact = build(tiny_conv_onnx(root / "m.onnx", spec), "ort-fp32", root)
+    return scene, artifact, root / "m.onnx"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT],
+                         ids=["TERM", "HUP", "INT"])
+def test_segment_stops_on_signal_and_leaves_nothing(tmp_path, big, signum):
+    scene, artifact, _ = big
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = _start(["segment", scene, "--engine", artifact, "-o", out / "labels.tif", "--confidence"])
+    _wait_for(lambda: any(out.glob(".labels.tif.stage-*")), proc=proc)
+    time.sleep(0.5)  # well into the scene
+    seconds = _stop(proc, signum)
+    assert proc.returncode == 128 + signum, proc.stderr.read()
+    assert seconds < STOP_S
+    assert list(out.iterdir()) == []
+
+
+def test_bench_on_sigterm_ends_its_child_and_leaves_no_temporaries(tmp_path, big):
+    scene, _, onnx_path = big
+    out = tmp_path / "bench"
+    proc = _start(["bench", "--model", onnx_path, "--engines", "ort-fp32", "--reference", "ort-fp32",
+                   "--scenes", scene, "-o", out])
+    parent = psutil.Process(proc.pid)
+    _wait_for(lambda: any(out.glob("ort-fp32/.*.stage-*")), proc=proc)
+    children = parent.children(recursive=True)
+    assert children
+    seconds = _stop(proc, signal.SIGTERM)
+    assert proc.returncode == 143, proc.stderr.read()
+    assert seconds < STOP_S + 5  # the child cleans up too; the bench then waits at most 5 s for it
+    _, alive = psutil.wait_procs(children, timeout=1)
+    assert not alive
+    assert not [p.name for p in out.rglob("*") if ".stage-" in p.name or ".part-" in p.name]
+    assert not list(out.glob("ort-fp32/*.labels.tif"))
+
+
+def test_train_on_sigterm_exits_promptly_without_a_checkpoint(tmp_path):
+    pytest.importorskip("mmseg")
+    from segbench.train.synth import SynthOptions, synthesize_dataset
+
+    data = synthesize_dataset(tmp_path / "data", SynthOptions(train=2, val=1, test=0, size=64, test_size=64))
+    out = tmp_path / "run"
+    proc = _start(["train", "fcn-hrnet18s", "--data", data, "-o", out, "--iters", "100000",
+                   "--batch", "2", "--crop", "64"])
+    _wait_for(lambda: any((out / "mmseg").rglob("*.log")), proc=proc)
+    time.sleep(2)  # training iterations are running
+    seconds = _stop(proc, signal.SIGTERM)
+    assert proc.returncode == 143, proc.stderr.read()
+    assert seconds < STOP_S
+    assert not (out / "model.pth").exists()
+    assert not [p.name for p in out.iterdir() if ".part-" in p.name]
