@@ -106,3 +106,30 @@ def test_schedules_cover_any_run_length(name, iters):
         assert s["begin"] < s["end"], s  # mmengine refuses empty schedules
     for a, b in zip(schedules, schedules[1:], strict=False):
         assert a["end"] == b["begin"]
+
+
+def test_pretrained_backbone_is_where_training_starts(rgb, tmp_path):
+    """train --pretrained: the backbone starts from the file's weights (lr ~0: they stay there)."""
+    import torch
+
+    from segbench.errors import InputError
+    from segbench.train.models import build_model
+
+    donor = build_model("segformer-b0", classes=6, tile=64, seed=5).backbone.state_dict()
+    pretrained = tmp_path / "mit_b0.pth"
+    torch.save({"state_dict": donor}, pretrained)  # a backbone file, as mmseg's mit_b0 is
+    checkpoint, _ = train("segformer-b0", rgb, tmp_path / "run", Recipe(iters=1, batch=2, crop=64, lr=1e-12),
+                          progress=False, pretrained=pretrained)
+    model, _ = load_model(checkpoint)
+    start = build_model("segformer-b0", classes=6, tile=64, seed=0).backbone.state_dict()
+    key = "layers.0.0.projection.weight"
+    trained = model.backbone.state_dict()
+    assert torch.allclose(trained[key], donor[key], atol=1e-6)
+    assert not torch.allclose(trained[key], start[key], atol=1e-2)  # not the random initialisation
+
+    resnet = tmp_path / "resnet.pth"
+    torch.save({"state_dict": build_model("pspnet-r18", classes=6, tile=64).backbone.state_dict()}, resnet)
+    with pytest.raises(InputError, match=r"does not fit the MixVisionTransformer backbone: 0 of \d+ "
+                                         r"weights match; \d+ missing \(layers\.0\.0\.projection"):
+        train("segformer-b0", rgb, tmp_path / "bad", Recipe(iters=1, batch=2, crop=64), progress=False,
+              pretrained=resnet)

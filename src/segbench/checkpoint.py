@@ -71,6 +71,17 @@ def build_mmseg_model(config: dict) -> Any:
         return MODELS.build(config)
 
 
+def measure_output_stride(model: Any, tile: int, bands: int) -> int:
+    """Input size over the decode head's output size, measured with one forward pass."""
+    import torch
+
+    model.eval()
+    with torch.inference_mode():
+        out = model._forward(torch.zeros(1, bands, tile, tile))
+    out = out[0] if isinstance(out, list | tuple) else out
+    return max(tile // out.shape[-1], 1)
+
+
 def _plain(node: Any) -> Any:
     """Config values as plain dicts/lists/scalars (loadable with weights_only=True)."""
     if isinstance(node, dict):

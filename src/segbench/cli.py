@@ -91,8 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=_cmd_models)
 
     # train --------------------------------------------------------------
-    t = sub.add_parser("train", help="train a catalogue model with mmsegmentation")
-    t.add_argument("model", help="catalogue name (see 'segbench models')")
+    t = sub.add_parser("train", help="train a catalogue model or any mmseg config with mmsegmentation")
+    t.add_argument("model", nargs="?", help="catalogue name (see 'segbench models')")
+    t.add_argument("--config", type=Path, default=None,
+                   help="an mmseg config file to train instead of a catalogue model")
+    t.add_argument("--pretrained", type=Path, default=None,
+                   help="local backbone weights to start from (e.g. mmseg's mit_b0 or resnet18_v1c file)")
     t.add_argument("--data", type=Path, required=True, help="segbench dataset folder")
     t.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     t.add_argument("--iters", type=_positive, default=80_000, help="iterations (default 80k)")
@@ -109,6 +113,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", type=Path, required=True, help="segbench dataset folder")
     ev.add_argument("--split", default="val", choices=("train", "val", "test"))
     ev.set_defaults(func=_cmd_eval)
+
+    im = sub.add_parser(
+        "import", help="bring an mmseg model (config + checkpoint) into segbench",
+        description="Import an mmseg 1.x model: a config (any, _base_ resolved; the shipped ones "
+        "work as they are) and a model-zoo or work-dir checkpoint become a segbench checkpoint "
+        "and spec that export, build, segment and bench use unchanged.")
+    im.add_argument("config", type=Path, nargs="?", help="mmseg config .py")
+    im.add_argument("checkpoint", type=Path, nargs="?", help="checkpoint .pth (model zoo or work dir)")
+    im.add_argument("-o", "--out", type=Path, help="output segbench checkpoint (.pth)")
+    im.add_argument("--classes", type=_csv, default=None,
+                    help="class names (default: the config's dataset or the checkpoint's meta)")
+    im.add_argument("--bands", type=_csv, default=None,
+                    help="GeoTIFF bands (1-based) feeding the input channels, e.g. 4,1,2")
+    im.add_argument("--tile", type=_positive, default=None,
+                    help="tile size (default: the config's slide crop_size)")
+    im.add_argument("--dtype", choices=("uint8", "uint16"), default="uint8",
+                    help="pixel type of the scenes it will segment (default uint8)")
+    im.add_argument("--list-configs", metavar="PATTERN", default=None,
+                    help="list the configs shipped with mmseg whose path matches PATTERN, and exit")
+    im.set_defaults(func=_cmd_import)
 
     # export -------------------------------------------------------------
     e = sub.add_parser("export", help="export a checkpoint to ONNX, verified against PyTorch")
@@ -239,8 +263,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from segbench.train.config import Recipe
     from segbench.train.runner import train
 
+    if (args.model is None) == (args.config is None):
+        raise InputError("Name one model to train: a catalogue name or --config FILE.py.")
+    if args.config is not None and args.config.suffix != ".py":
+        raise InputError(f"{args.config} is not an mmseg config (a .py file).")
     recipe = Recipe(iters=args.iters, batch=args.batch, crop=args.crop, lr=args.lr)
-    path, _ = train(args.model, args.data, args.out, recipe, device=args.device, resume=args.resume)
+    path, _ = train(args.model or str(args.config), args.data, args.out, recipe, device=args.device,
+                    resume=args.resume, pretrained=args.pretrained)
     print(f"checkpoint written to {path}")
     return 0
 
@@ -254,6 +283,37 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for name, v in m["per_class"].items():
         iou = "n/a" if v["IoU"] is None else f"{100 * v['IoU']:.2f}"
         print(f"  {name:<24} IoU {iou}")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    if args.list_configs is not None:
+        from segbench.mmseg.configs import list_configs, shipped_configs_root
+
+        root = shipped_configs_root()
+        found = list_configs(args.list_configs)
+        for path in found:
+            print(path)
+        if not found:
+            raise InputError(f"No config shipped with mmseg under {root} matches {args.list_configs!r}.")
+        return 0
+    if args.config is None or args.checkpoint is None or args.out is None:
+        raise InputError("Give a config, a checkpoint and -o OUT.pth "
+                         "(or --list-configs PATTERN to find a config).")
+    from segbench.mmseg.importer import import_model
+
+    bands = None
+    if args.bands:
+        try:
+            bands = [int(b) for b in args.bands]
+        except ValueError:
+            raise InputError(f"--bands takes band numbers, e.g. 1,2,3; got {','.join(args.bands)}.") from None
+    result = import_model(args.config, args.checkpoint, args.out, classes=args.classes, bands=bands,
+                          tile=args.tile, input_dtype=args.dtype)
+    spec = result.spec
+    print(f"{result.checkpoint}: {spec.architecture}, {result.params / 1e6:.3f}M parameters, "
+          f"{spec.num_classes} classes ({result.classes_from}), bands {list(spec.bands)}, "
+          f"tile {spec.tile}" + (f", stride {spec.stride}" if spec.stride else ""))
     return 0
 
 

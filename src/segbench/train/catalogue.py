@@ -27,9 +27,9 @@ class CatalogueEntry:
 
     def config_path(self) -> Path:
         """Absolute path of the mmseg config inside the installed wheel."""
-        import mmseg
+        from segbench.mmseg.configs import shipped_configs_root
 
-        path = Path(mmseg.__file__).parent / ".mim" / "configs" / self.config
+        path = shipped_configs_root() / self.config
         if not path.is_file():
             raise InputError(f"mmseg config {self.config} is missing; reinstall mmsegmentation.")
         return path
@@ -73,10 +73,26 @@ CATALOGUE: dict[str, CatalogueEntry] = {e.name: e for e in _ENTRIES}
 
 
 def get_entry(name: str) -> CatalogueEntry:
-    """The catalogue entry called ``name``, or one sentence listing the valid names."""
+    """The catalogue entry called ``name`` (or an mmseg config file's), or one sentence listing the names."""
+    if name.endswith(".py"):
+        return entry_for_config(name)
     try:
         return CATALOGUE[name]
     except KeyError:
         raise InputError(
             f"Unknown model {name!r}; choose one of: {', '.join(CATALOGUE)}."
         ) from None
+
+
+TRANSFORMER_BACKBONES = ("MixVisionTransformer", "SwinTransformer", "VisionTransformer", "BEiT", "MAE",
+                         "PCPVT", "SVT", "MSCAN")
+
+
+def entry_for_config(path: str | Path) -> CatalogueEntry:
+    """An entry for any mmseg config file, trained with its family's recipe like the catalogue's."""
+    from segbench.mmseg.configs import load_config
+
+    path = Path(path).resolve()
+    backbone = load_config(path).model.get("backbone", {}).get("type", "")
+    family = TRANSFORMER if backbone in TRANSFORMER_BACKBONES else CNN
+    return CatalogueEntry(path.stem, family, str(path), f"{backbone} from {path.name}")

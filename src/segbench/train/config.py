@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from segbench.mmseg.configs import deployable
 from segbench.spec import IGNORE_INDEX
 from segbench.train.catalogue import TRANSFORMER, CatalogueEntry
 from segbench.train.layout import DatasetInfo
@@ -37,31 +38,6 @@ class Recipe:
         return self.val_interval or max(self.iters // 10, 1)
 
 
-def _walk(node: Any, fn) -> Any:
-    """Apply ``fn`` to every dict in a nested config, depth first."""
-    if isinstance(node, dict):
-        for value in node.values():
-            _walk(value, fn)
-        fn(node)
-    elif isinstance(node, list | tuple):
-        for value in node:
-            _walk(value, fn)
-    return node
-
-
-def _revert_syncbn(d: dict) -> None:
-    if d.get("type") == "SyncBN":
-        d["type"] = "BN"
-
-
-def _drop_pretrained(d: dict) -> None:
-    init = d.get("init_cfg")
-    if isinstance(init, dict) and init.get("type") == "Pretrained":
-        d["init_cfg"] = None
-    if isinstance(d.get("pretrained"), str):
-        d["pretrained"] = None
-
-
 def model_config(
     entry: CatalogueEntry,
     num_classes: int,
@@ -75,8 +51,7 @@ def model_config(
 
     cfg = Config.fromfile(str(entry.config_path()))
     model = cfg.model.to_dict()
-    _walk(model, _revert_syncbn)
-    _walk(model, _drop_pretrained)
+    deployable(model)
     for key in ("decode_head", "auxiliary_head"):
         heads = model.get(key)
         for head in heads if isinstance(heads, list) else [heads] if heads else []:

@@ -6,7 +6,8 @@ import time
 import warnings
 from pathlib import Path
 
-from segbench.checkpoint import save_checkpoint
+from segbench.checkpoint import measure_output_stride, save_checkpoint
+from segbench.errors import InputError
 from segbench.spec import ModelSpec
 from segbench.train.catalogue import get_entry
 from segbench.train.config import Recipe, model_config, runner_config
@@ -24,11 +25,15 @@ def train(
     device: str = "cpu",
     progress: bool = True,
     resume: bool = False,
+    pretrained: str | Path | None = None,
 ) -> tuple[Path, ModelSpec]:
     """Train ``model_name`` on the dataset at ``data``; write ``out_dir/model.pth`` and its spec.
 
     The run's state is saved to ``out_dir/resume.pth`` every validation
     interval; ``resume=True`` continues from it (same model and options).
+    ``model_name`` is a catalogue name or an mmseg config file; ``pretrained``
+    is a local backbone file (e.g. mmseg's ``mit_b0`` or ResNet-V1c weights)
+    loaded before the first step.
     """
     from mmengine.runner import Runner
     from mmseg.utils import register_all_modules
@@ -42,7 +47,10 @@ def train(
     info = DatasetInfo.load(data).with_stats()
     state_path = out_dir / STATE_NAME
     run = dict(model=entry.name, iters=recipe.iters, batch=recipe.batch, crop=recipe.crop,
-               lr=recipe.lr, seed=recipe.seed, bands=list(info.bands), classes=list(info.classes))
+               lr=recipe.lr, seed=recipe.seed, bands=list(info.bands), classes=list(info.classes),
+               pretrained=str(Path(pretrained).resolve()) if pretrained else None)
+    if pretrained and not Path(pretrained).is_file():
+        raise InputError(f"Pretrained file {pretrained} does not exist.")
     if resume:
         state = load_state(state_path)
         check_run(state, run, state_path)
@@ -58,6 +66,8 @@ def train(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module="mmseg")
         runner = Runner.from_cfg(Config(cfg))
+    if pretrained and not resume:
+        runner.register_hook(_PretrainedHook(pretrained), priority="VERY_HIGH")
     runner.register_hook(resume_hook(state_path, recipe.interval(), run, resume))
     if progress:
         runner.register_hook(_ProgressHook(recipe.iters), priority="VERY_LOW")
@@ -73,7 +83,7 @@ def train(
         std=info.std,
         tile=recipe.crop,
         ignore_index=info.ignore_index,
-        output_stride=_output_stride(model, recipe.crop, len(info.bands)),
+        output_stride=measure_output_stride(model, recipe.crop, len(info.bands)),
         architecture=entry.name,
         config=entry.config,
         input_dtype=info.dtype,
@@ -83,15 +93,17 @@ def train(
     return out_dir / CHECKPOINT_NAME, spec
 
 
-def _output_stride(model, tile: int, bands: int) -> int:
-    """Input size over the decode head's output size, measured with one forward pass."""
-    import torch
+def _PretrainedHook(path: str | Path):  # noqa: N802  (a class factory: mmengine is imported lazily)
+    """Loads the backbone from a local file once the runner has initialised the weights."""
+    from mmengine.hooks import Hook
 
-    model.eval()
-    with torch.inference_mode():
-        out = model._forward(torch.zeros(1, bands, tile, tile))
-    out = out[0] if isinstance(out, list | tuple) else out
-    return max(tile // out.shape[-1], 1)
+    from segbench.mmseg.checkpoints import load_backbone
+
+    class PretrainedHook(Hook):
+        def before_train(self, runner) -> None:
+            load_backbone(getattr(runner.model, "module", runner.model), path)
+
+    return PretrainedHook()
 
 
 def _progress_hook_class():
