@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from segbench.engines.registry import availability, build, load
+from segbench.export.calibration import calibration_tiles
 from segbench.export.onnx import export_model
 from segbench.raster import sample_tiles
 from segbench.spec import ModelSpec
@@ -91,7 +92,7 @@ def main() -> None:
         for label, checkpoint in (("untrained", untrained), (f"{args.iters} it {train_s:.0f} s", trained)):
             onnx_path, _, _ = export_model(checkpoint, root / label.split()[0] / "model.onnx")
             spec = ModelSpec.load(onnx_path)
-            calib = sample_tiles(train_scenes, spec, count=32)
+            calib = calibration_tiles(train_scenes, spec, count=32)
             tiles = sample_tiles(test_scenes, spec, count=16, seed=1)
             agree, reference = agreements(onnx_path, onnx_path.parent, calib, tiles, args.method)
             shares = np.bincount(reference.ravel(), minlength=spec.num_classes) / reference.size

@@ -28,7 +28,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from segbench.bench.memory import PeakMemory, process_peak_rss_bytes, run_in_child
+from segbench.bench.memory import PeakMemory, run_in_child
 
 TILE, OVERLAP, BATCH = 512, 128, 4
 
@@ -108,7 +108,7 @@ def streamed(artifact: str, scene: str, out: str) -> dict:
     before = engine_alone(engine, scene, half)
     with PeakMemory() as mem:
         result = segment(scene, engine, out, overlap=OVERLAP, blend="cosine", batch=BATCH)
-    peak = max(mem.peak_rss_bytes, process_peak_rss_bytes())
+    peak = mem.peak_rss_bytes
     after = engine_alone(engine, scene, result.batches - half)
     return {"wall": result.seconds, "engine_alone": before + after, "infer_in_pipeline": result.stages.infer,
             "peak": peak, "windows": result.windows, "stages": vars(result.stages)}
@@ -135,7 +135,7 @@ def naive(artifact: str, scene: str) -> dict:
                 count[w.row:w.row + TILE, w.col:w.col + TILE] += 1
         labels = (acc / count).argmax(0).astype(np.uint8)
         del labels
-    return {"wall": time.perf_counter() - start, "peak": max(mem.peak_rss_bytes, process_peak_rss_bytes())}
+    return {"wall": time.perf_counter() - start, "peak": mem.peak_rss_bytes}
 
 
 def main() -> None:

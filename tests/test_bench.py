@@ -5,9 +5,10 @@ import pytest
 
 from segbench.bench.latency import LatencyStats, time_callable
 from segbench.bench.memory import PeakMemory, run_in_child
-from segbench.bench.metrics import AgreementCounter, ConfusionMatrix, label_targets, metrics_from_counts
+from segbench.bench.metrics import AgreementCounter, ConfusionMatrix, metrics_from_counts
 from segbench.bench.rank import RankRule, pareto_front, rank
 from segbench.errors import EngineError
+from segbench.raster import label_targets
 
 CLASSES = ("a", "b", "c", "clutter")
 

@@ -90,7 +90,7 @@ def test_kappa_counts_only_pixels_labelled_with_a_class():
 
 
 def test_label_targets_ignore_nodata_and_invalid_pixels():
-    from segbench.bench.metrics import label_targets
+    from segbench.raster import label_targets
 
     label = np.array([[0, 1, 2], [7, 9, 255]], np.uint8)
     valid = np.array([[True, False, True], [True, True, True]])
@@ -102,23 +102,17 @@ def test_label_targets_ignore_nodata_and_invalid_pixels():
 
 
 def test_one_ignore_index():
-    import inspect
+    """255 as the ignore/nodata value is written once, in spec.py; everything else names it."""
+    import re
+    from pathlib import Path
 
-    from segbench import raster
-    from segbench.bench import metrics
-    from segbench.spec import IGNORE_INDEX, ModelSpec
-    from segbench.tiler import accumulate, reference
-    from segbench.train import synth
+    import segbench
 
-    def default(fn, name):
-        return inspect.signature(fn).parameters[name].default
-
-    assert raster.LABEL_NODATA == synth.IGNORE_INDEX == IGNORE_INDEX
-    assert ModelSpec.__dataclass_fields__["ignore_index"].default == IGNORE_INDEX
-    assert default(metrics.ConfusionMatrix, "ignore_index") == IGNORE_INDEX
-    assert default(metrics.label_targets, "ignore_index") == IGNORE_INDEX
-    assert default(reference.argmax_labels, "nodata") == IGNORE_INDEX
-    assert default(accumulate.BandAccumulator, "nodata") == IGNORE_INDEX
+    pattern = re.compile(r"(ignore|nodata|IGNORE|NODATA)\w*\s*(:\s*[\w |]+)?=\s*255\b")
+    found = [f"{path.relative_to(Path(segbench.__file__).parent)}: {line.strip()}"
+             for path in Path(segbench.__file__).parent.rglob("*.py")
+             for line in path.read_text().splitlines() if pattern.search(line)]
+    assert found == ["spec.py: IGNORE_INDEX = 255"], found
 
 
 # -- segbench eval reads labels as the bench does ---------------------------------------------
@@ -140,8 +134,8 @@ def test_eval_maps_label_nodata_and_invalid_scene_pixels_to_ignore(trained):
     """A label raster whose nodata is 0, and a scene with a nodata corner: neither is scored."""
     import rasterio
 
+    from segbench.bench.evaluate import evaluate
     from segbench.raster import read_all, write_raster
-    from segbench.train.evaluate import evaluate
     from segbench.train.layout import DatasetInfo
 
     data, checkpoint, spec = trained

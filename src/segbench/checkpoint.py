@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from segbench.errors import InputError
+from segbench.errors import InputError, first_line
 from segbench.files import atomic_output, sha256_file
 from segbench.spec import ModelSpec
 
@@ -46,7 +46,7 @@ def load_model(path: str | os.PathLike[str], device: str = "cpu") -> tuple[Any, 
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
         raise InputError(
-            f"{path} is not a segbench checkpoint ({str(exc).splitlines()[0]}); "
+            f"{path} is not a segbench checkpoint ({first_line(exc)}); "
             "train one with 'segbench train'."
         ) from exc
     if not isinstance(payload, dict) or "model_config" not in payload:

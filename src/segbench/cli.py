@@ -32,6 +32,11 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; its choices are the library's own constants."""
+    from segbench import raster
+    from segbench.export import precision
+    from segbench.train import layout, prepare, synth
+
     p = argparse.ArgumentParser(
         prog="segbench",
         description="Benchmark and deploy semantic-segmentation engines on remote-sensing scenes.",
@@ -63,12 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test", type=int, default=1, help="held-out test scenes (default 1)")
     s.add_argument("--size", type=_positive, default=512, help="train/val scene size in pixels")
     s.add_argument("--test-size", type=_positive, default=1024, help="test scene size in pixels")
-    s.add_argument("--bands", type=int, choices=(3, 4), default=3, help="3 = RGB, 4 = RGB+NIR")
-    s.add_argument("--dtype", choices=("uint8", "uint16"), default="uint8")
+    s.add_argument("--bands", type=int, choices=synth.BAND_COUNTS, default=3, help="3 = RGB, 4 = RGB+NIR")
+    s.add_argument("--dtype", choices=synth.DTYPES, default="uint8")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_data_synth)
     pr = dsub.add_parser("prepare", help="cut scenes or an official release into training windows")
-    pr.add_argument("source", choices=("scenes", "potsdam", "vaihingen", "loveda"),
+    pr.add_argument("source", choices=prepare.SOURCES,
                     help="your own GeoTIFF scenes, or an official dataset release")
     pr.add_argument("-o", "--out", type=Path, required=True, help="output dataset folder")
     pr.add_argument("--src", type=Path, help="folder of the downloaded release (archives or files)")
@@ -111,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split (mmseg's metrics)")
     ev.add_argument("checkpoint", type=Path)
     ev.add_argument("--data", type=Path, required=True, help="segbench dataset folder")
-    ev.add_argument("--split", default="val", choices=("train", "val", "test"))
+    ev.add_argument("--split", default="val", choices=layout.SPLITS)
     ev.set_defaults(func=_cmd_eval)
 
     im = sub.add_parser(
@@ -128,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="GeoTIFF bands (1-based) feeding the input channels, e.g. 4,1,2")
     im.add_argument("--tile", type=_positive, default=None,
                     help="tile size (default: the config's slide crop_size)")
-    im.add_argument("--dtype", choices=("uint8", "uint16"), default="uint8",
+    im.add_argument("--dtype", choices=raster.SUPPORTED_DTYPES, default="uint8",
                     help="pixel type of the scenes it will segment (default uint8)")
     im.add_argument("--list-configs", metavar="PATTERN", default=None,
                     help="list the configs shipped with mmseg whose path matches PATTERN, and exit")
@@ -151,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--calib", type=Path, nargs="*", default=[],
                    help="calibration scenes for int8 (never the evaluation scenes)")
     b.add_argument("--calib-tiles", type=_positive, default=32)
-    b.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    b.add_argument("--calib-method", choices=precision.CALIBRATION_METHODS, default="minmax")
     b.add_argument("--force", action="store_true", help="rebuild even when a current build exists")
     b.set_defaults(func=_cmd_build)
     en = sub.add_parser("engines", help="list engines and whether this machine can run them")
@@ -194,15 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _tiling_args(p: argparse.ArgumentParser) -> None:
+    from segbench.tiler import blend
+
     p.add_argument("--overlap", type=int, default=None,
                    help="overlap between windows in pixels (default: a quarter tile)")
-    p.add_argument("--blend", choices=("mean", "cosine", "crop"), default="cosine",
+    p.add_argument("--blend", choices=blend.BLENDS, default="cosine",
                    help="how overlapping windows are combined (default cosine)")
     p.add_argument("--batch", type=_positive, default=4, help="windows per inference call")
 
 
 # -- commands --------------------------------------------------------------
+def _require_train_extra(purpose: str) -> None:
+    """One sentence naming the 'train' extra when torch or mmsegmentation cannot be imported."""
+    from segbench.extras import require
+
+    for module in ("torch", "mmseg"):
+        require(module, purpose)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    _require_train_extra("segbench demo")
     from segbench.demo import run_demo
 
     run_demo(args.out, iters=args.iters, engines=args.engines, quick=args.quick)
@@ -253,6 +269,7 @@ def _cmd_data_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    _require_train_extra("segbench models")
     from segbench.train.models import print_catalogue
 
     print_catalogue(classes=args.classes, bands=args.bands, tile=args.tile, count=not args.no_count)
@@ -260,6 +277,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    _require_train_extra("segbench train")
     from segbench.train.config import Recipe
     from segbench.train.runner import train
 
@@ -275,18 +293,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from segbench.train.evaluate import evaluate
+    _require_train_extra("segbench eval")
+    from segbench.bench.evaluate import evaluate
 
     m = evaluate(args.checkpoint, args.data, args.split)
-    print(f"{args.split}: {m['scenes']} scenes  mIoU {100 * m['mIoU']:.2f}  "
-          f"mAcc {100 * m['mAcc']:.2f}  aAcc {100 * m['aAcc']:.2f}")
+    print(f"{args.split}: {m['scenes']} scenes, {m['pixels']} labelled pixels  "
+          + "  ".join(f"{k} {_percent(m[k])}" for k in ("mIoU", "mAcc", "mFscore", "aAcc")))
     for name, v in m["per_class"].items():
-        iou = "n/a" if v["IoU"] is None else f"{100 * v['IoU']:.2f}"
-        print(f"  {name:<24} IoU {iou}")
+        print(f"  {name:<24} " + "  ".join(f"{k} {_percent(v[k])}" for k in ("IoU", "Acc", "Fscore")))
     return 0
 
 
+def _percent(value: float | None) -> str:
+    """A ratio as a percentage; n/a where it is undefined (a class absent from labels and predictions)."""
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
+    _require_train_extra("segbench import")
     if args.list_configs is not None:
         from segbench.mmseg.configs import list_configs, shipped_configs_root
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from segbench.errors import RuntimeMissingError
+from segbench.errors import RuntimeMissingError, first_line
 
 #: top-level module -> the segbench extra that installs it (pyproject.toml)
 EXTRAS = {
@@ -50,6 +50,6 @@ def require(module: str, purpose: str) -> ModuleType:
         if missing:
             state = "which is not installed"
         else:
-            detail = (str(exc).strip().splitlines() or [""])[0].rstrip(".")
-            state = f"which is installed but fails to import ({type(exc).__name__}: {detail})"
+            state = (f"which is installed but fails to import "
+                     f"({type(exc).__name__}: {first_line(exc).rstrip('.')})")
         raise RuntimeMissingError(f"{purpose} needs {top}, {state}; {install_hint(top)}.") from None

@@ -401,3 +401,24 @@ def _positions(height: int, width: int, tile: int, n: int, rng: np.random.Genera
         c = int((j + rng.random()) / side * max_c) if max_c else 0
         out.append((r, c))
     return out
+
+
+def label_targets(label: np.ndarray, nodata: float | None = None, valid: np.ndarray | None = None,
+                  ignore_index: int = IGNORE_INDEX, reduce_zero_label: bool = False) -> np.ndarray:
+    """Targets for scoring: the label raster's values with ``nodata`` and invalid pixels ignored.
+
+    ``nodata`` is the label raster's nodata value; ``valid`` marks the pixels
+    the prediction covers (False: scene nodata). ``reduce_zero_label`` maps
+    1-based labels to 0-based ones with 0 ignored, as mmseg does.
+    """
+    ignored = label == ignore_index
+    if nodata is not None:
+        ignored |= label == nodata
+    if valid is not None:
+        ignored |= ~valid
+    targets = label.astype(np.int64)
+    if reduce_zero_label:
+        ignored |= targets == 0
+        targets -= 1
+    targets[ignored] = ignore_index
+    return targets

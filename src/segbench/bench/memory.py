@@ -16,7 +16,6 @@ from typing import Any
 
 from segbench.errors import EngineError, SegbenchError, first_line
 from segbench.peak import children_peak_rss_bytes, current_rss_bytes, peak_rss_bytes, reset_peak
-from segbench.peak import peak_rss_bytes as process_peak_rss_bytes  # noqa: F401  (benchmarks' name)
 
 
 class PeakMemory:

@@ -1,6 +1,6 @@
 """Accuracy from one streaming confusion matrix, with mmseg's ``IoUMetric`` arithmetic.
 
-:func:`label_targets` turns a label raster's values into targets (label
+:func:`segbench.raster.label_targets` turns a label raster's values into targets (label
 nodata, invalid scene pixels and the ignore index all become the ignore
 index); training evaluation, the bench and the study score with it and with
 :class:`ConfusionMatrix`, so all of them read labels the same way.
@@ -24,27 +24,6 @@ import numpy as np
 from segbench.spec import IGNORE_INDEX
 
 
-def label_targets(label: np.ndarray, nodata: float | None = None, valid: np.ndarray | None = None,
-                  ignore_index: int = IGNORE_INDEX, reduce_zero_label: bool = False) -> np.ndarray:
-    """Targets for scoring: the label raster's values with ``nodata`` and invalid pixels ignored.
-
-    ``nodata`` is the label raster's nodata value; ``valid`` marks the pixels
-    the prediction covers (False: scene nodata). ``reduce_zero_label`` maps
-    1-based labels to 0-based ones with 0 ignored, as mmseg does.
-    """
-    ignored = label == ignore_index
-    if nodata is not None:
-        ignored |= label == nodata
-    if valid is not None:
-        ignored |= ~valid
-    targets = label.astype(np.int64)
-    if reduce_zero_label:
-        ignored |= targets == 0
-        targets -= 1
-    targets[ignored] = ignore_index
-    return targets
-
-
 class ConfusionMatrix:
     """``counts[label, pred]`` over every pixel seen so far.
 
@@ -58,7 +37,7 @@ class ConfusionMatrix:
         self.counts = np.zeros((num_classes + 1, num_classes), np.int64)
 
     def update(self, pred: np.ndarray, targets: np.ndarray) -> None:
-        """Add one chunk of predictions and targets (same shape; see :func:`label_targets`)."""
+        """Add one chunk of predictions and targets (same shape, from ``raster.label_targets``)."""
         if pred.shape != targets.shape:
             raise ValueError(f"prediction {pred.shape} and targets {targets.shape} differ in shape")
         c = self.num_classes

@@ -318,8 +318,9 @@ def to_csv(report: dict) -> str:
 
 def plot(report: dict, path: str | os.PathLike[str]) -> Path:
     """PNG of p50 tile latency (log x) against mIoU, one point per engine, Pareto front drawn."""
-    import matplotlib
+    from segbench.extras import require
 
+    matplotlib = require("matplotlib", "the report's latency-accuracy plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from segbench.bench.latency import P90_MIN_SAMPLES, time_callable
 from segbench.bench.memory import PeakMemory, describe, gpu_memory, run_in_child
-from segbench.bench.metrics import AgreementCounter, ConfusionMatrix, label_targets
+from segbench.bench.metrics import AgreementCounter, ConfusionMatrix
 from segbench.bench.rank import RankRule
 from segbench.bench.report import (
     console as make_console,
@@ -35,8 +35,9 @@ from segbench.bench.report import (
     write_json,
 )
 from segbench.errors import InputError
+from segbench.export.calibration import calibration_tiles
 from segbench.files import atomic_output
-from segbench.raster import LABEL_NODATA, open_raster, sample_tiles, scene_info
+from segbench.raster import LABEL_NODATA, label_targets, open_raster, sample_tiles, scene_info
 from segbench.spec import ModelSpec
 
 
@@ -88,7 +89,7 @@ def run_bench(config: BenchConfig, console: Console | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     calibration = None
     if any(k.graph == "int8" for k in kinds) and config.calib:
-        calibration = sample_tiles(config.calib, spec, config.calib_tiles)
+        calibration = calibration_tiles(config.calib, spec, config.calib_tiles)
     # The reference runs first, so the others can be compared with its labels.
     order = sorted(kinds, key=lambda k: k.name != config.reference)
     reference_labels: list[str] | None = None

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from segbench.engines.base import Runner, check_input_shape
-from segbench.errors import EngineError, RuntimeMissingError
+from segbench.errors import EngineError, RuntimeMissingError, first_line
 from segbench.extras import require
 from segbench.files import atomic_output
 from segbench.spec import ModelSpec
@@ -64,7 +64,7 @@ def create_session(path: Path, device: str = "cpu", settings: dict[str, Any] | N
         return ort.InferenceSession(str(path), session_options(settings), providers=providers)
     except Exception as exc:  # ORT raises its own exception types for bad graphs
         raise EngineError(
-            f"ONNX Runtime cannot load {Path(path).name}: {str(exc).splitlines()[0]}"
+            f"ONNX Runtime cannot load {Path(path).name}: {first_line(exc)}"
         ) from exc
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from segbench.engines.base import Runner, check_input_shape
-from segbench.errors import EngineError, OutputError, RuntimeMissingError
+from segbench.errors import EngineError, OutputError, RuntimeMissingError, first_line
 from segbench.extras import require
 from segbench.files import describe_os_error
 from segbench.spec import ModelSpec
@@ -32,7 +32,7 @@ def _compile(xml: Path, precision: str):
         model = core.read_model(str(xml), str(Path(xml).with_suffix(".bin")))
         return core.compile_model(model, "CPU", config)
     except Exception as exc:
-        raise EngineError(f"OpenVINO cannot compile {Path(xml).name}: {str(exc).splitlines()[0]}") from exc
+        raise EngineError(f"OpenVINO cannot compile {Path(xml).name}: {first_line(exc)}") from exc
 
 
 class OpenVinoRunner(Runner):
@@ -67,7 +67,7 @@ class OpenVinoRunner(Runner):
         try:
             model = ov.convert_model(str(graph))
         except Exception as exc:
-            raise EngineError(f"OpenVINO cannot convert {graph.name}: {str(exc).splitlines()[0]}") from exc
+            raise EngineError(f"OpenVINO cannot convert {graph.name}: {first_line(exc)}") from exc
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.stem}.", dir=dest.parent))
         try:
             xml = staging / dest.name

@@ -22,7 +22,7 @@ from segbench.engines.onnxruntime import OrtRunner
 from segbench.engines.openvino import OpenVinoRunner
 from segbench.engines.tensorrt import TensorRTRunner
 from segbench.engines.torch import TorchRunner
-from segbench.errors import InputError, RuntimeMissingError, SegbenchError, SpecError
+from segbench.errors import InputError, RuntimeMissingError, SegbenchError, SpecError, first_line
 from segbench.export.variants import check_graph, prepare_graph
 from segbench.files import sha256_file
 from segbench.spec import BuildRecord, ModelSpec
@@ -94,8 +94,8 @@ def availability(name: str, run: bool = True) -> str | None:
     except RuntimeMissingError as exc:
         return str(exc)
     except Exception as exc:
-        detail = (str(exc).strip().splitlines() or [""])[0].rstrip(".")
-        return f"{name} cannot be used here: its runtime failed ({type(exc).__name__}: {detail})."
+        return (f"{name} cannot be used here: its runtime failed "
+                f"({type(exc).__name__}: {first_line(exc).rstrip('.')}).")
     return None
 
 

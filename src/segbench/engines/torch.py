@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from segbench.engines.base import Runner
-from segbench.errors import EngineError, RuntimeMissingError
+from segbench.errors import EngineError, RuntimeMissingError, first_line
 from segbench.extras import require
 from segbench.files import atomic_output
 from segbench.spec import ModelSpec
@@ -26,7 +26,7 @@ def _load_program(path: Path):
         return torch.export.load(str(path))
     except Exception as exc:
         raise EngineError(
-            f"{Path(path).name} is not a loadable torch.export program: {str(exc).splitlines()[0]}"
+            f"{Path(path).name} is not a loadable torch.export program: {first_line(exc)}"
         ) from exc
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from segbench.cost import model_cost
-from segbench.errors import ExportError
+from segbench.errors import ExportError, first_line
 from segbench.extras import require
 from segbench.files import atomic_output
 from segbench.spec import BuildRecord, ModelSpec
@@ -108,7 +108,7 @@ def export_model(
             program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
     except Exception as exc:
         raise ExportError(
-            f"torch.export failed for {spec.architecture}: {str(exc).splitlines()[0]}"
+            f"torch.export failed for {spec.architecture}: {first_line(exc)}"
         ) from exc
     with torch.inference_mode():
         reference = np.concatenate([module(torch.from_numpy(t[None])).numpy() for t in tiles])
@@ -123,7 +123,7 @@ def export_model(
                 )
         except Exception as exc:
             raise ExportError(
-                f"ONNX export failed for {spec.architecture}: {str(exc).splitlines()[0]}"
+                f"ONNX export failed for {spec.architecture}: {first_line(exc)}"
             ) from exc
         agreement = compare_onnx(tmp, tiles, reference)
         if agreement.label_agreement < min_agreement:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.errors import ExportError, InputError
+from segbench.errors import ExportError, InputError, first_line
 from segbench.export.calibration import tiles_digest
 from segbench.extras import require
 from segbench.files import atomic_output, sha256_file
@@ -119,7 +119,7 @@ def quantize_int8(
                 calibration_providers=["CPUExecutionProvider"],
             )
         except (RuntimeError, ValueError) as exc:
-            raise ExportError(f"int8 quantization failed: {str(exc).splitlines()[0]}") from exc
+            raise ExportError(f"int8 quantization failed: {first_line(exc)}") from exc
     record = BuildRecord(
         backend="onnx", precision="int8", versions=_versions(),
         build_seconds=time.perf_counter() - start, artifact_bytes=Path(dst).stat().st_size,

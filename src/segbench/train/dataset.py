@@ -12,7 +12,7 @@ import numpy as np
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
-from segbench.raster import open_raster
+from segbench.raster import label_targets, open_raster
 from segbench.spec import IGNORE_INDEX
 
 
@@ -44,8 +44,6 @@ class LoadGeoTiffLabel(BaseTransform):
         with open_raster(results["seg_map_path"]) as ds:
             label = ds.read(1)
             nodata = ds.nodata
-        if nodata is not None and nodata != self.ignore_index:
-            label = np.where(label == nodata, self.ignore_index, label)
-        results["gt_seg_map"] = label.astype(np.uint8)
+        results["gt_seg_map"] = label_targets(label, nodata, ignore_index=self.ignore_index).astype(np.uint8)
         results.setdefault("seg_fields", []).append("gt_seg_map")
         return results

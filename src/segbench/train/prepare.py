@@ -41,6 +41,7 @@ VAIHINGEN_VAL = {"area6", "area24", "area35", "area16", "area14", "area22", "are
                  "area29"}
 
 Decoder = Callable[[np.ndarray, Path], np.ndarray]
+SOURCES = ("scenes", "potsdam", "vaihingen", "loveda")  # users' scenes, then the official releases
 
 
 def decode_isprs_colours(rgb: np.ndarray, path: Path) -> np.ndarray:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from segbench.errors import InputError
+from segbench.errors import InputError, first_line
 from segbench.files import atomic_output
 
 STATE_NAME = "resume.pth"
@@ -37,7 +37,7 @@ def load_state(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise InputError(f"{path} is not a segbench training state ({str(exc).splitlines()[0]}).") from exc
+        raise InputError(f"{path} is not a segbench training state ({first_line(exc)}).") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"{path} is not a segbench training state.")
     return state

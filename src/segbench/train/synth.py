@@ -54,6 +54,10 @@ _TEXTURE = {
 }
 
 
+BAND_COUNTS = (3, 4)  # RGB, RGB+NIR
+DTYPES = ("uint8", "uint16")
+
+
 @dataclass(frozen=True)
 class SynthOptions:
     """What to generate: sizes, counts, bands (3 = RGB, 4 = RGB+NIR), pixel type."""
@@ -68,9 +72,9 @@ class SynthOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.bands not in (3, 4):
+        if self.bands not in BAND_COUNTS:
             raise InputError("Synthetic scenes have 3 (RGB) or 4 (RGB+NIR) bands.")
-        if self.dtype not in ("uint8", "uint16"):
+        if self.dtype not in DTYPES:
             raise InputError("Synthetic scenes are uint8 or uint16.")
         if min(self.size, self.test_size) < 64:
             raise InputError("Synthetic scenes must be at least 64 pixels wide.")

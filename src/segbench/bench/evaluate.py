@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on a dataset split: mmseg's slide inference, scored as the bench scores.
 
-Labels become targets with :func:`segbench.bench.metrics.label_targets` (label
+Labels become targets with :func:`segbench.raster.label_targets` (label
 nodata and the scene's invalid pixels ignored) and are counted in one
 :class:`~segbench.bench.metrics.ConfusionMatrix`, whose figures are mmseg's
 ``IoUMetric``'s.
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.bench.metrics import ConfusionMatrix, label_targets
+from segbench.bench.metrics import ConfusionMatrix
 from segbench.errors import InputError
-from segbench.raster import open_raster, read_window
+from segbench.raster import label_targets, open_raster, read_window
 from segbench.train.layout import DatasetInfo
 
 
