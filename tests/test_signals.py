@@ -31,11 +31,18 @@ def _wait_for(predicate, timeout=120.0, proc=None):
     raise AssertionError("timed out")
 
 
-def _start(args, **kw):
-    """``segbench ARGS`` as a foreground job would run it: SIGINT not ignored, whatever ran pytest."""
+def _start(args):
+    """The ``segbench`` console script with ``args``, in a child process."""
     return subprocess.Popen([str(SEGBENCH), *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _running(process: psutil.Process) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for PID 1, which may never reap it)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _stop(proc, signum) -> float:
@@ -100,6 +107,8 @@ def big(tmp_path_factory):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT],
                          ids=["TERM", "HUP", "INT"])
 def test_segment_stops_on_signal_and_leaves_nothing(tmp_path, big, signum):
+    if signal.getsignal(signum) is signal.SIG_IGN:  # e.g. SIGINT in a background job, SIGHUP under nohup
+        pytest.skip(f"{signum.name} is ignored here, and so it would be in segbench (as it should)")
     scene, artifact, _ = big
     out = tmp_path / "out"
     out.mkdir()
@@ -124,8 +133,7 @@ def test_bench_on_sigterm_ends_its_child_and_leaves_no_temporaries(tmp_path, big
     seconds = _stop(proc, signal.SIGTERM)
     assert proc.returncode == 143, proc.stderr.read()
     assert seconds < STOP_S + 5  # the child cleans up too; the bench then waits at most 5 s for it
-    _, alive = psutil.wait_procs(children, timeout=1)
-    assert not alive
+    _wait_for(lambda: all(not _running(c) for c in children), timeout=2)
     assert not [p.name for p in out.rglob("*") if ".stage-" in p.name or ".part-" in p.name]
     assert not list(out.glob("ort-fp32/*.labels.tif"))
 
