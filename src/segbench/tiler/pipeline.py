@@ -104,7 +104,9 @@ def segment(
     ``overlap`` (or ``stride``) sets the window spacing, default a quarter
     tile of overlap; ``blend`` is ``mean``, ``cosine`` or ``crop``; ``nodata``
     overrides the scene's nodata value; ``confidence`` is an optional second
-    output with the max class probability as uint8 (0..255).
+    output with the max class probability as uint8 (0..255). Called from the
+    main thread, SIGTERM and SIGHUP (at their default action) stop it as
+    Ctrl-C does: partial outputs removed, then :class:`~segbench.signals.Terminated`.
     """
     spec = engine.spec
     tile = spec.tile
