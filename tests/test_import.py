@@ -147,21 +147,26 @@ def test_imported_model_segments_like_mmseg_inference(relative, crop, tmp_path):
     assert len(np.unique(theirs)) > 1  # a constant map would agree trivially
 
 
-@pytest.fixture(scope="module")
-def workdir_checkpoint(tmp_path_factory):
-    """A real work-dir checkpoint: mmengine's Runner trains PSPNet-R18 (Potsdam config) 2 iterations."""
+def _work_dir_checkpoint(relative: str, work: Path) -> tuple[Path, dict]:
+    """A real work-dir checkpoint: mmengine's Runner trains the config's model 2 iterations
+    (on the real Potsdam crop, 256^2 crops) and saves ``iter_2.pth`` as tools/train.py does."""
     from mmengine.config import Config
     from mmengine.runner import Runner
 
     from segbench.mmseg.configs import deployable
 
     data = require_shared("mmseg", "pseudo_potsdam_dataset")
-    work = tmp_path_factory.mktemp("work_dir")
-    cfg = Config.fromfile(str(_config(PSPNET_POTSDAM)))
-    cfg.model = deployable(cfg.model.to_dict())
+    cfg = Config.fromfile(str(_config(relative)))
+    model = deployable(cfg.model.to_dict())
+    model["data_preprocessor"]["size"] = (256, 256)
+    cfg.model = model
     cfg.work_dir = str(work)
-    cfg.train_dataloader.update(batch_size=2, num_workers=0, persistent_workers=False)  # BN in PSP pooling
-    cfg.train_dataloader.dataset.update(data_root=str(data),
+    pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", reduce_zero_label=True),
+                dict(type="RandomCrop", crop_size=(256, 256), cat_max_ratio=0.75),
+                dict(type="RandomFlip", prob=0.5), dict(type="PhotoMetricDistortion"),
+                dict(type="PackSegInputs")]
+    cfg.train_dataloader.update(batch_size=2, num_workers=0, persistent_workers=False)  # BN in pooling
+    cfg.train_dataloader.dataset = dict(type="PotsdamDataset", data_root=str(data), pipeline=pipeline,
                                         data_prefix=dict(img_path="img_dir", seg_map_path="ann_dir"))
     cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=2, val_interval=1000)
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
@@ -169,21 +174,26 @@ def workdir_checkpoint(tmp_path_factory):
     cfg.default_hooks.checkpoint.update(interval=2, by_epoch=False)
     cfg.default_hooks.logger.update(interval=1)
     cfg.param_scheduler = [dict(type="PolyLR", eta_min=1e-4, power=0.9, begin=0, end=2, by_epoch=False)]
-    runner = Runner.from_cfg(cfg)
-    model = runner.train()
-    return work / "iter_2.pth", {k: v.detach().clone() for k, v in model.state_dict().items()}
+    trained = Runner.from_cfg(cfg).train()
+    return work / "iter_2.pth", {k: v.detach().clone() for k, v in trained.state_dict().items()}
 
 
-def test_work_dir_checkpoint_loads_with_weights_only(workdir_checkpoint, tmp_path):
-    path, trained = workdir_checkpoint
+@pytest.mark.parametrize("relative, classes", [
+    (PSPNET_POTSDAM, ISPRS_CLASSES),
+    (DEEPLAB_VAIHINGEN, ISPRS_CLASSES),
+    (SEGFORMER_ADE, None),  # trained on the Potsdam crop, but its config's dataset is ADE20K's
+])
+def test_work_dir_checkpoint_loads_with_weights_only(relative, classes, tmp_path):
+    path, trained = _work_dir_checkpoint(relative, tmp_path / "work_dir")
     with pytest.raises(Exception, match="Weights only load failed"):
         torch.load(path, weights_only=True)  # mmengine's message hub: why an allow-list is needed
     payload_keys = set(torch.load(path, weights_only=False))  # test-only look at what mmengine wrote
     assert {"message_hub", "optimizer", "meta", "state_dict"} <= payload_keys
-    result = import_model(_config(PSPNET_POTSDAM), path, tmp_path / "trained.pth")
+    result = import_model(_config(relative), path, tmp_path / "trained.pth")
     model, _ = load_model(tmp_path / "trained.pth")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.items())
-    assert result.spec.classes == ISPRS_CLASSES
+    assert result.spec.num_classes == (6 if classes else 150)
+    assert result.classes_from == ("checkpoint meta" if classes else "dataset ADE20KDataset")
 
 
 # -- bad inputs: one sentence, nothing under the output name ------------------------------------
