@@ -297,13 +297,28 @@ def test_abort_never_closes_a_dataset_the_writer_thread_is_using(tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
 
 
+def touch_fresh_memory(size: int) -> None:
+    """Make ``size`` bytes resident in a new anonymous mapping, then unmap them.
+
+    A fresh mapping always adds pages: a plain numpy array could reuse heap the
+    process already holds (after other tests), and then resident memory would
+    not grow at all.
+    """
+    import mmap
+
+    with mmap.mmap(-1, size) as region:
+        pages = np.frombuffer(region, np.uint8)
+        pages[:] = 1
+        del pages
+
+
 class SpikyEngine(PixelEngine):
     """Touches ``spike`` bytes inside each call and frees them before returning."""
 
     spike = 200 * 2**20
 
     def infer(self, tiles):
-        np.ones(self.spike, np.uint8)
+        touch_fresh_memory(self.spike)
         return super().infer(tiles)
 
 
@@ -323,6 +338,6 @@ def test_peak_rss_sees_a_spike_between_batches(tmp_path, fresh_peak):
 def test_peak_rss_counts_from_before_segment_began(tmp_path, fresh_peak):
     """The bench measures a child's whole life with the same counter: segment must not reset it."""
     path, _ = _scene(tmp_path)
-    np.ones(SpikyEngine.spike, np.uint8)  # e.g. loading the engine, before the scene
+    touch_fresh_memory(SpikyEngine.spike)  # e.g. loading the engine, before the scene
     result = segment(path, PixelEngine(make_spec(tile=32)), tmp_path / "l.tif", batch=2)
     assert result.peak_rss_bytes >= fresh_peak + 0.9 * SpikyEngine.spike

@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="qualify at this fraction of the reference's mIoU (default 0.99, MLPerf)")
     be.add_argument("--max-latency-ms", type=float, default=None, help="latency budget per tile")
     be.add_argument("--max-memory-mb", type=float, default=None, help="peak memory budget")
+    be.add_argument("--resume", action="store_true",
+                    help="keep engines the report in -o already measured on the same inputs")
     _tiling_args(be)
     be.set_defaults(func=_cmd_bench)
     r = sub.add_parser("report", help="render or merge bench reports (JSON)")
@@ -419,7 +421,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                          labels=args.labels, calib=args.calib, reference=args.reference,
                          overlap=args.overlap, blend=args.blend, batch=args.batch, out=args.out,
                          isprs=args.isprs, min_ratio=args.min_ratio,
-                         max_latency_ms=args.max_latency_ms, max_memory_mb=args.max_memory_mb)
+                         max_latency_ms=args.max_latency_ms, max_memory_mb=args.max_memory_mb,
+                         resume=args.resume)
     run_bench(config)
     return 0
 

@@ -11,8 +11,10 @@ finished.
 
 from __future__ import annotations
 
+import json
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,9 +36,9 @@ from segbench.bench.report import (
     write_all,
     write_json,
 )
-from segbench.errors import InputError
+from segbench.errors import InputError, SegbenchError
 from segbench.export.calibration import calibration_tiles
-from segbench.files import atomic_output
+from segbench.files import atomic_output, sha256_bytes
 from segbench.raster import LABEL_NODATA, label_targets, open_raster, sample_tiles, scene_info
 from segbench.spec import ModelSpec
 
@@ -62,14 +64,20 @@ class BenchConfig:
     max_latency_ms: float | None = None
     max_memory_mb: float | None = None
     quick: bool = False  # fewer latency iterations (tests)
+    resume: bool = False  # keep the engines an earlier run of this report measured on the same inputs
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list)
                     else v) for k, v in asdict(self).items()}
 
 
-def run_bench(config: BenchConfig, console: Console | None = None) -> dict:
-    """Build, measure and rank every engine of ``config``; returns the report."""
+def run_bench(config: BenchConfig, console: Console | None = None, show_table: bool = True,
+              on_engine: Callable[[dict], None] | None = None) -> dict:
+    """Build, measure and rank every engine of ``config``; returns the report.
+
+    ``on_engine`` is called with each engine's row as it is done (a study's
+    progress); ``show_table`` prints the ranked table at the end.
+    """
     from segbench.engines.registry import availability, build, get_kind
 
     console = console or make_console()
@@ -93,11 +101,19 @@ def run_bench(config: BenchConfig, console: Console | None = None) -> dict:
     # The reference runs first, so the others can be compared with its labels.
     order = sorted(kinds, key=lambda k: k.name != config.reference)
     reference_labels: list[str] | None = None
+    previous = _previous_rows(out / "report.json") if config.resume else {}
+    inputs = _inputs_key(config)
     for kind in order:
         row = {"name": kind.name, "backend": kind.backend, "precision": kind.precision,
-               "device": kind.device, "status": "ok", "reason": None}
+               "device": kind.device, "status": "ok", "reason": None, "inputs": inputs}
         reason = availability(kind.name)
-        if reason is not None:
+        kept = previous.get(kind.name)
+        if _reusable(kept, inputs):
+            row = kept
+            if kind.name == config.reference:
+                reference_labels = row["scene"]["outputs"]
+            console.print(f"[green]{kind.name}[/green]: kept from the earlier run: {_summary(row)}")
+        elif reason is not None:
             row.update(status="skipped", reason=reason)
             console.print(f"[yellow]{kind.name}: skipped: {reason}[/yellow]")
         else:
@@ -127,10 +143,42 @@ def run_bench(config: BenchConfig, console: Console | None = None) -> dict:
         report["engines"].append(row)
         rank_report(report)
         write_json(report, out / "report.json")
+        if on_engine is not None:
+            on_engine(row)
     paths = write_all(report, out)
-    console.print(render_table(report))
-    console.print(f"Report: {', '.join(str(p) for p in paths)}")
+    if show_table:
+        console.print(render_table(report))
+        console.print(f"Report: {', '.join(str(p) for p in paths)}")
     return report
+
+
+def _inputs_key(config: BenchConfig) -> str:
+    """What an engine's row depends on: the model file, scenes, labels, calibration and every option."""
+    from segbench.files import sha256_file
+
+    def stamp(paths) -> list:
+        return [(str(p), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in paths]
+
+    fields = config.to_dict()
+    for key in ("out", "engines", "resume"):
+        fields.pop(key)
+    fields.update(model=sha256_file(config.model), scenes=stamp(config.scenes),
+                  labels=stamp(config.labels), calib=stamp(config.calib))
+    return sha256_bytes(json.dumps(fields, sort_keys=True).encode())[:16]
+
+
+def _previous_rows(path: Path) -> dict[str, dict]:
+    """The engine rows of an earlier report at ``path``, by engine name (none if it is unreadable)."""
+    try:
+        return {r["name"]: r for r in load_report(path).get("engines", [])}
+    except (SegbenchError, OSError, KeyError, TypeError):
+        return {}
+
+
+def _reusable(row: dict | None, inputs: str) -> bool:
+    """An earlier row measured on the same inputs, whose label rasters are still there."""
+    return bool(row and row.get("status") == "ok" and row.get("inputs") == inputs
+                and all(Path(p).is_file() for p in row.get("scene", {}).get("outputs", [])))
 
 
 def _error_log(out: Path, name: str, exc: Exception) -> Path:

@@ -101,15 +101,19 @@ def segment(
 ) -> SegmentResult:
     """Segment ``scene`` with ``engine`` into a label COG at ``out``.
 
-    ``overlap`` (or ``stride``) sets the window spacing, default a quarter
-    tile of overlap; ``blend`` is ``mean``, ``cosine`` or ``crop``; ``nodata``
-    overrides the scene's nodata value; ``confidence`` is an optional second
-    output with the max class probability as uint8 (0..255). Called from the
-    main thread, SIGTERM and SIGHUP (at their default action) stop it as
-    Ctrl-C does: partial outputs removed, then :class:`~segbench.signals.Terminated`.
+    ``overlap`` (or ``stride``) sets the window spacing, default the stride
+    the model was evaluated with (``spec.stride``, e.g. an imported mmseg
+    config's slide ``test_cfg``), else a quarter tile of overlap; ``blend``
+    is ``mean``, ``cosine`` or ``crop``; ``nodata`` overrides the scene's
+    nodata value; ``confidence`` is an optional second output with the max
+    class probability as uint8 (0..255). Called from the main thread,
+    SIGTERM and SIGHUP (at their default action) stop it as Ctrl-C does:
+    partial outputs removed, then :class:`~segbench.signals.Terminated`.
     """
     spec = engine.spec
     tile = spec.tile
+    if overlap is None and stride is None:
+        stride = spec.stride
     step = stride_for(tile, overlap, stride)
     labels_out = spec.output == "labels"
     if labels_out and blend != "crop":
