@@ -56,7 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--engines", type=_csv, default=None,
                    help="comma-separated engines (default: every CPU engine available here)")
     d.add_argument("--quick", action="store_true", help="tiny sizes, for tests (about a minute)")
+    d.add_argument("--study", action="store_true",
+                   help="run the demo study instead (studies/demo.toml): three networks x four engines")
     d.set_defaults(func=_cmd_demo)
+
+    st = sub.add_parser("study", help="the whole comparison: networks x datasets x engines, resumable",
+                        description="Train (or import), evaluate, export and benchmark every network of a "
+                        "study file on every dataset and engine; re-run it to resume. Writes study.json "
+                        "and its tables (markdown, CSV, LaTeX) and plots.")
+    st.add_argument("file", type=Path, help="study file (TOML), e.g. studies/demo.toml")
+    st.set_defaults(func=_cmd_study)
 
     # data ---------------------------------------------------------------
     data = sub.add_parser("data", help="make, prepare and describe training data")
@@ -192,10 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep engines the report in -o already measured on the same inputs")
     _tiling_args(be)
     be.set_defaults(func=_cmd_bench)
-    r = sub.add_parser("report", help="render or merge bench reports (JSON)")
-    r.add_argument("reports", type=Path, nargs="+")
+    r = sub.add_parser("report", help="render or merge bench and study reports (JSON)",
+                       description="Render one report, or merge several from different machines into "
+                                   "one ranking. With a study among them (study.json), the result is a "
+                                   "study: bench reports join the dataset of their classes.")
+    r.add_argument("reports", type=Path, nargs="+", help="report.json, merged.json or study.json files")
     r.add_argument("-o", "--out", type=Path, default=None,
-                   help="write the merged report, markdown, CSV and plot into this folder")
+                   help="write the merged report and its renderings (Markdown, CSV, LaTeX for studies, "
+                        "plots) into this folder")
     r.set_defaults(func=_cmd_report)
     return p
 
@@ -223,7 +236,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _require_train_extra("segbench demo")
     from segbench.demo import run_demo
 
+    if args.study:
+        from segbench.demo import run_demo_study
+
+        run_demo_study(args.out, quick=args.quick)
+        return 0
     run_demo(args.out, iters=args.iters, engines=args.engines, quick=args.quick)
+    return 0
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    _require_train_extra("segbench study")
+    from segbench.study.run import run_study
+    from segbench.study.studyfile import load_study
+
+    run_study(load_study(args.file))
     return 0
 
 
@@ -428,7 +455,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from segbench.bench.run import show_reports
+    from segbench.study.merge import show_reports
 
     show_reports(args.reports, args.out)
     return 0

@@ -117,3 +117,41 @@ def run_demo(
                   f"Every output is in [bold]{out}[/bold]: data/, train/, model/, bench/ "
                   "(label GeoTIFFs per engine, report.json, report.md, report.csv, report.png).")
     return report
+
+
+DEMO_STUDY = Path(__file__).resolve().parents[2] / "studies" / "demo.toml"
+
+
+def run_demo_study(out: str | Path, quick: bool = False, console: Console | None = None) -> dict:
+    """The demo study (``studies/demo.toml``) on synthetic scenes made in ``out/data``.
+
+    ``quick`` shrinks it for the tests: two networks, two engines, a few iterations.
+    """
+    import dataclasses
+
+    from segbench.bench.report import console as make_console
+    from segbench.study.run import run_study
+    from segbench.study.studyfile import load_study
+    from segbench.train.synth import SynthOptions, synthesize_dataset
+
+    console = console or make_console()
+    if not DEMO_STUDY.is_file():
+        raise InputError(f"The demo study {DEMO_STUDY} is missing; run the demo from a segbench checkout.")
+    study = load_study(DEMO_STUDY)
+    out = Path(out).resolve()
+    data = out / "data"
+    if not (data / "dataset.json").is_file():
+        console.rule("[bold]synthesizing scenes[/bold]")
+        synthesize_dataset(data, SynthOptions(train=2 if quick else 4, val=1, test=1, size=256,
+                                              test_size=256 if quick else 512))
+    dataset = dataclasses.replace(study.datasets[0], path=data)
+    study = dataclasses.replace(study, out=out / "study", datasets=(dataset,))
+    if quick:
+        study = dataclasses.replace(
+            study, networks=study.networks[:2], engines=study.engines[:2],
+            recipe=dataclasses.replace(study.recipe, iters=4))
+    started = time.perf_counter()
+    report = run_study(study, console=console)
+    console.print(f"\n[bold]Demo study finished in {time.perf_counter() - started:.0f} s.[/bold] "
+                  f"Everything is in [bold]{out}[/bold].")
+    return report

@@ -1,0 +1,322 @@
+"""``segbench study``: every cell of the comparison, resumable, into one ``study.json``.
+
+A study has two kinds of cell per dataset x network:
+
+* the model cell: train the catalogue network on the dataset with the
+  study's recipe (or import the mmseg model it names), evaluate the
+  checkpoint on the dataset's scored split, export it to ONNX;
+* the bench cell: every engine built from that ONNX file and measured on
+  the same split with the bench (one row per engine, each in a fresh process).
+
+Each cell records a key: the digest of everything it depends on (the
+dataset's description, the network entry, the recipe or the bench options,
+and the cells upstream of it). A re-run skips a finished cell whose key is
+unchanged; a killed training resumes from its saved state; the bench keeps
+the engines it already measured on the same inputs; a failed cell is
+recorded with its one-line reason and the study goes on, then retried by the
+next run. So changing the study file re-runs only what the change touches.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+from rich.console import Console
+
+from segbench.bench.memory import describe
+from segbench.errors import InputError
+from segbench.files import atomic_output
+from segbench.study.studyfile import DatasetEntry, NetworkEntry, Study, digest
+
+CELL_FILE = "cell.json"
+STUDY_FILE = "study.json"
+
+
+def run_study(study: Study, console: Console | None = None) -> dict:
+    """Run (or resume) every cell of ``study``; returns the study report, also in ``out/study.json``."""
+    from segbench.bench.report import console as make_console
+
+    console = console or make_console()
+    out = Path(study.out)
+    out.mkdir(parents=True, exist_ok=True)
+    datasets = [_dataset_info(d) for d in study.datasets]
+    cells = [(d, info, n) for d, info in zip(study.datasets, datasets, strict=True)
+             for n in study.networks]
+    per_cell = 1 + len(study.engines)  # the model, then each engine
+    progress = _StudyProgress(console, total=len(cells) * per_cell)
+    with progress:
+        for i, (dataset, info, network) in enumerate(cells):
+            folder = out / dataset.name / network.name
+            label = f"{dataset.name} / {network.name}"
+            model = _cell(folder / "model", _model_key(study, dataset, info, network), label, console,
+                          lambda f, d=dataset, i=info, n=network: _model_cell(study, d, i, n, f, progress))
+            progress.set(i * per_cell + 1)
+            if model["status"] == "ok":
+                _cell(folder / "bench", digest([model["key"], study.engines, study.bench]), label,
+                      console, lambda f, d=dataset, i=info, m=model: _bench_cell(study, d, i, m, f,
+                                                                                 progress, console),
+                      start_empty=False)
+            progress.set((i + 1) * per_cell)
+            write_study_json(study, out)
+    report = write_study_json(study, out)
+    _render(report, out, console)
+    return report
+
+
+# -- cells -------------------------------------------------------------------------------------
+
+def _cell(folder: Path, key: str, label: str, console: Console, work, start_empty: bool = True) -> dict:
+    """Run ``work(folder)`` unless ``folder`` holds a finished cell with the same key.
+
+    The cell's record (``cell.json``) is written when the work ends, ok or
+    failed. A cell whose key changed starts from an empty folder, unless its
+    work keeps what still holds itself (``start_empty=False``: the bench keeps
+    engines measured on the same inputs).
+    """
+    record = _read_cell(folder)
+    if record and record.get("key") == key and record.get("status") == "ok":
+        console.print(f"[dim]{label}: {folder.name} done earlier, kept[/dim]")
+        return record
+    if start_empty and record and record.get("key") != key and folder.is_dir():
+        shutil.rmtree(folder)  # made from other inputs: nothing in it can be reused
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        result = {"status": "ok", "reason": None, **work(folder)}
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001  (one cell's failure is recorded; the study goes on)
+        log = folder / "error.log"
+        log.write_text("".join(traceback.format_exception(exc)))
+        result = {"status": "failed", "reason": describe(exc), "log": str(log)}
+        console.print(f"[red]{label}: {folder.name} failed: {result['reason']}[/red]")
+    result.update(key=key, seconds=time.perf_counter() - start)
+    with atomic_output(folder / CELL_FILE) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _read_cell(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / CELL_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _model_key(study: Study, dataset: DatasetEntry, info, network: NetworkEntry) -> str:
+    """What a model cell depends on: the dataset's description, the network and the recipe."""
+    from segbench.files import sha256_file
+
+    inputs = [_dataset_fingerprint(info), network]
+    if network.imported:
+        inputs.append([sha256_file(network.config), sha256_file(network.checkpoint)])
+    else:
+        inputs.append([study.recipe.iters, study.recipe.crop, study.recipe.batch,
+                       study.recipe.lr_for(network.name), study.recipe.pretrained.get(network.name)])
+    return digest(inputs)
+
+
+def _model_cell(study: Study, dataset: DatasetEntry, info, network: NetworkEntry, folder: Path,
+                progress: _StudyProgress) -> dict:
+    """Train (or import), evaluate and export one network on one dataset."""
+    from segbench.bench.evaluate import evaluate
+    from segbench.export.onnx import export_model
+    from segbench.spec import ModelSpec
+    from segbench.train.config import Recipe
+    from segbench.train.runner import train
+
+    split = scored_split(info)
+    if network.imported:
+        from segbench.mmseg.importer import import_model
+
+        progress.step(f"{dataset.name} / {network.name}: importing")
+        checkpoint = import_model(network.config, network.checkpoint, folder / "model.pth").checkpoint
+        train_seconds = None
+    else:
+        progress.step(f"{dataset.name} / {network.name}: training {study.recipe.iters} iterations")
+        recipe = Recipe(iters=study.recipe.iters, batch=study.recipe.batch, crop=study.recipe.crop,
+                        lr=study.recipe.lr_for(network.name))
+        resume = (folder / "train" / "resume.pth").is_file()
+        checkpoint, _ = train(str(network.config) if network.config else network.name, dataset.path,
+                              folder / "train", recipe, device=study.recipe.device, progress=False,
+                              resume=resume, pretrained=study.recipe.pretrained.get(network.name))
+        seconds_file = folder / "train" / "train_seconds.txt"
+        train_seconds = float(seconds_file.read_text()) if seconds_file.is_file() else None
+    progress.step(f"{dataset.name} / {network.name}: evaluating on {split}")
+    evaluation = evaluate(checkpoint, dataset.path, split)
+    progress.step(f"{dataset.name} / {network.name}: exporting to ONNX")
+    onnx_path, _, _ = export_model(checkpoint, folder / "model.onnx")
+    options = ModelSpec.load(onnx_path).build.options
+    return {"checkpoint": str(checkpoint), "onnx": str(onnx_path), "split": split,
+            "eval": evaluation, "train_seconds": train_seconds,
+            "params": options.get("params"), "gflops": options.get("gflops")}
+
+
+def _bench_cell(study: Study, dataset: DatasetEntry, info, model: dict, folder: Path,
+                progress: _StudyProgress, console: Console) -> dict:
+    """Every engine of the study on the network's ONNX file, over the scored split."""
+    from segbench.bench.run import BenchConfig, run_bench
+
+    pairs = info.pairs(model["split"])
+    b = study.bench
+    config = BenchConfig(
+        model=Path(model["onnx"]), engines=list(study.engines), scenes=[p[0] for p in pairs],
+        labels=[p[1] for p in pairs], calib=[p[0] for p in info.pairs("train")],
+        calib_tiles=b.calib_tiles, calib_method=b.calib_method, reference=b.reference,
+        overlap=b.overlap, blend=b.blend, batch=b.batch, out=folder, isprs=dataset.isprs,
+        min_ratio=b.min_ratio, max_latency_ms=b.max_latency_ms, max_memory_mb=b.max_memory_mb,
+        quick=b.quick, resume=True,
+    )
+    progress.step(f"{dataset.name} / {Path(model['onnx']).parent.parent.name}: benchmarking engines")
+    report = run_bench(config, console=console, show_table=False,
+                       on_engine=lambda row: progress.advance(f"{row['name']}: {row['status']}"))
+    return {"report": str(folder / "report.json"), "engines": len(report["engines"])}
+
+
+# -- the study report --------------------------------------------------------------------------
+
+def write_study_json(study: Study, out: Path) -> dict:
+    """Gather every cell's record into ``out/study.json`` (rewritten after each cell)."""
+    from segbench import __version__
+    from segbench.bench.metrics import metrics_from_counts
+    from segbench.bench.rank import RankRule
+    from segbench.bench.report import load_report, machine_info
+
+    b = study.bench
+    rule = RankRule(b.reference, b.min_ratio, b.max_latency_ms,
+                    int(b.max_memory_mb * 2**20) if b.max_memory_mb else None)
+    report = {"kind": "study", "segbench": __version__,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
+              "study": study.to_dict(), "rule": rule.text(), "ranking": rule.to_dict(), "datasets": []}
+    for dataset in study.datasets:
+        info = _dataset_info(dataset)
+        exclude = ["clutter"] if dataset.isprs and "clutter" in info.classes else []
+        entry = {"name": dataset.name, "path": str(dataset.path), "isprs": dataset.isprs,
+                 "split": scored_split(info), "classes": list(info.classes),
+                 "excluded_classes": exclude, "networks": []}
+        for network in study.networks:
+            folder = Path(study.out) / dataset.name / network.name
+            model = _read_cell(folder / "model") or {"status": "pending", "reason": "not run yet"}
+            row = {"name": network.name, "family": network_family(network),
+                   "source": "imported" if network.imported else "trained",
+                   "status": model["status"], "reason": model.get("reason"),
+                   "params": model.get("params"), "gflops": model.get("gflops"),
+                   "tile": None, "train_seconds": model.get("train_seconds"),
+                   "accuracy": None, "engines": []}
+            if model["status"] == "ok":
+                evaluation = model["eval"]
+                row["accuracy"] = metrics_from_counts(evaluation["confusion"], info.classes, exclude)
+                row["tile"] = _tile(model["onnx"])
+                bench = _read_cell(folder / "bench")
+                if bench and bench.get("status") == "ok":
+                    rows = load_report(bench["report"])["engines"]
+                    row["engines"] = [{**r, "network": network.name} for r in rows]
+                elif bench:
+                    row["engines_reason"] = bench.get("reason")
+            entry["networks"].append(row)
+        report["datasets"].append(entry)
+    _rank(report)
+    path = Path(out) / STUDY_FILE
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _rank(report: dict) -> None:
+    """One ranking of every (network, engine) pair per dataset (the renderer's, when present)."""
+    try:
+        from segbench.study.render import rank_study
+    except ImportError:
+        return
+    rank_study(report)
+
+
+def _render(report: dict, out: Path, console: Console) -> None:
+    try:
+        from segbench.study.render import render_tables, write_study
+    except ImportError:
+        console.print(f"Study report: {out / STUDY_FILE}")
+        return
+    for table in render_tables(report):
+        console.print(table)
+    written = write_study(report, out)
+    console.print(f"Study report: {out / STUDY_FILE}; " + ", ".join(str(p) for p in written))
+
+
+def scored_split(info) -> str:
+    """The split the study scores: ``test`` when the dataset has one, else ``val``."""
+    for split in ("test", "val"):
+        if info.pairs(split):
+            return split
+    raise InputError(f"Dataset {info.root} has no test or val scenes to score on.")
+
+
+def network_family(network: NetworkEntry) -> str:
+    from segbench.train.catalogue import get_entry
+
+    try:
+        return get_entry(str(network.config) if network.config else network.name).family
+    except Exception:  # noqa: BLE001  (a config that no longer loads: the family is unknown)
+        return "other"
+
+
+def _dataset_info(dataset: DatasetEntry):
+    from segbench.train.layout import DatasetInfo
+
+    return DatasetInfo.load(dataset.path)
+
+
+def _tile(onnx_path: str) -> int | None:
+    from segbench.spec import ModelSpec
+
+    try:
+        return ModelSpec.load(onnx_path).tile
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _dataset_fingerprint(info) -> list:
+    """The dataset's description and every scene file's name, size and time."""
+    files = [(str(p.relative_to(info.root)), p.stat().st_size, p.stat().st_mtime_ns)
+             for split in ("train", "val", "test") for pair in info.pairs(split) for p in pair]
+    return [(Path(info.root) / "dataset.json").read_text(), files]
+
+
+class _StudyProgress:
+    """Cells done of all, the current step, elapsed time and ETA, on one rich bar."""
+
+    def __init__(self, console: Console, total: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(TextColumn("study"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.description}"), TimeElapsedColumn(),
+                            TimeRemainingColumn(), console=console, transient=True)
+        self.task = self.bar.add_task("", total=total)
+
+    def __enter__(self) -> _StudyProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+    def step(self, text: str) -> None:
+        self.bar.update(self.task, description=text)
+
+    def advance(self, text: str) -> None:
+        """One more engine measured."""
+        self.bar.update(self.task, advance=1, description=text)
+
+    def set(self, done: int) -> None:
+        self.bar.update(self.task, completed=done)

@@ -1,0 +1,202 @@
+"""segbench study: a tiny comparison end to end, its numbers, resuming, failures and changes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mmseg")
+
+from segbench.bench.report import load_report  # noqa: E402
+from segbench.errors import InputError  # noqa: E402
+from segbench.study.run import run_study  # noqa: E402
+from segbench.study.studyfile import load_study  # noqa: E402
+
+SEGBENCH = Path(sys.executable).with_name("segbench")
+
+
+def _write_study(folder: Path, data: Path, out: str, engines=("torch-fp32", "ort-fp32"),
+                 extra_networks: str = "") -> Path:
+    path = folder / f"{out}.toml"
+    path.write_text(f"""
+networks = ["fcn-hrnet18s", "segformer-b0"{extra_networks}]
+engines = {json.dumps(list(engines))}
+
+[study]
+name = "tiny"
+out = "{out}"
+
+[[datasets]]
+name = "synthetic"
+path = "{data}"
+isprs = true
+
+[recipe]
+iters = 2
+crop = 64
+batch = 2
+lr = {{ "fcn-hrnet18s" = 0.01, "segformer-b0" = 0.001 }}
+
+[bench]
+overlap = 16
+batch = 2
+calib_tiles = 4
+quick = true
+""")
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from segbench.train.synth import SynthOptions, synthesize_dataset
+
+    return synthesize_dataset(tmp_path_factory.mktemp("data"),
+                              SynthOptions(train=2, val=1, test=1, size=96, test_size=128))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data):
+    """The tiny study, run once to the end."""
+    folder = tmp_path_factory.mktemp("study")
+    study = load_study(_write_study(folder, data, "straight"))
+    return study, run_study(study)
+
+
+def _cells(report: dict) -> dict:
+    """(network, engine) -> (mIoU, agreement) of every engine row, for comparing two studies."""
+    (dataset,) = report["datasets"]
+    return {(n["name"], e["name"]): (e["accuracy"]["miou"], e["accuracy"]["agreement"])
+            for n in dataset["networks"] for e in n["engines"]}
+
+
+def test_the_study_table_equals_the_eval_and_bench_reports(finished):
+    from segbench.bench.metrics import metrics_from_counts
+
+    study, report = finished
+    assert json.loads((study.out / "study.json").read_text()) == json.loads(json.dumps(report))
+    (dataset,) = report["datasets"]
+    assert dataset["split"] == "test" and dataset["excluded_classes"] == ["clutter"]
+    assert [n["family"] for n in dataset["networks"]] == ["fast CNN", "transformer"]
+    for network in dataset["networks"]:
+        assert network["status"] == "ok", network["reason"]
+        folder = study.out / "synthetic" / network["name"]
+        model = json.loads((folder / "model" / "cell.json").read_text())
+        # the network's figures are its eval report's, with the ISPRS convention applied
+        expected = metrics_from_counts(model["eval"]["confusion"], dataset["classes"], ["clutter"])
+        assert network["accuracy"] == expected
+        all_classes = metrics_from_counts(model["eval"]["confusion"], dataset["classes"])
+        assert all_classes["miou"] == pytest.approx(model["eval"]["mIoU"])
+        assert network["params"] > 1e6 and network["gflops"] > 0 and network["train_seconds"] > 0
+        # its engine rows are its bench report's rows
+        bench = load_report(folder / "bench" / "report.json")["engines"]
+        assert [{k: v for k, v in e.items() if not k.startswith("study_") and k != "network"}
+                for e in network["engines"]] == bench
+        assert [e["name"] for e in network["engines"]] == ["torch-fp32", "ort-fp32"]
+        reference, ort = network["engines"]
+        assert ort["accuracy"]["agreement"] > 0.99 and ort["qualified"]
+
+
+def test_a_rerun_keeps_every_finished_cell(finished):
+    study, report = finished
+    checkpoints = sorted(study.out.rglob("*.pth")) + sorted(study.out.rglob("*.onnx"))
+    stamps = {p: p.stat().st_mtime_ns for p in checkpoints}
+    cells = {p: p.read_text() for p in study.out.rglob("cell.json")}
+    again = run_study(load_study(study.path))
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == stamps  # nothing retrained or re-exported
+    assert {p: p.read_text() for p in study.out.rglob("cell.json")} == cells
+    assert _cells(again) == _cells(report)
+
+
+def test_adding_an_engine_runs_only_that_engine(finished, tmp_path, data):
+    import shutil
+
+    study, report = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(study.out, copy)
+    changed = _write_study(tmp_path, data, "copy", engines=("torch-fp32", "ort-fp32", "openvino-fp32"))
+    model_cells = {p: p.read_text() for p in copy.rglob("model/cell.json")}
+    kept = {n["name"]: n["engines"] for n in report["datasets"][0]["networks"]}
+    result = run_study(load_study(changed))
+    assert {p: p.read_text() for p in copy.rglob("model/cell.json")} == model_cells  # not retrained
+    for network in result["datasets"][0]["networks"]:
+        rows = {e["name"]: e for e in network["engines"]}
+        assert set(rows) == {"torch-fp32", "ort-fp32", "openvino-fp32"}
+        for old in kept[network["name"]]:  # measured before: kept as they were, latency and all
+            assert rows[old["name"]]["latency"] == old["latency"]
+
+
+def test_a_killed_study_resumes_and_ends_with_the_same_table(finished, tmp_path, data):
+    _, report = finished
+    path = _write_study(tmp_path, data, "killed")
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([str(SEGBENCH), "study", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    first = out / "synthetic" / "fcn-hrnet18s" / "model" / "cell.json"
+    deadline = time.monotonic() + 300
+    while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert first.is_file(), proc.stderr.read() if proc.poll() is not None else "timed out"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 128 + signal.SIGTERM
+    finished_model = json.loads(first.read_text())
+    checkpoint = Path(finished_model["checkpoint"])
+    stamp = checkpoint.stat().st_mtime_ns
+
+    resumed = run_study(load_study(path))
+    assert checkpoint.stat().st_mtime_ns == stamp  # the finished training was not redone
+    assert json.loads(first.read_text()) == finished_model
+    assert _cells(resumed) == _cells(report)  # the same figures as the uninterrupted study
+    assert not [p for p in out.rglob("*") if ".part-" in p.name or ".stage-" in p.name]
+
+
+def test_a_failing_cell_is_recorded_and_the_rest_completes(tmp_path, data):
+    from segbench.mmseg.configs import shipped_configs_root
+
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a checkpoint")
+    config = shipped_configs_root() / "pspnet/pspnet_r18-d8_4xb4-80k_potsdam-512x512.py"
+    path = _write_study(tmp_path, data, "failing", engines=("torch-fp32",),
+                        extra_networks=f', {{ name = "broken", config = "{config}", '
+                                       f'checkpoint = "{broken}" }}')
+    report = run_study(load_study(path))
+    networks = {n["name"]: n for n in report["datasets"][0]["networks"]}
+    assert networks["broken"]["status"] == "failed"
+    assert "corrupt" in networks["broken"]["reason"] and networks["broken"]["source"] == "imported"
+    assert (tmp_path / "failing" / "synthetic" / "broken" / "model" / "error.log").is_file()
+    for name in ("fcn-hrnet18s", "segformer-b0"):
+        assert networks[name]["status"] == "ok" and networks[name]["engines"][0]["status"] == "ok"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "needs name"),
+    ('[study]\nname = "x"\n', "names no dataset"),
+    ('networks = ["nope"]\n[study]\nname = "x"\n[[datasets]]\nname = "d"\npath = "d"\n',
+     "Unknown model 'nope'"),
+    ('networks = ["stdc1"]\nengines = ["ort-fp33"]\n[study]\nname = "x"\n[[datasets]]\nname = "d"\n'
+     'path = "d"\n', "Unknown engine 'ort-fp33'"),
+    ('[study]\nname = "x"\ncolour = 1\n', "unknown key"),
+    ("[study\n", "not valid TOML"),
+])
+def test_bad_study_files_name_the_mistake(tmp_path, text, message):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_study(path)
+
+
+def test_the_shipped_study_files_load():
+    root = Path(__file__).resolve().parents[1] / "studies"
+    demo, seed = load_study(root / "demo.toml"), load_study(root / "seed.toml")
+    assert len({n.name for n in demo.networks}) >= 3 and len(demo.engines) >= 3
+    assert [d.name for d in seed.datasets] == ["potsdam", "vaihingen", "loveda"]
+    assert seed.recipe.iters == 80_000 and seed.recipe.crop == 512
+    assert {"danet-r50", "nonlocal-r50", "upernet-swin-t", "deeplabv3plus-r50"} <= {
+        n.name for n in seed.networks}
+    assert os.path.isabs(seed.datasets[0].path)
