@@ -115,14 +115,19 @@ def write_json(report: dict, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def load_report(path: str | os.PathLike[str]) -> dict:
+def read_json_report(path: str | os.PathLike[str]) -> object:
+    """The JSON in ``path``; one sentence when it is missing or not JSON."""
     path = Path(path)
     try:
-        report = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"Report {path} does not exist.") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"Report {path} is not valid JSON ({exc}).") from exc
+
+
+def load_report(path: str | os.PathLike[str]) -> dict:
+    report = read_json_report(path)
     if not isinstance(report, dict) or "engines" not in report:
         raise InputError(f"{path} is not a segbench bench report.")
     return report
@@ -153,10 +158,7 @@ def merge_reports(reports: Sequence[dict]) -> dict:
         _check_comparable(reports[0], other)
     first = reports[0]
     merged = {
-        "segbench": __version__,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machines": [m for r in reports for m in r.get("machines") or [r.get("machine", {})]],
-        "merged_from": [c for r in reports for c in r.get("merged_from") or [r.get("created")]],
+        **merged_provenance(reports),
         "model": first.get("model"),
         "config": first.get("config", {}),
         "ranking": RankRule.from_report(first).to_dict(),
@@ -165,34 +167,53 @@ def merge_reports(reports: Sequence[dict]) -> dict:
     return rank_report(merged)
 
 
-def _labelled_rows(report: dict) -> list[dict]:
-    """Copies of the report's rows, each with its machine and model (rows of a merged report keep theirs)."""
+def merged_provenance(reports: Sequence[dict]) -> dict:
+    """What a merge of ``reports`` (merged ones too) starts with: version, time, machines, sources."""
+    return {
+        "segbench": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machines": [m for r in reports for m in r.get("machines") or [r.get("machine", {})]],
+        "merged_from": [c for r in reports for c in r.get("merged_from") or [r.get("created")]],
+    }
+
+
+def machine_rows(report: dict, rows: list[dict]) -> list[dict]:
+    """Copies of ``rows``, each with ``report``'s machine (rows of a merged report keep theirs)."""
     machine = machine_label(report["machine"]) if "machine" in report else None
-    model = (report.get("model") or {}).get("architecture")
-    rows = copy.deepcopy(report["engines"])
+    rows = copy.deepcopy(rows)
     for row in rows:
         row.setdefault("machine", machine)
+    return rows
+
+
+def _labelled_rows(report: dict) -> list[dict]:
+    """Copies of the report's rows, each with its machine and model (rows of a merged report keep theirs)."""
+    model = (report.get("model") or {}).get("architecture")
+    rows = machine_rows(report, report["engines"])
+    for row in rows:
         row.setdefault("model", model)
     return rows
 
 
-def _report_label(report: dict) -> str:
+def report_label(report: dict) -> str:
+    """The report (or study) in words, for messages: its machine, or how many machines it merges."""
+    kind = "study" if report.get("kind") == "study" else "report"
     if "machine" in report:
-        return f"report from {machine_label(report['machine'])}"
-    return f"merged report of {len(report.get('machines', []))} machines"
+        return f"{kind} from {machine_label(report['machine'])}"
+    return f"merged {kind} of {len(report.get('machines', []))} machines"
 
 
 def _check_comparable(a: dict, b: dict) -> None:
     """Refuse, in one sentence, to merge reports of different models or class sets."""
     ma, mb = a.get("model"), b.get("model")
     if not ma or not mb:
-        raise InputError(f"The {_report_label(a if not ma else b)} does not say which model it "
+        raise InputError(f"The {report_label(a if not ma else b)} does not say which model it "
                          "measured; re-run 'segbench bench' to merge it.")
     for key in MODEL_KEYS:
         va, vb = ma.get(key), mb.get(key)
         if va is not None and vb is not None and va != vb:
             raise InputError(
-                f"The {_report_label(a)} and the {_report_label(b)} are of different models "
+                f"The {report_label(a)} and the {report_label(b)} are of different models "
                 f"({key} {va!r} against {vb!r}); merge only reports of one model and class set."
             )
 
