@@ -101,6 +101,35 @@ def test_the_study_table_equals_the_eval_and_bench_reports(finished):
         assert [e["name"] for e in network["engines"]] == ["torch-fp32", "ort-fp32"]
         reference, ort = network["engines"]
         assert ort["accuracy"]["agreement"] > 0.99 and ort["qualified"]
+        _equals_iou_metric(reference, dataset)
+
+
+def _equals_iou_metric(row: dict, dataset: dict) -> None:
+    """An engine row's per-class IoU, mIoU (ISPRS: without clutter) and mF1 are mmseg's IoUMetric's
+    on the label rasters the bench wrote and the dataset's ground truth."""
+    import numpy as np
+    import torch
+    from mmseg.evaluation.metrics import IoUMetric
+
+    from segbench.raster import read_all
+    from segbench.train.layout import DatasetInfo
+
+    pairs = DatasetInfo.load(dataset["path"]).pairs(dataset["split"])
+    classes = len(dataset["classes"])
+    areas = [IoUMetric.intersect_and_union(torch.from_numpy(read_all(pred)[0].astype(np.int64)),
+                                           torch.from_numpy(read_all(label)[0].astype(np.int64)),
+                                           classes, 255)
+             for pred, (_, label) in zip(row["scene"]["outputs"], pairs, strict=True)]
+    totals = [sum(a[i] for a in areas) for i in range(4)]
+    theirs = IoUMetric.total_area_to_metrics(*totals, ["mIoU", "mFscore"], nan_to_num=None, beta=1)
+    kept = [i for i, name in enumerate(dataset["classes"]) if name not in dataset["excluded_classes"]]
+    ours = row["accuracy"]
+    for i, name in enumerate(dataset["classes"]):
+        iou = ours["per_class"][name]["iou"]
+        assert (iou is None and np.isnan(theirs["IoU"][i])) or iou == pytest.approx(theirs["IoU"][i])
+    assert ours["miou"] == pytest.approx(np.nanmean(np.asarray(theirs["IoU"])[kept]))
+    assert ours["mf1"] == pytest.approx(np.nanmean(np.asarray(theirs["Fscore"])[kept]))
+    assert ours["oa"] == pytest.approx(theirs["aAcc"])
 
 
 def test_a_rerun_keeps_every_finished_cell(finished):

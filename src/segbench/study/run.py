@@ -97,7 +97,15 @@ def _cell(folder: Path, key: str, label: str, console: Console, work, start_empt
     result.update(key=key, seconds=time.perf_counter() - start)
     with atomic_output(folder / CELL_FILE) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
+    if result["status"] == "ok":
+        console.print(f"{label}: {folder.name} done in {result['seconds']:.0f} s{_cell_summary(result)}")
     return result
+
+
+def _cell_summary(result: dict) -> str:
+    """', mIoU 63.21 %' for a model cell (all classes, its eval); nothing for others."""
+    miou = (result.get("eval") or {}).get("mIoU")
+    return f", mIoU {100 * miou:.2f} % on {result['split']}" if miou is not None else ""
 
 
 def _read_cell(folder: Path) -> dict | None:
@@ -290,18 +298,9 @@ class _StudyProgress:
     """Cells done of all, the current step, elapsed time and ETA, on one rich bar."""
 
     def __init__(self, console: Console, total: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from segbench.progress import progress_bar
 
-        self.bar = Progress(TextColumn("study"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.description}"), TimeElapsedColumn(),
-                            TimeRemainingColumn(), console=console, transient=True)
+        self.bar = progress_bar("study", "{task.description}", console=console)
         self.task = self.bar.add_task("", total=total)
 
     def __enter__(self) -> _StudyProgress:

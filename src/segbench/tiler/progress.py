@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from segbench.peak import peak_rss_bytes
+from segbench.progress import progress_bar
 from segbench.raster import SceneInfo
 
 
@@ -13,21 +14,9 @@ class Progress:
         self.bar = None
         if not enabled:
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
         self.mp_per_window = info.width * info.height / 1e6 / max(total, 1)
-        self.bar = Progress(
-            TextColumn(f"{info.path.name}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[mem]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), transient=True,
-        )
+        self.bar = progress_bar(info.path.name.replace("[", r"\["), "{task.fields[rate]}",
+                                "{task.fields[mem]}")
         self.bar.start()
         self.task = self.bar.add_task("segment", total=total, rate="", mem="")
 
