@@ -4,6 +4,13 @@ The artifact is OpenVINO IR (``.xml`` + ``.bin``) converted from the fp32 or
 int8 Q/DQ ONNX graph. Precision is chosen at compile time with
 ``INFERENCE_PRECISION_HINT`` (OpenVINO would otherwise pick bf16 silently on
 CPUs with AVX512_BF16), and the precision that really ran is read back.
+
+Loaded in ``"latency"`` mode (the default) the model is compiled with the
+LATENCY hint and runs one request at a time. In ``"throughput"`` mode it is
+compiled with the THROUGHPUT hint (several CPU streams) and ``infer_stream``
+keeps the compiled model's optimal number of requests in flight on an
+``AsyncInferQueue``, handing the outputs back in input order. OpenVINO's own
+``benchmark_app`` measures the same two configurations.
 """
 
 from __future__ import annotations
@@ -11,12 +18,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from segbench.engines.base import Runner, check_input_shape
-from segbench.errors import EngineError, OutputError, RuntimeMissingError, first_line
+from segbench.engines.base import Runner, check_input_shape, check_tiles, describe_failure, in_order
+from segbench.errors import EngineError, InputError, OutputError, RuntimeMissingError, first_line
 from segbench.extras import require
 from segbench.files import describe_os_error
 from segbench.spec import ModelSpec
@@ -24,10 +32,10 @@ from segbench.spec import ModelSpec
 _HINT = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
 
 
-def _compile(xml: Path, precision: str):
+def _compile(xml: Path, precision: str, hint: str = "LATENCY"):
     ov = require("openvino", f"openvino-{precision}")
     core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": _HINT[precision], "PERFORMANCE_HINT": "LATENCY"}
+    config = {"INFERENCE_PRECISION_HINT": _HINT[precision], "PERFORMANCE_HINT": hint}
     try:
         model = core.read_model(str(xml), str(Path(xml).with_suffix(".bin")))
         return core.compile_model(model, "CPU", config)
@@ -39,6 +47,7 @@ class OpenVinoRunner(Runner):
     """A compiled OpenVINO model behind the Engine contract."""
 
     runtime = "openvino"
+    tunes_for_throughput = True
 
     @classmethod
     def check(cls, kind) -> None:
@@ -82,18 +91,118 @@ class OpenVinoRunner(Runner):
         return {"inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT"))}
 
     def load_impl(self, artifact: Path) -> None:
+        ov = require("openvino", self.name)
         self.device = "cpu"  # the CPU plugin only
-        self._compiled = _compile(artifact, self.kind.precision)
+        self._compiled = _compile(artifact, self.kind.precision, self.mode.upper())
         shape = self._compiled.inputs[0].get_partial_shape()
         check_input_shape([d.get_length() if d.is_static else None for d in shape], self.spec, artifact)
         self._request = self._compiled.create_infer_request()
+        self._queue = None
+        if self.mode == "throughput":
+            self.inflight = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            self._queue = ov.AsyncInferQueue(self._compiled, self.inflight)
         #: the precision OpenVINO really executes (f32, bf16, ...)
         self.inference_precision = str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
 
+    @property
+    def config(self) -> str:
+        if self._queue is None:
+            return "LATENCY"
+        return f"THROUGHPUT, {self.inflight} requests"
+
     def infer_impl(self, tiles: np.ndarray) -> np.ndarray:
-        self._request.infer({0: tiles}, share_inputs=True)
+        try:
+            self._request.infer({0: tiles}, share_inputs=True)
+        except RuntimeError as exc:
+            raise EngineError(describe_failure(self.name, tiles, exc)) from exc
         return self._request.get_output_tensor(0).data.copy()
 
+    def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Up to :attr:`inflight` batches on the async queue, outputs in input order (:func:`in_order`).
+
+        A batch's memory is shared with its request (``share_inputs``), and
+        :func:`in_order` keeps it referenced until the output is out. The
+        callback copies the output out of the request's tensor before the
+        request can be reused, and never raises (an exception escaping it
+        aborts the process): it reports its error instead. A request that
+        fails gets no callback from OpenVINO: its error is read from the
+        request once it has ended.
+        """
+        if self._queue is None:
+            yield from super().infer_stream(batches)
+            return
+        if self._closed:
+            raise InputError(f"{self.name} is closed; load the engine again to run it.")
+        queue = self._queue
+        owner: dict[int, int] = {}  # request id -> the seq it runs (or ran last)
+        where: dict[int, int] = {}  # seq -> its request id
+        reported: set[int] = set()  # seqs whose callback has reported
+
+        def checked(batches):
+            for tiles in batches:
+                check_tiles(tiles, self.spec, self.name)
+                yield np.ascontiguousarray(tiles)
+
+        def start(seq: int, tiles: np.ndarray, done) -> None:
+            if seq == 0:  # set while no request runs: replacing a running one's callback is unsafe
+                def on_done(request, seq: int) -> None:
+                    try:
+                        out = self._output(request, seq)
+                    except BaseException as exc:  # noqa: BLE001  (reported, raised in the batch's turn)
+                        out = exc
+                    reported.add(seq)
+                    done(seq, out)
+
+                queue.set_callback(on_done)
+            rid = queue.get_idle_request_id()  # the request start_async takes next
+            if rid in owner and owner[rid] not in reported:  # its last batch failed: say so first
+                done(owner[rid], _error(queue[rid]))
+            reported.discard(owner.get(rid, -1))
+            owner[rid], where[seq] = seq, rid
+            queue.start_async({0: tiles}, seq, share_inputs=True)
+
+        def lost(seq: int) -> BaseException | None:
+            rid = where[seq]
+            if owner[rid] != seq or not _ended(queue[rid]):
+                return None  # running, or reported when its request was reused
+            return _error(queue[rid])
+
+        yield from in_order(checked(batches), start, self.inflight, lambda: _wait_all(queue),
+                            self.name, lost)
+
+    def _output(self, request, seq: int) -> np.ndarray:
+        """The finished request's output, copied out of its tensor (on OpenVINO's thread)."""
+        return request.get_output_tensor(0).data.copy()
+
     def close_impl(self) -> None:
+        if self._queue is not None:
+            _wait_all(self._queue)
+        self._queue = None
         self._request = None
         self._compiled = None
+
+
+def _ended(request) -> bool:
+    """True once ``request`` has ended, its callback included (``wait_for`` waits for that too)."""
+    try:
+        return request.wait_for(0)
+    except RuntimeError:  # it failed
+        return True
+
+
+def _error(request) -> BaseException:
+    """Why an ended ``request`` reported no output: OpenVINO rethrows its failure from ``wait``."""
+    try:
+        request.wait()
+    except RuntimeError as exc:
+        return exc
+    return RuntimeError("the request ended without reporting its output")
+
+
+def _wait_all(queue) -> None:
+    """Wait until no request of ``queue`` runs; a failed one's error was reported already."""
+    for request in queue:
+        try:
+            request.wait()
+        except RuntimeError:
+            pass
