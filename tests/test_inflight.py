@@ -28,8 +28,9 @@ def ov_artifact(tmp_path_factory) -> Path:
     return build(tiny_conv_onnx(d / "model.onnx", make_spec(tile=TILE)), "openvino-fp32", d)
 
 
-def _scene(tmp_path: Path, h: int = 230, w: int = 250) -> Path:
+def _scene(tmp_path: Path) -> Path:
     """A scene of many windows whose last batch is partial."""
+    h, w = 230, 250
     windows = len(axis_starts(h, TILE, TILE - OVERLAP)) * len(axis_starts(w, TILE, TILE - OVERLAP))
     assert windows > 8 * BATCH and windows % BATCH
     data = np.random.default_rng(3).integers(0, 256, (3, h, w), dtype=np.uint8)
@@ -222,3 +223,15 @@ def test_a_request_failing_mid_scene_stops_cleanly(tmp_path, ov_artifact, failur
     assert _no_stage_threads()
     assert list(out_dir.iterdir()) == []
     assert all(p.name.startswith("static") for p in tmp_path.iterdir() if p.name not in ("scene.tif", "out"))
+
+
+def test_bench_reports_which_configuration_measured_what(tmp_path, ov_artifact):
+    from segbench.bench.run import _Job, measure_engine
+
+    scene = _scene(tmp_path)
+    job = _Job(artifact=str(ov_artifact), scenes=[str(scene)], labels=[], reference_labels=None,
+               out_dir=str(tmp_path / "bench"), overlap=OVERLAP, blend="mean", batch=BATCH, isprs=False,
+               quick=True)
+    row = measure_engine(job)
+    assert row["latency"]["config"] == "LATENCY"
+    assert row["scene"]["config"].startswith("THROUGHPUT, ") and row["scene"]["config"].endswith(" requests")

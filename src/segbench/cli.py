@@ -425,7 +425,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from segbench.engines.registry import load
     from segbench.tiler import segment_many
 
-    engine = load(args.engine)
+    engine = load(args.engine, mode="throughput")  # batches back to back: OpenVINO keeps several in flight
     try:
         results = segment_many(args.scenes, engine, args.out, overlap=args.overlap,
                                blend=args.blend, batch=args.batch, nodata=args.nodata,
