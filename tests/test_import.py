@@ -249,6 +249,25 @@ def test_bad_checkpoints_are_refused(pspnet_zoo, tmp_path):
              classes=["a", "b", "c"])
 
 
+def test_an_architecture_onnx_cannot_express_is_refused_naming_the_op(tmp_path):
+    """PSANet's PSAMask is a compiled mmcv kernel: import works, export names the op."""
+    from segbench.errors import ExportError
+    from segbench.export.onnx import export_model
+
+    config = tmp_path / "psanet_r18.py"
+    config.write_text(
+        f"_base_ = ['{_config('psanet/psanet_r50-d8_4xb4-80k_ade20k-512x512.py')}']\n"
+        "model = dict(backbone=dict(depth=18),\n"
+        "             decode_head=dict(in_channels=512, channels=128, mask_size=(31, 31)),\n"
+        "             auxiliary_head=dict(in_channels=256, channels=64))\n")
+    checkpoint = tmp_path / "zoo.pth"
+    _model_zoo_checkpoint(str(config), checkpoint)
+    import_model(config, checkpoint, tmp_path / "psa.pth", tile=128)
+    with pytest.raises(ExportError, match=r"compiled op PSAMask \(mmcv\.ops\.psa_mask\)"):
+        export_model(tmp_path / "psa.pth", tmp_path / "psa.onnx")
+    assert not (tmp_path / "psa.onnx").exists()
+
+
 def test_cli_import_and_list(pspnet_zoo, tmp_path):
     checkpoint, _ = pspnet_zoo
     cli = [sys.executable, "-m", "segbench.cli"]

@@ -72,6 +72,30 @@ def deploy_module(model, spec: ModelSpec, labels: bool = False):
     return DeployModel().eval()
 
 
+def compiled_ops(model) -> list[str]:
+    """The layers of ``model`` that run mmcv's compiled extension ops (``mmcv._ext``).
+
+    Neither ``torch.export`` nor ONNX can express these C++/CUDA kernels, so a
+    network using one (PSANet's PSAMask, deformable convolutions, CARAFE, ...)
+    cannot be exported; naming them is the useful part of the error.
+    """
+    import inspect
+    import sys
+
+    names = []
+    for layer in model.modules():
+        module = sys.modules.get(type(layer).__module__)
+        if module is None or not type(layer).__module__.startswith("mmcv.ops"):
+            continue
+        try:
+            compiled = "ext_loader.load_ext" in inspect.getsource(module)
+        except (OSError, TypeError):
+            continue
+        if compiled:
+            names.append(f"{type(layer).__name__} ({type(layer).__module__})")
+    return sorted(set(names))
+
+
 def export_model(
     checkpoint: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -98,6 +122,9 @@ def export_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     model, spec = load_model(checkpoint)
     spec = spec.replace(output="labels" if labels else "logits", build=None)
+    if ops := compiled_ops(model):  # fail in a second, not after minutes of tracing
+        raise ExportError(f"{spec.architecture} cannot be exported: it uses mmcv's compiled op "
+                          f"{', '.join(ops)}, which ONNX cannot express; choose a network without it.")
     module = deploy_module(model, spec, labels)
     tiles = _verification_tiles(spec, verify_tiles, seed)
     start = time.perf_counter()
