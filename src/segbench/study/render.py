@@ -232,10 +232,13 @@ class StudyTable:
         return [c for c in self.columns if not c.csv_only]
 
     def best(self, column: Column) -> float | None:
-        """The highest figure of a ``best`` column among rows that ran."""
+        """The highest figure of a ``best`` column among rows that ran; None when all of them tie
+        (a column where every network scores 0 has no best)."""
         values = [column.value(r) for r in self.rows if r.get("status") == "ok"]
         values = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
-        return max(values) if column.best and values else None
+        if not column.best or len(set(values)) < 2:
+            return None
+        return max(values)
 
     def is_best(self, column: Column, row: dict) -> bool:
         best = self.best(column)
