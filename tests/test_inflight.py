@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -66,12 +67,14 @@ def _no_stage_threads() -> bool:
     return not [t for t in threading.enumerate() if t.name.startswith("segbench-")]
 
 
-def test_throughput_mode_keeps_the_synchronous_labels(tmp_path, ov_artifact):
+@pytest.mark.parametrize("fixed", [None, BATCH, BATCH - 1], ids=["dynamic", "fixed", "fixed-split"])
+def test_throughput_mode_keeps_the_synchronous_labels(tmp_path, ov_artifact, fixed):
     from segbench.engines.registry import load
 
     scene = _scene(tmp_path)
-    with load(ov_artifact, mode="throughput") as engine:
-        assert engine.config == f"THROUGHPUT, {engine.inflight} requests"
+    with load(ov_artifact, mode="throughput", batch=fixed) as engine:
+        assert engine.fixed_batch == fixed
+        assert engine.config == f"THROUGHPUT, {engine.inflight} requests" + (f", batch {fixed}" * bool(fixed))
         if engine.inflight < 2:
             pytest.skip("OpenVINO wants one request on this machine: nothing would be in flight")
         streamed = segment(scene, engine, tmp_path / "streamed.tif", overlap=OVERLAP, blend="mean",
@@ -137,7 +140,8 @@ def test_outputs_keep_window_order_when_batches_complete_out_of_order(tmp_path):
     assert not any(t.is_alive() for t in engine.threads)
 
 
-def test_at_most_the_optimal_number_of_requests_in_flight(ov_artifact):
+@pytest.mark.parametrize("fixed", [None, BATCH], ids=["dynamic", "fixed"])
+def test_at_most_the_optimal_number_of_requests_in_flight(ov_artifact, fixed):
     from segbench.engines.base import Runner
     from segbench.engines.openvino import OpenVinoRunner
     from segbench.engines.registry import get_kind
@@ -152,7 +156,7 @@ def test_at_most_the_optimal_number_of_requests_in_flight(ov_artifact):
             return super()._output(request, seq)
 
     engine: Runner = Counting(ov_artifact, ModelSpec.load(ov_artifact), get_kind("openvino-fp32"),
-                              mode="throughput")
+                              mode="throughput", batch=fixed)
     rng = np.random.default_rng(0)
     batches = [rng.uniform(0, 255, (BATCH, 3, TILE, TILE)).astype(np.float32) for _ in range(24)]
 
@@ -167,9 +171,10 @@ def test_at_most_the_optimal_number_of_requests_in_flight(ov_artifact):
         for out in engine.infer_stream(feed()):
             counts["handed"] += 1
             outputs.append(out)
+        streamed = list(at_callback)
         expected = [engine.infer(b) for b in batches]
     n = engine.inflight
-    assert len(at_callback) == len(batches) and max(at_callback) <= n
+    assert len(streamed) == len(batches) and max(streamed) <= n
     assert max(at_pull) == n  # reached, never passed
     for got, want in zip(outputs, expected, strict=True):
         np.testing.assert_array_equal(got, want)
@@ -234,4 +239,4 @@ def test_bench_reports_which_configuration_measured_what(tmp_path, ov_artifact):
                quick=True)
     row = measure_engine(job)
     assert row["latency"]["config"] == "LATENCY"
-    assert row["scene"]["config"].startswith("THROUGHPUT, ") and row["scene"]["config"].endswith(" requests")
+    assert re.fullmatch(rf"THROUGHPUT, \d+ requests, batch {BATCH}", row["scene"]["config"])

@@ -254,7 +254,7 @@ def measure_engine(job: _Job) -> dict:
         batch1 = time_callable(lambda: engine.infer(one), **iters1)
         batchb = time_callable(lambda: engine.infer(tiles), **iters)
         latency_config = engine.config
-        engine = _for_scenes(engine, job.artifact)
+        engine = _for_scenes(engine, job.artifact, job.batch)
         os.makedirs(job.out_dir, exist_ok=True)
         results = []
         for scene in job.scenes:
@@ -293,7 +293,7 @@ def measure_engine(job: _Job) -> dict:
     return row
 
 
-def _for_scenes(engine, artifact: Path):
+def _for_scenes(engine, artifact: Path, batch: int):
     """The engine to run whole scenes with: reloaded in throughput mode where that compiles differently.
 
     The latency figures come from the engine as loaded (one call at a time);
@@ -304,7 +304,7 @@ def _for_scenes(engine, artifact: Path):
     if not type(engine).tunes_for_throughput:
         return engine
     engine.close()
-    return load(artifact, mode="throughput")
+    return load(artifact, mode="throughput", batch=batch)
 
 
 def _score(job: _Job, spec: ModelSpec, outputs: list[str]) -> dict | None:

@@ -145,10 +145,12 @@ class Runner:
     tunes_for_throughput: ClassVar[bool] = False
 
     def __init__(self, artifact: Path, spec: ModelSpec, kind, device: str | None = None,
-                 mode: str = "latency") -> None:
+                 mode: str = "latency", batch: int | None = None) -> None:
         self.name: str = kind.name
         #: "latency" or "throughput" (see :data:`MODES`); read by ``load_impl``
         self.mode = mode
+        #: the batch size the caller means to send, where it said (a backend may compile for it)
+        self.batch = batch
         #: batches ``infer_stream`` keeps in flight
         self.inflight = 1
         self.spec = spec

@@ -9,8 +9,12 @@ Loaded in ``"latency"`` mode (the default) the model is compiled with the
 LATENCY hint and runs one request at a time. In ``"throughput"`` mode it is
 compiled with the THROUGHPUT hint (several CPU streams) and ``infer_stream``
 keeps the compiled model's optimal number of requests in flight on an
-``AsyncInferQueue``, handing the outputs back in input order. OpenVINO's own
-``benchmark_app`` measures the same two configurations.
+``AsyncInferQueue``, handing the outputs back in input order. Given the
+caller's batch size, throughput mode also fixes a dynamic batch dimension to
+it (measured on SegFormer-B0 int8, batch 4 at 512, 2 cores: 30.4 tiles/s
+static against 26.2 dynamic), and pads a smaller batch with zeros (the
+padding's outputs are dropped); a larger one runs as several. OpenVINO's own
+``benchmark_app`` measures the same configurations.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -32,12 +37,17 @@ from segbench.spec import ModelSpec
 _HINT = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
 
 
-def _compile(xml: Path, precision: str, hint: str = "LATENCY"):
+def _compile(xml: Path, precision: str, hint: str = "LATENCY", batch: int | None = None):
+    """The compiled model; with ``batch``, a dynamic batch dimension is fixed to it first."""
     ov = require("openvino", f"openvino-{precision}")
     core = ov.Core()
     config = {"INFERENCE_PRECISION_HINT": _HINT[precision], "PERFORMANCE_HINT": hint}
     try:
         model = core.read_model(str(xml), str(Path(xml).with_suffix(".bin")))
+        shape = model.inputs[0].get_partial_shape()
+        if batch and shape.rank.is_static and shape[0].is_dynamic:
+            shape[0] = batch
+            model.reshape({model.inputs[0].get_any_name(): shape})
         return core.compile_model(model, "CPU", config)
     except Exception as exc:
         raise EngineError(f"OpenVINO cannot compile {Path(xml).name}: {first_line(exc)}") from exc
@@ -93,12 +103,16 @@ class OpenVinoRunner(Runner):
     def load_impl(self, artifact: Path) -> None:
         ov = require("openvino", self.name)
         self.device = "cpu"  # the CPU plugin only
-        self._compiled = _compile(artifact, self.kind.precision, self.mode.upper())
+        throughput = self.mode == "throughput"
+        self._compiled = _compile(artifact, self.kind.precision, self.mode.upper(),
+                                  self.batch if throughput else None)
         shape = self._compiled.inputs[0].get_partial_shape()
         check_input_shape([d.get_length() if d.is_static else None for d in shape], self.spec, artifact)
-        self._request = self._compiled.create_infer_request()
+        #: the batch size compiled in by throughput mode (smaller batches padded), else None
+        self.fixed_batch = shape[0].get_length() if throughput and self.batch and shape[0].is_static else None
+        self._request = None if self.fixed_batch else self._compiled.create_infer_request()
         self._queue = None
-        if self.mode == "throughput":
+        if throughput:
             self.inflight = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
             self._queue = ov.AsyncInferQueue(self._compiled, self.inflight)
         #: the precision OpenVINO really executes (f32, bf16, ...)
@@ -108,9 +122,12 @@ class OpenVinoRunner(Runner):
     def config(self) -> str:
         if self._queue is None:
             return "LATENCY"
-        return f"THROUGHPUT, {self.inflight} requests"
+        return f"THROUGHPUT, {self.inflight} requests" + (f", batch {self.fixed_batch}" if self.fixed_batch
+                                                          else "")
 
     def infer_impl(self, tiles: np.ndarray) -> np.ndarray:
+        if self.fixed_batch:  # the compiled batch: padded or split as the stream does
+            return list(self.infer_stream([tiles]))[0]
         try:
             self._request.infer({0: tiles}, share_inputs=True)
         except RuntimeError as exc:
@@ -138,10 +155,17 @@ class OpenVinoRunner(Runner):
         where: dict[int, int] = {}  # seq -> its request id
         reported: set[int] = set()  # seqs whose callback has reported
 
+        fixed = self.fixed_batch
+        plan: deque[list[int]] = deque()  # per batch, the real tiles in each of its requests
+
         def checked(batches):
             for tiles in batches:
                 check_tiles(tiles, self.spec, self.name)
-                yield np.ascontiguousarray(tiles)
+                tiles = np.ascontiguousarray(tiles)
+                parts = [tiles[i:i + fixed] for i in range(0, len(tiles), fixed)] if fixed else [tiles]
+                plan.append([len(part) for part in parts])  # before its first request can end
+                for part in parts:
+                    yield _padded(part, fixed) if fixed else part
 
         def start(seq: int, tiles: np.ndarray, done) -> None:
             if seq == 0:  # set while no request runs: replacing a running one's callback is unsafe
@@ -167,8 +191,15 @@ class OpenVinoRunner(Runner):
                 return None  # running, or reported when its request was reused
             return _error(queue[rid])
 
-        yield from in_order(checked(batches), start, self.inflight, lambda: _wait_all(queue),
-                            self.name, lost)
+        parts: list[np.ndarray] = []
+        for out in in_order(checked(batches), start, self.inflight, lambda: _wait_all(queue),
+                            self.name, lost):
+            sizes = plan[0]
+            parts.append(out[:sizes[len(parts)]])
+            if len(parts) == len(sizes):
+                plan.popleft()
+                yield parts[0] if len(parts) == 1 else np.concatenate(parts)
+                parts = []
 
     def _output(self, request, seq: int) -> np.ndarray:
         """The finished request's output, copied out of its tensor (on OpenVINO's thread)."""
@@ -180,6 +211,13 @@ class OpenVinoRunner(Runner):
         self._queue = None
         self._request = None
         self._compiled = None
+
+
+def _padded(tiles: np.ndarray, size: int) -> np.ndarray:
+    """``tiles`` with zero tiles appended up to ``size``."""
+    if len(tiles) == size:
+        return tiles
+    return np.concatenate([tiles, np.zeros((size - len(tiles), *tiles.shape[1:]), tiles.dtype)])
 
 
 def _ended(request) -> bool:

@@ -163,13 +163,16 @@ def build(
     return artifact
 
 
-def load(artifact: str | os.PathLike[str], device: str | None = None, mode: str = "latency") -> Runner:
+def load(artifact: str | os.PathLike[str], device: str | None = None, mode: str = "latency",
+         batch: int | None = None) -> Runner:
     """Load a built engine from its artifact and spec.
 
     ``mode`` says how it will run: ``"latency"`` (one call at a time, the
     default) or ``"throughput"`` (batches back to back, as the tiler runs
     them: OpenVINO then compiles for throughput and keeps several requests
-    in flight; other backends run as in latency mode).
+    in flight; other backends run as in latency mode). ``batch``, the batch
+    size the caller will send, lets OpenVINO's throughput mode compile for
+    that size (a model with a dynamic batch runs about 15% slower there).
     """
     if mode not in MODES:
         raise InputError(f"Unknown engine mode {mode!r}; choose one of: {', '.join(MODES)}.")
@@ -188,7 +191,7 @@ def load(artifact: str | os.PathLike[str], device: str | None = None, mode: str 
             "file); the spec beside it belongs to another artifact."
         )
     kind.runner.check(kind)
-    return kind.runner(artifact, spec, kind, device, mode)
+    return kind.runner(artifact, spec, kind, device, mode, batch)
 
 
 def artifact_bytes(artifact: Path) -> int:
