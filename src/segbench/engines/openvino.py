@@ -14,7 +14,11 @@ caller's batch size, throughput mode also fixes a dynamic batch dimension to
 it (measured on SegFormer-B0 int8, batch 4 at 512, 2 cores: 30.4 tiles/s
 static against 26.2 dynamic), and pads a smaller batch with zeros (the
 padding's outputs are dropped); a larger one runs as several. OpenVINO's own
-``benchmark_app`` measures the same configurations.
+``benchmark_app`` measures the same configurations. For fp32 the static and
+dynamic models give identical logits; for int8 OpenVINO picks other kernels
+for the static one (SegFormer-B0, untrained: logits differ by up to 0.08,
+argmax by 3% of pixels, near-ties), so an int8 engine's labels depend on the
+mode, and are identical between ``infer`` and ``infer_stream`` in each.
 """
 
 from __future__ import annotations
