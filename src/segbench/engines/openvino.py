@@ -28,6 +28,7 @@ import shutil
 import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -196,14 +197,15 @@ class OpenVinoRunner(Runner):
             return _error(queue[rid])
 
         parts: list[np.ndarray] = []
-        for out in in_order(checked(batches), start, self.inflight, lambda: _wait_all(queue),
-                            self.name, lost):
-            sizes = plan[0]
-            parts.append(out[:sizes[len(parts)]])
-            if len(parts) == len(sizes):
-                plan.popleft()
-                yield parts[0] if len(parts) == 1 else np.concatenate(parts)
-                parts = []
+        with closing(in_order(checked(batches), start, self.inflight, lambda: _wait_all(queue),
+                              self.name, lost)) as outputs:  # closed (requests waited for) however we end
+            for out in outputs:
+                sizes = plan[0]
+                parts.append(out[:sizes[len(parts)]])
+                if len(parts) == len(sizes):
+                    plan.popleft()
+                    yield parts[0] if len(parts) == 1 else np.concatenate(parts)
+                    parts = []
 
     def _output(self, request, seq: int) -> np.ndarray:
         """The finished request's output, copied out of its tensor (on OpenVINO's thread)."""
