@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import threading
+import textwrap
 import time
 from pathlib import Path
 
@@ -57,38 +56,52 @@ def _stop(proc, signum) -> float:
     return time.perf_counter() - start
 
 
-def test_terminate_becomes_an_interrupt_and_the_old_handlers_come_back():
-    from segbench.signals import Terminated, terminate_as_interrupt
+def _in_fresh_interpreter(code: str) -> None:
+    """Run ``code`` in a new Python process: these tests signal their own process, which must not
+    be pytest's (after hundreds of tests it carries the thread pools of every runtime)."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Terminated) as caught, terminate_as_interrupt():
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)
-    assert isinstance(caught.value, KeyboardInterrupt) and caught.value.exit_code == 143
-    assert signal.getsignal(signal.SIGTERM) is before
+
+def test_terminate_becomes_an_interrupt_and_the_old_handlers_come_back():
+    _in_fresh_interpreter("""
+        import os, signal, time
+        from segbench.signals import Terminated, terminate_as_interrupt
+
+        before = signal.getsignal(signal.SIGTERM)
+        try:
+            with terminate_as_interrupt():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            raise SystemExit("SIGTERM did not interrupt")
+        except Terminated as caught:
+            assert isinstance(caught, KeyboardInterrupt) and caught.exit_code == 143
+        assert signal.getsignal(signal.SIGTERM) is before
+    """)
 
 
 def test_ignored_signals_stay_ignored_and_other_threads_install_nothing():
-    from segbench.signals import terminate_as_interrupt
+    _in_fresh_interpreter("""
+        import os, signal, threading, time
+        from segbench.signals import terminate_as_interrupt
 
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
-    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
         with terminate_as_interrupt():
             os.kill(os.getpid(), signal.SIGHUP)
             time.sleep(0.2)
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGHUP, previous)
-    seen = []
+        seen = []
 
-    def in_thread():
-        with terminate_as_interrupt():
-            seen.append(signal.getsignal(signal.SIGTERM))
+        def in_thread():
+            with terminate_as_interrupt():
+                seen.append(signal.getsignal(signal.SIGTERM))
 
-    t = threading.Thread(target=in_thread)
-    t.start()
-    t.join()
-    assert seen == [signal.getsignal(signal.SIGTERM)]
+        t = threading.Thread(target=in_thread)
+        t.start()
+        t.join()
+        assert seen == [signal.getsignal(signal.SIGTERM)]
+    """)
 
 
 @pytest.fixture(scope="module")
