@@ -69,6 +69,13 @@ def atomic_folder(dest: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def write_text(dest: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``dest`` through a temporary file renamed when complete."""
+    with atomic_output(dest) as tmp:
+        tmp.write_text(text)
+    return Path(dest)
+
+
 def check_output_folder(dest: str | os.PathLike[str]) -> Path:
     """The folder that will hold ``dest``; one-sentence errors when it is missing or read-only."""
     parent = Path(dest).parent

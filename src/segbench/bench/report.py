@@ -25,7 +25,7 @@ from segbench import __version__
 from segbench.bench.latency import P90_MIN_SAMPLES
 from segbench.bench.rank import RankRule, rank
 from segbench.errors import InputError
-from segbench.files import atomic_output
+from segbench.files import atomic_output, write_text
 
 LIBRARIES = ("numpy", "onnxruntime", "openvino", "torch", "tensorrt", "tensorrt_rtx_bindings",
              "rasterio", "mmseg")
@@ -109,10 +109,7 @@ def new_report(config: dict, rule_text: str) -> dict:
 
 def write_json(report: dict, path: str | os.PathLike[str]) -> Path:
     """Write the report atomically (an interrupted bench keeps the last complete report)."""
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    return path
+    return write_text(path, json.dumps(report, indent=2, default=str) + "\n")
 
 
 def read_json_report(path: str | os.PathLike[str]) -> object:
@@ -387,8 +384,6 @@ def write_all(report: dict, out_dir: str | os.PathLike[str], stem: str = "report
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [write_json(report, out_dir / f"{stem}.json")]
     for suffix, text in ((".md", to_markdown(report)), (".csv", to_csv(report))):
-        with atomic_output(out_dir / f"{stem}{suffix}") as tmp:
-            tmp.write_text(text)
-        paths.append(out_dir / f"{stem}{suffix}")
+        paths.append(write_text(out_dir / f"{stem}{suffix}", text))
     paths.append(plot(report, out_dir / f"{stem}.png"))
     return paths

@@ -29,7 +29,7 @@ from pathlib import Path
 from segbench import __version__
 from segbench.bench.rank import pareto_front
 from segbench.bench.report import _g, _num, _p90
-from segbench.files import atomic_output
+from segbench.files import atomic_output, write_text
 from segbench.train.catalogue import ATTENTION, CNN, FAST, TRANSFORMER
 
 FAMILIES = (CNN, ATTENTION, TRANSFORMER, FAST)  # the tables' order; other families follow
@@ -648,14 +648,9 @@ def write_study(report: dict, out_dir: str | os.PathLike[str]) -> list[Path]:
     texts = {"study.md": to_markdown(report), "study.tex": to_latex_document(report)}
     texts.update({f"study-{kind}.csv": to_csv(report, kind) for kind in TABLE_KINDS})
     texts.update({f"{slug(t.dataset['name'])}-{t.kind}.tex": to_latex(t) for t in study_tables(report)})
-    paths = [_write_text(out / name, text) for name, text in texts.items()]
+    paths = [write_text(out / name, text) for name, text in texts.items()]
     for dataset in report.get("datasets", []):
         paths.append(plot_pareto(dataset, out / f"{slug(dataset['name'])}-pareto.png"))
         paths.append(plot_iou(dataset, out / f"{slug(dataset['name'])}-iou.png"))
     return paths
 
-
-def _write_text(path: Path, text: str) -> Path:
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)
-    return path

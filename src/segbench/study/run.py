@@ -28,8 +28,10 @@ from pathlib import Path
 from rich.console import Console
 
 from segbench.bench.memory import describe
+from segbench.bench.report import write_json
 from segbench.errors import InputError
-from segbench.files import atomic_output
+from segbench.files import write_text
+from segbench.study.render import rank_study
 from segbench.study.studyfile import DatasetEntry, NetworkEntry, Study, digest
 
 CELL_FILE = "cell.json"
@@ -90,13 +92,11 @@ def _cell(folder: Path, key: str, label: str, console: Console, work, start_empt
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001  (one cell's failure is recorded; the study goes on)
-        log = folder / "error.log"
-        log.write_text("".join(traceback.format_exception(exc)))
+        log = write_text(folder / "error.log", "".join(traceback.format_exception(exc)))
         result = {"status": "failed", "reason": describe(exc), "log": str(log)}
         console.print(f"[red]{label}: {folder.name} failed: {result['reason']}[/red]")
     result.update(key=key, seconds=time.perf_counter() - start)
-    with atomic_output(folder / CELL_FILE) as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, folder / CELL_FILE)
     if result["status"] == "ok":
         console.print(f"{label}: {folder.name} done in {result['seconds']:.0f} s{_cell_summary(result)}")
     return result
@@ -227,28 +227,14 @@ def write_study_json(study: Study, out: Path) -> dict:
                     row["engines_reason"] = bench.get("reason")
             entry["networks"].append(row)
         report["datasets"].append(entry)
-    _rank(report)
-    path = Path(out) / STUDY_FILE
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    rank_study(report)
+    write_json(report, Path(out) / STUDY_FILE)
     return report
 
 
-def _rank(report: dict) -> None:
-    """One ranking of every (network, engine) pair per dataset (the renderer's, when present)."""
-    try:
-        from segbench.study.render import rank_study
-    except ImportError:
-        return
-    rank_study(report)
-
-
 def _render(report: dict, out: Path, console: Console) -> None:
-    try:
-        from segbench.study.render import render_tables, write_study
-    except ImportError:
-        console.print(f"Study report: {out / STUDY_FILE}")
-        return
+    from segbench.study.render import render_tables, write_study
+
     for table in render_tables(report):
         console.print(table)
     written = write_study(report, out)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from segbench.checkpoint import measure_output_stride, save_checkpoint
 from segbench.errors import InputError
+from segbench.files import write_text
 from segbench.spec import ModelSpec
 from segbench.train.catalogue import get_entry
 from segbench.train.config import Recipe, model_config, runner_config
@@ -89,7 +90,7 @@ def train(
         input_dtype=info.dtype,
     )
     spec = save_checkpoint(out_dir / CHECKPOINT_NAME, model, model_cfg, spec)
-    (out_dir / "train_seconds.txt").write_text(f"{seconds:.1f}\n")
+    write_text(out_dir / "train_seconds.txt", f"{seconds:.1f}\n")
     return out_dir / CHECKPOINT_NAME, spec
 
 
