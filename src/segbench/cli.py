@@ -425,8 +425,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from segbench.engines.registry import load
     from segbench.tiler import segment_many
 
-    # batches back to back: OpenVINO compiles for them and keeps several in flight
-    engine = load(args.engine, mode="throughput", batch=args.batch)
+    engine = load(args.engine)
     try:
         results = segment_many(args.scenes, engine, args.out, overlap=args.overlap,
                                blend=args.blend, batch=args.batch, nodata=args.nodata,

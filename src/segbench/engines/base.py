@@ -12,22 +12,19 @@ artifact).
 
 Run side (an instance is a loaded engine): ``load_impl`` when created,
 ``infer_impl`` on inputs already checked, ``close_impl`` once; ``with
-Runner(...) as engine:`` closes it on exit. ``infer_stream`` runs batches back
-to back (the tiler): one by one here, several in flight where a backend can
-(OpenVINO loaded in ``"throughput"`` mode), the outputs always in input order.
+Runner(...) as engine:`` closes it on exit.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from segbench.errors import EngineError, InputError, SpecError
+from segbench.errors import InputError, SpecError
 from segbench.spec import ModelSpec
 
 
@@ -49,110 +46,14 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-#: how a caller means to run an engine: one call at a time (latency), or batches back to back
-MODES = ("latency", "throughput")
-
-
-def infer_stream(engine: Engine, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    """The outputs of ``batches``, in their order: ``engine.infer_stream`` where it has one."""
-    stream = getattr(engine, "infer_stream", None)
-    if stream is not None:
-        return stream(batches)
-    return (engine.infer(tiles) for tiles in batches)
-
-
-#: how often a thread waiting for a request's result wakes (to notice a lost request, and Ctrl-C)
-WAIT_S = 0.1
-
-
-def in_order(
-    batches: Iterable[np.ndarray],
-    start: Callable[[int, np.ndarray, Callable[[int, object], None]], None],
-    inflight: int,
-    wait_all: Callable[[], None],
-    name: str,
-    lost: Callable[[int], BaseException | None] = lambda seq: None,
-) -> Iterator[np.ndarray]:
-    """Run asynchronous requests, at most ``inflight`` at once, and hand their outputs back in order.
-
-    ``start(seq, tiles, done)`` begins request ``seq`` on ``tiles``, which stays
-    referenced here until its output is handed out; the request calls
-    ``done(seq, output or exception)`` once, from any thread. ``lost(seq)`` is
-    the error of a request that ended without calling ``done`` (else None).
-    A request's error is raised as :class:`EngineError` in its turn; whatever
-    ends the stream (an error, the caller closing it, ``batches`` raising),
-    ``wait_all()`` runs before it returns, so no request outlives it. A batch
-    is pulled from ``batches`` only when there is room for it.
-    """
-    ready = threading.Condition()
-    results: dict[int, object] = {}
-    sent: dict[int, np.ndarray] = {}
-
-    def done(seq: int, out: object) -> None:
-        with ready:
-            results[seq] = out
-            ready.notify_all()
-
-    def take(seq: int) -> np.ndarray:
-        tiles = sent.pop(seq)
-        with ready:
-            while seq not in results and (error := lost(seq)) is None:
-                ready.wait(WAIT_S)
-            out = results.pop(seq, None)
-        if out is None:
-            out = error
-        if isinstance(out, BaseException):
-            raise EngineError(describe_failure(name, tiles, out)) from out
-        return out
-
-    feed = iter(batches)
-    seq = taken = 0
-    try:
-        while True:
-            if seq - taken == inflight:
-                yield take(taken)
-                taken += 1
-            tiles = next(feed, None)
-            if tiles is None:
-                break
-            sent[seq] = tiles
-            try:
-                start(seq, tiles, done)
-            except Exception as exc:
-                raise EngineError(describe_failure(name, tiles, exc)) from exc
-            seq += 1
-        while taken < seq:
-            yield take(taken)
-            taken += 1
-    finally:
-        wait_all()
-
-
-def describe_failure(name: str, tiles: np.ndarray, exc: BaseException) -> str:
-    """One sentence for a failed batch; the message's last line says why (runtimes put it there)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    why = lines[-1] if lines else type(exc).__name__
-    return f"{name} failed on a batch of shape {tuple(tiles.shape)}: {why.rstrip('.')}."
-
-
 class Runner:
     """A loaded engine of one backend; subclasses implement the ``*_impl`` methods."""
 
     #: the runtime's import name, for messages and availability
     runtime: ClassVar[str] = ""
-    #: True where ``mode="throughput"`` compiles the engine differently (then a latency
-    #: figure and a throughput figure need two loads)
-    tunes_for_throughput: ClassVar[bool] = False
 
-    def __init__(self, artifact: Path, spec: ModelSpec, kind, device: str | None = None,
-                 mode: str = "latency", batch: int | None = None) -> None:
+    def __init__(self, artifact: Path, spec: ModelSpec, kind, device: str | None = None) -> None:
         self.name: str = kind.name
-        #: "latency" or "throughput" (see :data:`MODES`); read by ``load_impl``
-        self.mode = mode
-        #: the batch size the caller means to send, where it said (a backend may compile for it)
-        self.batch = batch
-        #: batches ``infer_stream`` keeps in flight
-        self.inflight = 1
         self.spec = spec
         self.kind = kind
         self.device: str = device or ("cuda:0" if kind.device == "cuda" else "cpu")
@@ -209,21 +110,6 @@ class Runner:
         out = self.infer_impl(np.ascontiguousarray(tiles))
         self.last_inference_time = time.perf_counter() - start
         return out
-
-    def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """The outputs of ``batches`` in their order, at most :attr:`inflight` batches in flight.
-
-        Here one ``infer`` call after another; a backend that can overlap
-        requests overrides it. Pulling the next batch may raise (the caller's
-        feed stopping): an override still waits for its requests then.
-        """
-        for tiles in batches:
-            yield self.infer(tiles)
-
-    @property
-    def config(self) -> str:
-        """How this engine was compiled to run, for reports ("LATENCY", "THROUGHPUT, 2 requests")."""
-        return "one request at a time"
 
     def close(self) -> None:
         if not self._closed:
