@@ -81,6 +81,32 @@ def test_terminate_becomes_an_interrupt_and_the_old_handlers_come_back():
     """)
 
 
+def test_a_signal_whose_exception_was_swallowed_is_raised_again():
+    _in_fresh_interpreter("""
+        import os, signal, time
+        from segbench.signals import Terminated, raise_if_pending, terminate_as_interrupt
+
+        class SignalledWhileDeleted:  # Python prints "Exception ignored" for a raise in __del__
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+
+        for check_between_units in (True, False):
+            lost = None
+            try:
+                with terminate_as_interrupt():
+                    SignalledWhileDeleted()
+                    lost = True  # the handler's exception was swallowed: work went on
+                    if check_between_units:
+                        raise_if_pending()
+                        raise SystemExit("raise_if_pending did not raise")
+                raise SystemExit("the block ended normally")
+            except Terminated as caught:
+                assert lost and caught.exit_code == 143, lost
+            raise_if_pending()  # outside the block nothing is pending any more
+    """)
+
+
 def test_ignored_signals_stay_ignored_and_other_threads_install_nothing():
     _in_fresh_interpreter("""
         import os, signal, threading, time

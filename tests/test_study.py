@@ -173,7 +173,7 @@ def test_a_killed_study_resumes_and_ends_with_the_same_table(finished, tmp_path,
         time.sleep(0.2)
     assert first.is_file(), proc.stderr.read() if proc.poll() is not None else "timed out"
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 128 + signal.SIGTERM
+    assert proc.wait(60) == 128 + signal.SIGTERM, proc.stderr.read()
     finished_model = json.loads(first.read_text())
     checkpoint = Path(finished_model["checkpoint"])
     stamp = checkpoint.stat().st_mtime_ns

@@ -6,6 +6,13 @@ Inside :func:`terminate_as_interrupt` they raise :class:`Terminated`, a
 :class:`KeyboardInterrupt`, so the code that already cleans up after Ctrl-C
 (``except KeyboardInterrupt`` / ``BaseException``, ``finally``) cleans up after
 them too.
+
+A raise from a signal handler can be lost: Python prints "Exception ignored"
+and goes on when it lands in a ``__del__``, a weakref callback or Python code
+called back from a C library. So the signal is also remembered:
+:func:`raise_if_pending` (called between units of work: a study's cells, a
+bench's engines, the tiler's batches) raises it again, and the block itself
+raises it at its end if it was swallowed.
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+
+#: the signal whose :class:`Terminated` is on its way (or was lost), while a block runs
+_pending: int | None = None
 
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
@@ -44,7 +54,11 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
         return
 
+    global _pending
+
     def handler(signum, frame) -> None:
+        global _pending
+        _pending = signum
         raise Terminated(signum)
 
     previous = {}
@@ -53,6 +67,19 @@ def terminate_as_interrupt() -> Iterator[None]:
             if signal.getsignal(signum) is signal.SIG_DFL:
                 previous[signum] = signal.signal(signum, handler)
         yield
+        raise_if_pending()  # the block ended normally, yet a signal came: its exception was lost
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+        if previous:
+            _pending = None
+
+
+def raise_if_pending() -> None:
+    """Raise :class:`Terminated` again if a signal came and its exception was swallowed.
+
+    Call it only where normal work goes on (between units of work), not from
+    clean-up code running because of that very exception.
+    """
+    if _pending is not None:
+        raise Terminated(_pending)

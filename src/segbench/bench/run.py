@@ -40,6 +40,7 @@ from segbench.errors import InputError, SegbenchError
 from segbench.export.calibration import calibration_tiles
 from segbench.files import atomic_output, sha256_bytes
 from segbench.raster import LABEL_NODATA, label_targets, open_raster, sample_tiles, scene_info
+from segbench.signals import raise_if_pending
 from segbench.spec import ModelSpec
 
 
@@ -104,6 +105,7 @@ def run_bench(config: BenchConfig, console: Console | None = None, show_table: b
     previous = _previous_rows(out / "report.json") if config.resume else {}
     inputs = _inputs_key(config)
     for kind in order:
+        raise_if_pending()
         row = {"name": kind.name, "backend": kind.backend, "precision": kind.precision,
                "device": kind.device, "status": "ok", "reason": None, "inputs": inputs}
         reason = availability(kind.name)

@@ -31,6 +31,7 @@ from segbench.bench.memory import describe
 from segbench.bench.report import write_json
 from segbench.errors import InputError
 from segbench.files import write_text
+from segbench.signals import raise_if_pending
 from segbench.study.render import rank_study
 from segbench.study.studyfile import DatasetEntry, NetworkEntry, Study, digest
 
@@ -79,6 +80,7 @@ def _cell(folder: Path, key: str, label: str, console: Console, work, start_empt
     work keeps what still holds itself (``start_empty=False``: the bench keeps
     engines measured on the same inputs).
     """
+    raise_if_pending()
     record = _read_cell(folder)
     if record and record.get("key") == key and record.get("status") == "ok":
         console.print(f"[dim]{label}: {folder.name} done earlier, kept[/dim]")

@@ -21,6 +21,7 @@ import rasterio
 
 from segbench.engines.base import Engine
 from segbench.raster import LABEL_NODATA, LabelWriter, SceneInfo, open_raster, read_window
+from segbench.signals import raise_if_pending
 from segbench.spec import ModelSpec
 from segbench.tiler.accumulate import BandAccumulator
 from segbench.tiler.channel import DONE, Channel, Stopped
@@ -106,6 +107,7 @@ class Inference:
             it = iter(outputs)
             self.outbox.put([(w, None if v is None else next(it), v) for w, v in entries])
             after_batch()
+            raise_if_pending()
 
 
 class Writer:
