@@ -425,7 +425,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from segbench.engines.registry import load
     from segbench.tiler import segment_many
 
-    engine = load(args.engine)
+    # batches back to back: OpenVINO compiles for them and keeps several in flight
+    engine = load(args.engine, mode="throughput", batch=args.batch)
     try:
         results = segment_many(args.scenes, engine, args.out, overlap=args.overlap,
                                blend=args.blend, batch=args.batch, nodata=args.nodata,

@@ -255,6 +255,8 @@ def measure_engine(job: _Job) -> dict:
         one = tiles[:1].copy()
         batch1 = time_callable(lambda: engine.infer(one), **iters1)
         batchb = time_callable(lambda: engine.infer(tiles), **iters)
+        latency_config = engine.config
+        engine = _for_scenes(engine, job.artifact, job.batch)
         os.makedirs(job.out_dir, exist_ok=True)
         results = []
         for scene in job.scenes:
@@ -264,6 +266,7 @@ def measure_engine(job: _Job) -> dict:
         gpu = gpu_memory()
         device_memory = getattr(engine, "device_memory_bytes", None)
         inference_precision = getattr(engine, "inference_precision", None)
+        scene_config = engine.config
         engine.close()
     accuracy = _score(job, spec, [r.output for r in results])
     seconds = sum(r.seconds for r in results)
@@ -272,11 +275,11 @@ def measure_engine(job: _Job) -> dict:
     stages = {k: sum(getattr(r.stages, k) for r in results)
               for k in ("read", "infer", "blend", "write", "idle")}
     row = {
-        "latency": {"batch1": batch1.to_dict(), "batch": job.batch,
+        "latency": {"config": latency_config, "batch1": batch1.to_dict(), "batch": job.batch,
                     f"batch{job.batch}": batchb.to_dict(),
                     "per_tile_ms_at_batch": batchb.p50 / job.batch,
                     "noisy": batch1.noisy or batchb.noisy},
-        "scene": {"seconds": seconds, "megapixels": megapixels,
+        "scene": {"config": scene_config, "seconds": seconds, "megapixels": megapixels,
                   "megapixels_per_s": megapixels / seconds if seconds else None,
                   "km2_per_h": area / seconds * 3600 if area and seconds else None,
                   "windows": sum(r.windows for r in results),
@@ -290,6 +293,20 @@ def measure_engine(job: _Job) -> dict:
     if inference_precision:
         row["inference_precision"] = inference_precision
     return row
+
+
+def _for_scenes(engine, artifact: Path, batch: int):
+    """The engine to run whole scenes with: reloaded in throughput mode where that compiles differently.
+
+    The latency figures come from the engine as loaded (one call at a time);
+    the latency engine is closed first, so the two are never loaded at once.
+    """
+    from segbench.engines.registry import load
+
+    if not type(engine).tunes_for_throughput:
+        return engine
+    engine.close()
+    return load(artifact, mode="throughput", batch=batch)
 
 
 def _score(job: _Job, spec: ModelSpec, outputs: list[str]) -> dict | None:

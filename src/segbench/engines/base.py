@@ -12,13 +12,15 @@ artifact).
 
 Run side (an instance is a loaded engine): ``load_impl`` when created,
 ``infer_impl`` on inputs already checked, ``close_impl`` once; ``with
-Runner(...) as engine:`` closes it on exit.
+Runner(...) as engine:`` closes it on exit. ``infer_stream`` runs batches back
+to back (the tiler): one by one here, several in flight where a backend can
+(OpenVINO loaded in ``"throughput"`` mode), the outputs always in input order.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -46,14 +48,43 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+#: how a caller means to run an engine: one call at a time (latency), or batches back to back
+MODES = ("latency", "throughput")
+
+
+def infer_stream(engine: Engine, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """The outputs of ``batches``, in their order: ``engine.infer_stream`` where it has one."""
+    stream = getattr(engine, "infer_stream", None)
+    if stream is not None:
+        return stream(batches)
+    return (engine.infer(tiles) for tiles in batches)
+
+
+def describe_failure(name: str, tiles: np.ndarray, exc: BaseException) -> str:
+    """One sentence for a failed batch; the message's last line says why (runtimes put it there)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    why = lines[-1] if lines else type(exc).__name__
+    return f"{name} failed on a batch of shape {tuple(tiles.shape)}: {why.rstrip('.')}."
+
+
 class Runner:
     """A loaded engine of one backend; subclasses implement the ``*_impl`` methods."""
 
     #: the runtime's import name, for messages and availability
     runtime: ClassVar[str] = ""
+    #: True where ``mode="throughput"`` compiles the engine differently (then a latency
+    #: figure and a throughput figure need two loads)
+    tunes_for_throughput: ClassVar[bool] = False
 
-    def __init__(self, artifact: Path, spec: ModelSpec, kind, device: str | None = None) -> None:
+    def __init__(self, artifact: Path, spec: ModelSpec, kind, device: str | None = None,
+                 mode: str = "latency", batch: int | None = None) -> None:
         self.name: str = kind.name
+        #: "latency" or "throughput" (see :data:`MODES`); read by ``load_impl``
+        self.mode = mode
+        #: the batch size the caller means to send, where it said (a backend may compile for it)
+        self.batch = batch
+        #: batches ``infer_stream`` keeps in flight
+        self.inflight = 1
         self.spec = spec
         self.kind = kind
         self.device: str = device or ("cuda:0" if kind.device == "cuda" else "cpu")
@@ -110,6 +141,21 @@ class Runner:
         out = self.infer_impl(np.ascontiguousarray(tiles))
         self.last_inference_time = time.perf_counter() - start
         return out
+
+    def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """The outputs of ``batches`` in their order, at most :attr:`inflight` batches in flight.
+
+        Here one ``infer`` call after another; a backend that can overlap
+        requests overrides it. Pulling the next batch may raise (the caller's
+        feed stopping): an override still waits for its requests then.
+        """
+        for tiles in batches:
+            yield self.infer(tiles)
+
+    @property
+    def config(self) -> str:
+        """How this engine was compiled to run, for reports ("LATENCY", "THROUGHPUT, 2 requests")."""
+        return "one request at a time"
 
     def close(self) -> None:
         if not self._closed:

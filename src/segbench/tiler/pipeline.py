@@ -2,7 +2,9 @@
 
 A reader thread reads windows in plan order (rasterio windowed reads, the
 nodata value or internal mask giving a validity mask, windows with no valid
-pixel skipped) and batches them; the calling thread runs the engine; a
+pixel skipped) and batches them; the calling thread feeds them to the engine's
+``infer_stream`` (several batches in flight where the engine can, e.g.
+OpenVINO loaded with ``mode="throughput"``; outputs always in plan order); a
 writer thread blends each window into a :class:`BandAccumulator` and writes
 finished row bands to the label raster (the stages: :mod:`.stages`). Bounded
 queues join the stages, so memory stays bounded and reading and writing

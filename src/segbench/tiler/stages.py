@@ -13,13 +13,14 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import rasterio
 
-from segbench.engines.base import Engine
+from segbench.engines.base import Engine, infer_stream
 from segbench.raster import LABEL_NODATA, LabelWriter, SceneInfo, open_raster, read_window
 from segbench.signals import raise_if_pending
 from segbench.spec import ModelSpec
@@ -77,37 +78,67 @@ class Reader:
 
 
 class Inference:
-    """The calling thread's stage: each batch through the engine, then on to the writer.
+    """The calling thread's stage: the batches through the engine's stream, then on to the writer.
 
-    Puts ``[(window, logits or None, valid or None), ...]`` per batch on ``outbox``,
+    The engine's ``infer_stream`` may keep several batches in flight; it hands
+    the outputs back in input order, and a FIFO pairs each with its batch's
+    windows (batches of nodata windows only queue there without an inference),
+    so the writer blends in plan order whatever the engine overlaps. Puts
+    ``[(window, logits or None, valid or None), ...]`` per batch on ``outbox``,
     then :data:`DONE`.
     """
 
     def __init__(self, engine: Engine, inbox: Channel, outbox: Channel) -> None:
         self.engine, self.inbox, self.outbox = engine, inbox, outbox
-        self.seconds = 0.0
+        self.seconds = 0.0  # in the engine, waiting for the reader excluded
         self.idle = 0.0  # waiting for the reader
         self.batches = 0
 
     def run(self, after_batch: Callable[[], None]) -> None:
+        pending: deque[list] = deque()  # each batch's entries, in plan order, until its output
+        outputs = infer_stream(self.engine, self._feed(pending))
+        try:
+            while True:
+                t0, idle0 = time.perf_counter(), self.idle
+                output = next(outputs, None)
+                self.seconds += time.perf_counter() - t0 - (self.idle - idle0)
+                if output is None:
+                    break
+                self.batches += 1
+                self._pass_on(pending, output, after_batch)
+            self._pass_on(pending, None, after_batch)
+            self.outbox.put(DONE)
+        finally:
+            close = getattr(outputs, "close", None)
+            if close is not None:
+                close()  # an engine with batches in flight waits for them
+
+    def _feed(self, pending: deque) -> Iterator[np.ndarray]:
+        """The reader's batches with pixels to infer; every batch's entries queue on ``pending``."""
         while True:
             t0 = time.perf_counter()
             item = self.inbox.get()
             self.idle += time.perf_counter() - t0
             if item is DONE:
-                self.outbox.put(DONE)
                 return
             entries, pixels = item
-            outputs: list = []
+            pending.append(entries)
             if len(pixels):
-                t0 = time.perf_counter()
-                outputs = list(self.engine.infer(pixels))
-                self.seconds += time.perf_counter() - t0
-                self.batches += 1
-            it = iter(outputs)
-            self.outbox.put([(w, None if v is None else next(it), v) for w, v in entries])
+                yield pixels
+
+    def _pass_on(self, pending: deque, output, after_batch: Callable[[], None]) -> None:
+        """Hand the writer the queued batches up to ``output``'s (None: all those left, nodata only)."""
+        while pending:
+            entries = pending.popleft()
+            inferred = any(v is not None for _, v in entries)
+            if inferred and output is None:
+                raise RuntimeError(f"{self.engine.name}'s infer_stream ended before its last batch.")
+            outs = iter(output if inferred else ())
+            self.outbox.put([(w, None if v is None else next(outs), v) for w, v in entries])
             after_batch()
             raise_if_pending()
+            if inferred:
+                return
 
 
 class Writer:
