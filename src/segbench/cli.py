@@ -31,6 +31,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _batch_size(text: str) -> int | str:
+    """A positive batch size, or ``auto`` (measured: segbench.engines.batchsize)."""
+    if text == "auto":
+        return text
+    try:
+        return _positive(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is neither 'auto' nor a positive integer") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; its choices are the library's own constants."""
     from segbench import raster
@@ -220,7 +230,9 @@ def _tiling_args(p: argparse.ArgumentParser) -> None:
                    help="overlap between windows in pixels (default: a quarter tile)")
     p.add_argument("--blend", choices=blend.BLENDS, default="cosine",
                    help="how overlapping windows are combined (default cosine)")
-    p.add_argument("--batch", type=_positive, default=4, help="windows per inference call")
+    p.add_argument("--batch", type=_batch_size, default="auto",
+                   help="windows per inference call, or 'auto' (the default): the fastest of 1, 2, 4, 8, "
+                        "16 in a short sweep on the scene's tiles, kept beside the engine for this machine")
 
 
 # -- commands --------------------------------------------------------------
@@ -423,13 +435,18 @@ def _cmd_engines(args: argparse.Namespace) -> int:
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from segbench.engines.registry import load
-    from segbench.tiler import segment_many
+    from segbench.tiler import auto_batch, segment_many
 
+    batch = args.batch
+    if batch == "auto":
+        choice = auto_batch(args.engine, args.scenes, overlap=args.overlap)
+        print(choice.describe(), file=sys.stderr)
+        batch = choice.batch
     # batches back to back: OpenVINO compiles for them and keeps several in flight
-    engine = load(args.engine, mode="throughput", batch=args.batch)
+    engine = load(args.engine, mode="throughput", batch=batch)
     try:
         results = segment_many(args.scenes, engine, args.out, overlap=args.overlap,
-                               blend=args.blend, batch=args.batch, nodata=args.nodata,
+                               blend=args.blend, batch=batch, nodata=args.nodata,
                                confidence=args.confidence)
     finally:
         engine.close()

@@ -26,6 +26,7 @@ from segbench.bench.latency import P90_MIN_SAMPLES
 from segbench.bench.rank import RankRule, rank
 from segbench.errors import InputError
 from segbench.files import atomic_output, write_text
+from segbench.machine import cpu_model, nvidia_driver
 
 LIBRARIES = ("numpy", "onnxruntime", "openvino", "torch", "tensorrt", "tensorrt_rtx_bindings",
              "rasterio", "mmseg")
@@ -44,7 +45,7 @@ def machine_info() -> dict:
     """What ran the bench: CPU model, cores, memory, GPU and driver, library versions."""
     info = {
         "hostname": platform.node(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "memory_bytes": psutil.virtual_memory().total,
         "platform": platform.platform(),
@@ -63,7 +64,7 @@ def machine_info() -> dict:
 
         if torch.cuda.is_available():
             info["gpu"] = {"name": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
-                           "driver": _nvidia_driver(),
+                           "driver": nvidia_driver(),
                            "memory_bytes": torch.cuda.get_device_properties(0).total_memory}
     except ImportError:
         pass
@@ -75,24 +76,6 @@ def machine_label(machine: dict) -> str:
     gpu = machine.get("gpu")
     what = gpu["name"] if gpu else f"{machine.get('cpu', 'CPU')} x{machine.get('cores', '?')}"
     return f"{machine.get('hostname', '?')} ({what})"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _nvidia_driver() -> str | None:
-    try:
-        text = Path("/proc/driver/nvidia/version").read_text()
-        return text.split("Kernel Module")[1].split()[0]
-    except (OSError, IndexError):
-        return None
 
 
 def new_report(config: dict, rule_text: str) -> dict:

@@ -42,6 +42,7 @@ from segbench.files import atomic_output, sha256_bytes
 from segbench.raster import LABEL_NODATA, label_targets, open_raster, sample_tiles, scene_info
 from segbench.signals import raise_if_pending
 from segbench.spec import ModelSpec
+from segbench.tiler import auto_batch
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class BenchConfig:
     reference: str = "torch-fp32"
     overlap: int | None = None
     blend: str = "cosine"
-    batch: int = 4
+    batch: int | str = 4  # or "auto": each engine's fastest, measured (segbench.engines.batchsize)
     out: Path = Path("segbench-bench")
     isprs: bool = False  # mean F1 / mIoU without clutter, OA over all
     min_ratio: float = 0.99
@@ -126,10 +127,18 @@ def run_bench(config: BenchConfig, console: Console | None = None, show_table: b
                 built = ModelSpec.load(artifact)
                 row.update(artifact=str(artifact), artifact_bytes=built.build.artifact_bytes,
                            build_seconds=built.build.build_seconds)
+                batch = config.batch
+                if batch == "auto":  # in its own process: the sweep's engines stay out of the peak
+                    with console.status(f"choosing {kind.name}'s batch size"):
+                        choice = run_in_child(auto_batch, str(artifact), [str(s) for s in config.scenes],
+                                              config.overlap)
+                    row["batch_choice"] = choice.to_dict()
+                    batch = choice.batch
+                    console.print(f"{kind.name}: {choice.describe()}")
                 job = _Job(artifact=str(artifact), scenes=[str(s) for s in config.scenes],
                            labels=[str(p) for p in config.labels],
                            reference_labels=reference_labels, out_dir=str(out / kind.name),
-                           overlap=config.overlap, blend=config.blend, batch=config.batch,
+                           overlap=config.overlap, blend=config.blend, batch=batch,
                            isprs=config.isprs, quick=config.quick)
                 with console.status(f"measuring {kind.name} (in a fresh process)"):
                     row.update(run_in_child(measure_engine, job))

@@ -1,4 +1,4 @@
-"""Many scenes: scene files found in folders, and one label file per scene."""
+"""Many scenes: scene files found in folders, and the batch size to run them at."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from segbench.engines.base import Engine
+from segbench.engines.batchsize import CANDIDATES, BatchChoice, choose_batch
 from segbench.errors import InputError
+from segbench.raster import check_bands, open_raster, sample_tiles, scene_info
+from segbench.spec import ModelSpec
 from segbench.tiler.pipeline import SegmentResult, segment
+from segbench.tiler.windows import plan_windows, stride_for
 
 SCENE_SUFFIXES = (".tif", ".tiff", ".vrt")
 
@@ -52,3 +56,23 @@ def segment_many(
         conf = dest.with_name(f"{dest.stem}.confidence.tif") if confidence else None
         results.append(segment(scene, engine, dest, confidence=conf, progress=progress, **options))
     return results
+
+
+def auto_batch(artifact: str | os.PathLike[str], scenes: Sequence[str | os.PathLike[str]],
+               overlap: int | None = None, stride: int | None = None) -> BatchChoice:
+    """``--batch auto``: the batch the engine at ``artifact`` runs these scenes fastest at.
+
+    Measured on real windows of the first scene, as many as the largest
+    candidate, with no candidate larger than that scene's window count (a
+    batch the scene cannot fill would only run padding).
+    """
+    spec = ModelSpec.load(artifact)
+    first = expand_scenes(scenes)[0]
+    with open_raster(first) as ds:
+        info = scene_info(ds)
+    check_bands(info, spec)
+    if overlap is None and stride is None:
+        stride = spec.stride
+    windows = plan_windows(info.height, info.width, spec.tile, stride_for(spec.tile, overlap, stride))
+    tiles = sample_tiles([first], spec, count=max(CANDIDATES), seed=0)
+    return choose_batch(artifact, tiles, max_batch=len(windows))

@@ -1,0 +1,108 @@
+"""--batch auto: the sweep, its early stop, what it keeps beside the engine, and its callers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from segbench.engines.batchsize import CANDIDATES, choose_batch, sidecar, sweep
+from segbench.tiler import auto_batch
+from tests.conftest import make_spec, tiny_conv_onnx, write_scene
+
+SEGBENCH = Path(sys.executable).with_name("segbench")
+TILE = 32
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory) -> Path:
+    pytest.importorskip("onnxruntime")
+    from segbench.engines.registry import build
+
+    root = tmp_path_factory.mktemp("engine")
+    return build(tiny_conv_onnx(root / "m.onnx", make_spec(tile=TILE)), "ort-fp32", root)
+
+
+def _scene(path: Path, size: int) -> Path:
+    rng = np.random.default_rng(1)
+    return write_scene(path, rng.integers(0, 256, (3, size, size), dtype=np.uint8))
+
+
+def test_the_sweep_stops_once_past_the_peak():
+    curve = {1: 10.0, 2: 18.0, 4: 20.0, 8: 17.5, 16: 30.0}  # 8 is < 90% of 4's: 16 is never run
+    asked = []
+
+    def measure(batch):
+        asked.append(batch)
+        return curve[batch]
+
+    assert sweep(measure, CANDIDATES) == {1: 10.0, 2: 18.0, 4: 20.0, 8: 17.5}
+    assert asked == [1, 2, 4, 8]
+    flat = {1: 10.0, 2: 9.5, 4: 9.2, 8: 9.3, 16: 9.1}  # within 10% of the best: all run
+    assert list(sweep(flat.__getitem__, CANDIDATES)) == list(CANDIDATES)
+
+
+def test_a_sweep_is_kept_for_this_artifact_and_machine(engine, tmp_path):
+    tiles = np.random.default_rng(0).uniform(0, 255, (16, 3, TILE, TILE)).astype(np.float32)
+    sidecar(engine).unlink(missing_ok=True)
+    first = choose_batch(engine, tiles, min_seconds=0.05)
+    assert not first.reused and first.batch in first.tiles_per_s
+    assert list(first.tiles_per_s) == list(CANDIDATES)[:len(first.tiles_per_s)]
+    assert all(rate > 0 for rate in first.tiles_per_s.values())
+    assert first.tiles_per_s[first.batch] == max(first.tiles_per_s.values())
+    again = choose_batch(engine, tiles, min_seconds=0.05)
+    assert again.reused and (again.batch, again.tiles_per_s) == (first.batch, first.tiles_per_s)
+    os.utime(engine, ns=(engine.stat().st_atime_ns, engine.stat().st_mtime_ns + 10**9))  # rebuilt
+    assert not choose_batch(engine, tiles, min_seconds=0.05).reused
+    sidecar(engine).write_text("{not json")
+    assert not choose_batch(engine, tiles, min_seconds=0.05).reused  # a broken record: measured again
+    assert json.loads(sidecar(engine).read_text())["key"]["cores"] == os.cpu_count()
+
+
+def test_no_batch_larger_than_the_scene_has_windows(engine, tmp_path):
+    scene = _scene(tmp_path / "small.tif", 2 * TILE)  # 3 x 3 windows at a quarter-tile overlap
+    sidecar(engine).unlink(missing_ok=True)
+    choice = auto_batch(engine, [scene])
+    assert json.loads(sidecar(engine).read_text())["key"]["candidates"] == [1, 2, 4, 8]
+    assert set(choice.tiles_per_s) <= {1, 2, 4, 8}
+
+
+def test_segment_by_default_runs_the_measured_batch(engine, tmp_path):
+    scene = _scene(tmp_path / "scene.tif", 200)
+    sidecar(engine).unlink(missing_ok=True)
+    auto = subprocess.run([str(SEGBENCH), "segment", str(scene), "--engine", str(engine),
+                           "-o", str(tmp_path / "auto.tif")], capture_output=True, text=True, timeout=300)
+    assert auto.returncode == 0, auto.stderr
+    record = json.loads(sidecar(engine).read_text())
+    assert f"batch {record['batch']} (auto; tiles/s at " in auto.stderr
+    fixed = subprocess.run([str(SEGBENCH), "segment", str(scene), "--engine", str(engine),
+                            "-o", str(tmp_path / "fixed.tif"), "--batch", "3"], capture_output=True,
+                           text=True, timeout=300)
+    assert fixed.returncode == 0, fixed.stderr
+    assert "auto" not in fixed.stderr
+    with rasterio.open(tmp_path / "auto.tif") as a, rasterio.open(tmp_path / "fixed.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))  # the batch never changes the labels
+    bad = subprocess.run([str(SEGBENCH), "segment", str(scene), "--engine", str(engine),
+                          "-o", str(tmp_path / "x.tif"), "--batch", "many"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "neither 'auto' nor a positive integer" in bad.stderr
+
+
+def test_bench_records_each_engines_choice(engine, tmp_path):
+    from segbench.bench.run import BenchConfig, run_bench
+
+    scene = _scene(tmp_path / "scene.tif", 160)
+    onnx_path = engine.parent / "m.onnx"
+    report = run_bench(BenchConfig(model=onnx_path, engines=["ort-fp32"], scenes=[scene],
+                                   reference="ort-fp32", batch="auto", out=tmp_path / "bench",
+                                   quick=True), show_table=False)
+    (row,) = report["engines"]
+    assert row["status"] == "ok", row.get("reason")
+    choice = row["batch_choice"]
+    assert row["latency"]["batch"] == choice["batch"]
+    assert choice["tiles_per_s"][str(choice["batch"])] == max(choice["tiles_per_s"].values())
