@@ -5,7 +5,10 @@ from this measurement. Every option set runs in its own child process, so
 each peak (the kernel's VmHWM) is that session's alone: import, session
 creation, one warm-up run and ``--runs`` timed runs on the same batch.
 Option sets run interleaved ``--repeat`` times; the table shows the median
-time and the highest peak over repeats.
+time and the highest peak over repeats. ``streams`` (not a session option)
+runs that many ``session.run`` calls at once from threads, each with
+``intra_op_num_threads`` threads: OpenVINO's throughput streams, done by hand
+(ms per batch is then the wall time over all batches).
 
     .venv/bin/python benchmarks/bench_ort_options.py                  # SegFormer-B0, 256, batch 4
     .venv/bin/python benchmarks/bench_ort_options.py --tile 512 --runs 5
@@ -34,26 +37,33 @@ OPTION_SETS = {
     "arena off": {**SESSION_OPTIONS, "enable_mem_pattern": False, "enable_cpu_mem_arena": False},
     "mem pattern on, arena off": {**SESSION_OPTIONS, "enable_mem_pattern": True,
                                   "enable_cpu_mem_arena": False},
+    "1 intra-op thread": {**SESSION_OPTIONS, "intra_op_num_threads": 1},
+    "2 streams x 1 thread": {**SESSION_OPTIONS, "intra_op_num_threads": 1, "streams": 2},
 }
 
 
 def measure(model: Path, options: dict, batch: int, runs: int) -> dict:
     """Session with ``options`` on ``model``: peak RSS (bytes) and ms per batch. Run in a fresh process."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
 
     from segbench.engines.onnxruntime import create_session
     from segbench.peak import peak_rss_bytes
 
+    options = dict(options)
+    streams = options.pop("streams", 1)
     session = create_session(model, "cpu", options)
     inp = session.get_inputs()[0]
     shape = [batch, *inp.shape[1:]]
     tiles = np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32)
-    session.run(None, {inp.name: tiles})  # warm-up (ORT traces the memory pattern here)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, {inp.name: tiles})
-        times.append(1000 * (time.perf_counter() - start))
+    with ThreadPoolExecutor(streams) as pool:
+        list(pool.map(lambda _: session.run(None, {inp.name: tiles}), range(streams)))  # warm-up
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            list(pool.map(lambda _: session.run(None, {inp.name: tiles}), range(streams)))
+            times.append(1000 * (time.perf_counter() - start) / streams)
     return {"peak_bytes": peak_rss_bytes(), "ms_per_batch": statistics.median(times), "ms": times}
 
 
