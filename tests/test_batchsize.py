@@ -71,6 +71,8 @@ def test_no_batch_larger_than_the_scene_has_windows(engine, tmp_path):
     choice = auto_batch(engine, [scene])
     assert json.loads(sidecar(engine).read_text())["key"]["candidates"] == [1, 2, 4, 8]
     assert set(choice.tiles_per_s) <= {1, 2, 4, 8}
+    one = auto_batch(engine, [_scene(tmp_path / "one.tif", TILE)])  # a single window: nothing to measure
+    assert (one.batch, one.tiles_per_s) == (1, {}) and "only candidate" in one.describe()
 
 
 def test_segment_by_default_runs_the_measured_batch(engine, tmp_path):

@@ -53,6 +53,8 @@ class BatchChoice:
 
     def describe(self) -> str:
         """One line for the terminal: ``batch 4 (auto: 1: 20.1, 2: 25.3, ... tiles/s)``."""
+        if not self.tiles_per_s:
+            return f"batch {self.batch} (auto; the only candidate for so few windows)"
         rates = ", ".join(f"{b}: {r:.1f}" for b, r in self.tiles_per_s.items())
         how = "auto, measured earlier on this machine" if self.reused else "auto"
         return f"batch {self.batch} ({how}; tiles/s at {rates})"
@@ -69,6 +71,8 @@ def choose_batch(artifact: str | os.PathLike[str], tiles: np.ndarray, max_batch:
 
     artifact = Path(artifact)
     tried = tuple(b for b in candidates if b <= min(len(tiles), max_batch or len(tiles))) or (1,)
+    if len(tried) == 1:  # nothing to choose between
+        return BatchChoice(tried[0])
     key = _key(artifact, tried)
     if (kept := _read(artifact, key)) is not None:
         return kept
