@@ -190,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     _tiling_args(g)
     g.add_argument("--nodata", type=float, default=None, help="input nodata (default: the file's)")
     g.add_argument("--confidence", action="store_true", help="also write max-probability rasters")
+    dist = g.add_argument_group("in chunks on Dask (the 'cluster' extra)")
+    where = dist.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive, default=None,
+                       help="start a local Dask cluster of this many worker processes (one thread each)")
+    where.add_argument("--scheduler", default=None,
+                       help="use a running Dask scheduler, e.g. tcp://host:8786 (the engine and scenes "
+                            "at the same paths on every worker)")
+    dist.add_argument("--chunk", type=_positive, default=None,
+                      help="chunk side in pixels on Dask (default 4096; whole label blocks)")
     g.set_defaults(func=_cmd_segment)
 
     # bench / report -----------------------------------------------------
@@ -442,6 +451,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         choice = auto_batch(args.engine, args.scenes, overlap=args.overlap)
         print(choice.describe(), file=sys.stderr)
         batch = choice.batch
+    if args.workers or args.scheduler:
+        return _segment_on_cluster(args, batch)
+    if args.chunk:
+        raise InputError("--chunk applies with --workers or --scheduler only.")
     # batches back to back: OpenVINO compiles for them and keeps several in flight
     engine = load(args.engine, mode="throughput", batch=batch)
     try:
@@ -450,6 +463,20 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                                confidence=args.confidence)
     finally:
         engine.close()
+    for result in results:
+        print(f"{result.output}: {result.megapixels:.1f} MP at {result.megapixels_per_s:.2f} MP/s")
+    return 0
+
+
+def _segment_on_cluster(args: argparse.Namespace, batch: int) -> int:
+    from segbench.cluster import dask_client, segment_on_cluster
+    from segbench.tiler.chunks import CHUNK
+
+    if args.confidence:
+        raise InputError("--confidence is not available with --workers or --scheduler yet.")
+    with dask_client(args.workers, args.scheduler) as client:
+        results = segment_on_cluster(client, args.scenes, args.engine, args.out, chunk=args.chunk or CHUNK,
+                                     overlap=args.overlap, blend=args.blend, batch=batch, nodata=args.nodata)
     for result in results:
         print(f"{result.output}: {result.megapixels:.1f} MP at {result.megapixels_per_s:.2f} MP/s")
     return 0

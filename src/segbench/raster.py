@@ -301,11 +301,14 @@ class LabelWriter:
             remove_quietly(self._stage)
             raise OutputError(f"Could not create {self.dest}: {_first_line(exc)}.") from exc
 
-    def write_rows(self, row: int, labels: np.ndarray) -> None:
-        """Write ``labels`` (uint8, ``(rows, width)``) starting at scene row ``row``."""
+    def write_rows(self, row: int, labels: np.ndarray, col: int = 0) -> None:
+        """Write ``labels`` (uint8, ``(rows, width)``) at scene row ``row`` and column ``col``.
+
+        Any order: a chunk of the scene may arrive before the rows above it.
+        """
         h, w = labels.shape
         try:
-            self._ds.write(labels, 1, window=Window(0, row, w, h))
+            self._ds.write(labels, 1, window=Window(col, row, w, h))
         except (*GDAL_ERRORS, OSError) as exc:
             self.abort()
             raise OutputError(f"Could not write {self.dest}: {_first_line(exc)}.") from exc
@@ -355,6 +358,9 @@ class LabelWriter:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The error's first line; GDAL's own error where rasterio only says to see it."""
+    if "See previous exception" in str(exc) and exc.__cause__ is not None:
+        exc = exc.__cause__
     text = str(exc).strip().splitlines()
     return text[0].rstrip(".") if text else type(exc).__name__
 

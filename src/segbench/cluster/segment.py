@@ -1,0 +1,175 @@
+"""Scenes in chunks on dask.distributed: a LocalCluster on this machine, or a running scheduler.
+
+The client plans each scene's chunks (:mod:`segbench.tiler.chunks`), keeps a
+bounded number in flight (twice the workers: backpressure, so finished
+chunks never pile up in the client), and writes each chunk's uint8 labels
+with the same :class:`~segbench.raster.LabelWriter` as one process, finishing
+the same COG under a temporary name. Dask re-runs the chunks of a worker that
+dies on another one; a chunk that fails stops the job with one sentence
+naming the scene and the chunk, and nothing is left under the output name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from segbench import __version__
+from segbench.cluster.worker import describe_worker, segment_chunk_task
+from segbench.errors import InputError, SegbenchError, first_line
+from segbench.extras import require
+from segbench.peak import peak_rss_bytes
+from segbench.raster import LabelWriter, check_bands, open_raster, scene_info
+from segbench.spec import ModelSpec
+from segbench.tiler.chunks import CHUNK, plan_chunks
+from segbench.tiler.pipeline import SegmentResult, StageTimes
+from segbench.tiler.progress import Progress
+from segbench.tiler.scenes import expand_scenes
+from segbench.tiler.windows import axis_starts, stride_for
+
+#: seconds to reach a scheduler, and to wait for its first worker
+CONNECT_S = 10
+
+
+@contextlib.contextmanager
+def dask_client(workers: int | None = None, scheduler: str | None = None,
+                timeout: float = CONNECT_S) -> Iterator:
+    """A ``distributed.Client``: to ``scheduler`` if given, else to a new LocalCluster of
+    ``workers`` processes with one thread each (closed on exit)."""
+    distributed = require("distributed", "--workers / --scheduler (the 'cluster' extra)")
+    if scheduler:
+        try:
+            client = distributed.Client(scheduler, timeout=timeout)
+        except (OSError, TimeoutError) as exc:
+            raise InputError(f"Cannot reach the Dask scheduler at {scheduler}: {first_line(exc)}.") from exc
+        try:
+            try:
+                client.wait_for_workers(1, timeout=timeout)
+            except TimeoutError:
+                raise InputError(f"The Dask scheduler at {scheduler} has no workers (waited "
+                                 f"{timeout:.0f} s); start some with 'dask worker'.") from None
+            yield client
+        finally:
+            client.close()
+        return
+    if not workers or workers < 1:
+        raise InputError("--workers must be at least 1.")
+    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, silence_logs=logging.CRITICAL) as cluster, \
+            distributed.Client(cluster) as client:
+        yield client
+
+
+def check_workers(client, paths: Sequence[str]) -> int:
+    """Every worker runs this segbench and reads ``paths``; returns the number of workers."""
+    infos = client.run(describe_worker, [str(p) for p in paths])
+    if not infos:
+        raise InputError("The Dask cluster has no workers.")
+    for address, info in sorted(infos.items()):
+        if info["version"] != __version__:
+            raise InputError(f"The Dask worker at {address} runs segbench {info['version']}, this client "
+                             f"{__version__}; install the same version on every worker.")
+        if info["unreadable"]:
+            raise InputError(f"The Dask worker at {address} ({info['host']}) cannot read "
+                             f"{info['unreadable'][0]}; put the engine and scenes on storage every "
+                             "worker sees, at the same path.")
+    return len(infos)
+
+
+def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifact: str | os.PathLike[str],
+                       out: str | os.PathLike[str], *, chunk: int = CHUNK, overlap: int | None = None,
+                       stride: int | None = None, blend: str = "cosine", batch: int = 4,
+                       nodata: float | None = None, progress: bool = True,
+                       on_chunk: Callable[[int, int], None] | None = None) -> list[SegmentResult]:
+    """Segment ``scenes`` (files, folders, VRTs) in chunks on ``client``'s workers.
+
+    ``on_chunk(done, total)`` is called after each chunk of a scene is written.
+
+    ``out`` as for :func:`segbench.tiler.segment_many`: the label file for one
+    scene ending in .tif, else a folder of ``<scene>.labels.tif``. The labels
+    equal one process's run whenever the engine gives the same logits for the
+    same window (:mod:`segbench.tiler.chunks`).
+    """
+    artifact = Path(artifact).resolve()
+    spec = ModelSpec.load(artifact)
+    paths = [p.resolve() for p in expand_scenes(scenes)]
+    sidecars = [artifact.with_suffix(".bin")] if artifact.suffix == ".xml" else []
+    workers = check_workers(client, [str(p) for p in [artifact, *sidecars, *paths]])
+    out = Path(out)
+    single = len(paths) == 1 and out.suffix.lower() in (".tif", ".tiff")
+    if not single:
+        out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for scene in paths:
+        dest = out if single else out / f"{scene.stem}.labels.tif"
+        results.append(_one_scene(client, workers, scene, artifact, spec, dest, chunk, overlap, stride,
+                                  blend, batch, nodata, progress, on_chunk))
+    return results
+
+
+def _one_scene(client, workers: int, scene: Path, artifact: Path, spec: ModelSpec, dest: Path,
+               chunk: int, overlap, stride, blend: str, batch: int, nodata, progress: bool,
+               on_chunk) -> SegmentResult:
+    from distributed import as_completed
+
+    with open_raster(scene) as ds:
+        info = scene_info(ds)
+    check_bands(info, spec)
+    if overlap is None and stride is None:
+        stride = spec.stride
+    step = stride_for(spec.tile, overlap, stride)
+    chunks = plan_chunks(info.height, info.width, chunk)
+    windows = len(axis_starts(info.height, spec.tile, step)) * len(axis_starts(info.width, spec.tile, step))
+    todo = iter(chunks)
+    running = as_completed()
+    where = {}  # future -> its chunk
+    in_flight = 2 * workers
+
+    def submit() -> bool:
+        c = next(todo, None)
+        if c is None:
+            return False
+        future = client.submit(segment_chunk_task, str(artifact), str(scene), c, step, blend, batch, nodata,
+                               pure=False)
+        where[future] = c
+        running.add(future)
+        return True
+
+    bar = Progress(len(chunks), info, enabled=progress)
+    start = time.perf_counter()
+    writer = LabelWriter(dest, info, classes=spec.classes, palette=spec.palette)
+    try:
+        for _ in range(in_flight):
+            submit()
+        done = 0
+        for future in running:
+            c = where.pop(future)
+            try:
+                labels = future.result()
+            except SegbenchError as exc:
+                raise type(exc)(f"Chunk {c} of {scene.name} failed: {exc}") from exc
+            except Exception as exc:
+                raise InputError(f"Chunk {c} of {scene.name} failed: {type(exc).__name__}: "
+                                 f"{first_line(exc)}.") from exc
+            writer.write_rows(c.row, labels, c.col)
+            done += 1
+            bar.update(done)
+            if on_chunk is not None:
+                on_chunk(done, len(chunks))
+            submit()
+        writer.close()
+    except BaseException:
+        for future in where:
+            future.cancel()
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    return SegmentResult(scene=str(scene), output=str(dest), confidence=None, width=info.width,
+                         height=info.height, windows=windows, skipped=0, batches=0, seconds=seconds,
+                         stages=StageTimes(), peak_rss_bytes=peak_rss_bytes())

@@ -1,0 +1,58 @@
+"""What runs in a Dask worker process: one loaded engine per process, and one chunk per task.
+
+Tasks carry paths, never engines: a worker loads the engine the first time a
+task needs it and keeps it for every later chunk (a worker plugin's ``setup``
+would run on the worker's event loop, where a slow load misses heartbeats).
+Worker processes start with spawn, so everything here is importable at
+module level.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+
+#: this process's loaded engine: ((artifact, mtime, batch), engine)
+_loaded: tuple[tuple, object] | None = None
+
+
+def engine_for(artifact: str, batch: int):
+    """The engine at ``artifact``, loaded once per worker process (a rebuilt artifact is reloaded)."""
+    global _loaded
+    from segbench.engines.registry import load
+
+    key = (artifact, os.stat(artifact).st_mtime_ns, batch)
+    if _loaded is None or _loaded[0] != key:
+        if _loaded is not None:
+            _loaded[1].close()
+            _loaded = None
+        _loaded = (key, load(artifact, mode="throughput", batch=batch))
+    return _loaded[1]
+
+
+def segment_chunk_task(artifact: str, scene: str, chunk, step: int, blend: str, batch: int,
+                       nodata: float | None) -> np.ndarray:
+    """One chunk's uint8 labels, on this worker's engine."""
+    from segbench.errors import SegbenchError
+    from segbench.tiler.chunks import segment_chunk
+
+    try:
+        return segment_chunk(engine_for(artifact, batch), scene, chunk, step=step, blend=blend,
+                             batch=batch, nodata=nodata)
+    except SegbenchError as exc:
+        failure = type(exc), str(exc)
+    # Raised outside the handler, so it carries its sentence alone: Dask pickles an error with its
+    # causes and context (tblib), and a GDAL error among them turns it into a bare Exception(repr).
+    raise failure[0](failure[1])
+
+
+def describe_worker(paths: list[str]) -> dict:
+    """What the client checks before submitting: this worker's segbench and the paths it cannot read."""
+    from segbench import __version__
+
+    return {"version": __version__, "host": socket.gethostname(),
+            "unreadable": [p for p in paths if not os.access(p, os.R_OK) or not Path(p).is_file()]}
+
