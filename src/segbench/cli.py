@@ -458,27 +458,41 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     # batches back to back: OpenVINO compiles for them and keeps several in flight
     engine = load(args.engine, mode="throughput", batch=batch)
     try:
-        results = segment_many(args.scenes, engine, args.out, overlap=args.overlap,
-                               blend=args.blend, batch=batch, nodata=args.nodata,
-                               confidence=args.confidence)
+        segment_many(args.scenes, engine, args.out, overlap=args.overlap, blend=args.blend, batch=batch,
+                     nodata=args.nodata, confidence=args.confidence, on_scene=_scene_done(engine.spec))
     finally:
         engine.close()
-    for result in results:
-        print(f"{result.output}: {result.megapixels:.1f} MP at {result.megapixels_per_s:.2f} MP/s")
     return 0
 
 
+def _scene_done(spec):
+    """What follows each finished scene: its GIS sidecars (QGIS style, categories), and one line."""
+    from segbench.geo import style_confidence, style_labels
+
+    def done(result) -> None:
+        style_labels(result.output, spec.classes, spec.palette)
+        if result.confidence:
+            style_confidence(result.confidence)
+        print(f"{result.output}: {result.megapixels:.1f} MP at {result.megapixels_per_s:.2f} MP/s")
+
+    return done
+
+
 def _segment_on_cluster(args: argparse.Namespace, batch: int) -> int:
-    from segbench.cluster import dask_client, segment_on_cluster
+    from segbench.cluster import dask_client, segment_on_cluster, worker_peaks
+    from segbench.peak import peak_rss_bytes
+    from segbench.spec import ModelSpec
     from segbench.tiler.chunks import CHUNK
 
     if args.confidence:
         raise InputError("--confidence is not available with --workers or --scheduler yet.")
     with dask_client(args.workers, args.scheduler) as client:
-        results = segment_on_cluster(client, args.scenes, args.engine, args.out, chunk=args.chunk or CHUNK,
-                                     overlap=args.overlap, blend=args.blend, batch=batch, nodata=args.nodata)
-    for result in results:
-        print(f"{result.output}: {result.megapixels:.1f} MP at {result.megapixels_per_s:.2f} MP/s")
+        segment_on_cluster(client, args.scenes, args.engine, args.out, chunk=args.chunk or CHUNK,
+                           overlap=args.overlap, blend=args.blend, batch=batch, nodata=args.nodata,
+                           on_scene=_scene_done(ModelSpec.load(args.engine)))
+        peaks = worker_peaks(client)
+    workers = ", ".join(f"{mb / 2**20:.0f}" for mb in peaks.values())
+    print(f"peak memory (MB): this process {peak_rss_bytes() / 2**20:.0f}, workers {workers}")
     return 0
 
 

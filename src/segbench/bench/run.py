@@ -39,6 +39,7 @@ from segbench.bench.report import (
 from segbench.errors import InputError, SegbenchError
 from segbench.export.calibration import calibration_tiles
 from segbench.files import atomic_output, sha256_bytes
+from segbench.geo import style_labels
 from segbench.raster import LABEL_NODATA, label_targets, open_raster, sample_tiles, scene_info
 from segbench.signals import raise_if_pending
 from segbench.spec import ModelSpec
@@ -272,6 +273,7 @@ def measure_engine(job: _Job) -> dict:
             dest = Path(job.out_dir) / f"{Path(scene).stem}.labels.tif"
             results.append(segment(scene, engine, dest, overlap=job.overlap, blend=job.blend,
                                    batch=job.batch))
+            style_labels(dest, spec.classes, spec.palette)
         gpu = gpu_memory()
         device_memory = getattr(engine, "device_memory_bytes", None)
         inference_precision = getattr(engine, "inference_precision", None)

@@ -28,7 +28,7 @@ from segbench.spec import ModelSpec
 from segbench.tiler.chunks import CHUNK, plan_chunks
 from segbench.tiler.pipeline import SegmentResult, StageTimes
 from segbench.tiler.progress import Progress
-from segbench.tiler.scenes import expand_scenes
+from segbench.tiler.scenes import scene_outputs
 from segbench.tiler.windows import axis_starts, stride_for
 
 #: seconds to reach a scheduler, and to wait for its first worker
@@ -80,34 +80,37 @@ def check_workers(client, paths: Sequence[str]) -> int:
     return len(infos)
 
 
+def worker_peaks(client) -> dict[str, int]:
+    """Each worker process's resident-memory high-water mark (bytes), by address."""
+    return client.run(peak_rss_bytes)
+
+
 def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifact: str | os.PathLike[str],
                        out: str | os.PathLike[str], *, chunk: int = CHUNK, overlap: int | None = None,
                        stride: int | None = None, blend: str = "cosine", batch: int = 4,
                        nodata: float | None = None, progress: bool = True,
-                       on_chunk: Callable[[int, int], None] | None = None) -> list[SegmentResult]:
+                       on_chunk: Callable[[int, int], None] | None = None,
+                       on_scene: Callable[[SegmentResult], None] | None = None) -> list[SegmentResult]:
     """Segment ``scenes`` (files, folders, VRTs) in chunks on ``client``'s workers.
-
-    ``on_chunk(done, total)`` is called after each chunk of a scene is written.
 
     ``out`` as for :func:`segbench.tiler.segment_many`: the label file for one
     scene ending in .tif, else a folder of ``<scene>.labels.tif``. The labels
     equal one process's run whenever the engine gives the same logits for the
-    same window (:mod:`segbench.tiler.chunks`).
+    same window (:mod:`segbench.tiler.chunks`). ``on_chunk(done, total)`` is
+    called after each chunk of a scene is written, ``on_scene`` with each
+    scene's result.
     """
     artifact = Path(artifact).resolve()
     spec = ModelSpec.load(artifact)
-    paths = [p.resolve() for p in expand_scenes(scenes)]
+    outputs = [(scene.resolve(), dest) for scene, dest in scene_outputs(scenes, out)]
     sidecars = [artifact.with_suffix(".bin")] if artifact.suffix == ".xml" else []
-    workers = check_workers(client, [str(p) for p in [artifact, *sidecars, *paths]])
-    out = Path(out)
-    single = len(paths) == 1 and out.suffix.lower() in (".tif", ".tiff")
-    if not single:
-        out.mkdir(parents=True, exist_ok=True)
+    workers = check_workers(client, [str(p) for p in [artifact, *sidecars, *(s for s, _ in outputs)]])
     results = []
-    for scene in paths:
-        dest = out if single else out / f"{scene.stem}.labels.tif"
+    for scene, dest in outputs:
         results.append(_one_scene(client, workers, scene, artifact, spec, dest, chunk, overlap, stride,
                                   blend, batch, nodata, progress, on_chunk))
+        if on_scene is not None:
+            on_scene(results[-1])
     return results
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from segbench.engines.base import Engine
@@ -31,6 +31,21 @@ def expand_scenes(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return scenes
 
 
+def scene_outputs(paths: Iterable[str | os.PathLike[str]],
+                  out: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
+    """``(scene, label file)`` for each scene of ``paths`` (files, folders, VRTs).
+
+    ``out`` is the label file when there is one scene and it ends in .tif;
+    otherwise a folder (created) that receives ``<scene>.labels.tif`` per scene.
+    """
+    scenes = expand_scenes(paths)
+    out = Path(out)
+    if len(scenes) == 1 and out.suffix.lower() in (".tif", ".tiff"):
+        return [(scenes[0], out)]
+    out.mkdir(parents=True, exist_ok=True)
+    return [(scene, out / f"{scene.stem}.labels.tif") for scene in scenes]
+
+
 def segment_many(
     paths: Sequence[str | os.PathLike[str]],
     engine: Engine,
@@ -38,23 +53,19 @@ def segment_many(
     *,
     confidence: bool = False,
     progress: bool = True,
+    on_scene: Callable[[SegmentResult], None] | None = None,
     **options,
 ) -> list[SegmentResult]:
-    """Segment several scenes (files, folders, VRTs).
+    """Segment several scenes (files, folders, VRTs) into ``out`` (see :func:`scene_outputs`).
 
-    ``out`` is the label file when there is one scene and it ends in .tif;
-    otherwise a folder that receives ``<scene>.labels.tif`` per scene.
+    ``on_scene`` is called with each scene's result as soon as it is done.
     """
-    scenes = expand_scenes(paths)
-    out = Path(out)
-    single = len(scenes) == 1 and out.suffix.lower() in (".tif", ".tiff")
-    if not single:
-        out.mkdir(parents=True, exist_ok=True)
     results = []
-    for scene in scenes:
-        dest = out if single else out / f"{scene.stem}.labels.tif"
+    for scene, dest in scene_outputs(paths, out):
         conf = dest.with_name(f"{dest.stem}.confidence.tif") if confidence else None
         results.append(segment(scene, engine, dest, confidence=conf, progress=progress, **options))
+        if on_scene is not None:
+            on_scene(results[-1])
     return results
 
 

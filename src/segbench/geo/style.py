@@ -1,0 +1,129 @@
+"""Label and confidence rasters that explain themselves in QGIS and GDAL.
+
+A GeoTIFF's colour table always has 256 entries, and QGIS lists every one
+of them (0..255, unnamed) in a paletted layer's legend. So beside each label
+raster go:
+
+- ``<name>.qml``, the QGIS style QGIS loads with the layer: a paletted
+  renderer with one entry per class, named and coloured (nodata stays
+  transparent);
+- ``<name>.tif.aux.xml``, GDAL's PAM sidecar, where GeoTIFF keeps category
+  names and a thematic raster attribute table (value, class, red, green,
+  blue): what ``gdalinfo`` and GDAL-based tools read, and what QGIS 3.30 and
+  later reads as the layer's attribute table.
+
+A confidence raster (uint8, 0..255 for probability 0..1) gets a grey ramp
+style and, in its PAM sidecar, the scale and offset to [0, 1].
+Neither GDAL's Python bindings nor rasterio write attribute tables, so the
+sidecars are written here, as GDAL documents them; each atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+from segbench.files import write_text
+
+# GDAL's enums, as numbers in its PAM XML (gdal.h: GDALRATFieldType, GDALRATFieldUsage)
+_INTEGER, _STRING = 0, 2
+_MIN_MAX, _NAME, _RED, _GREEN, _BLUE = 5, 2, 6, 7, 8
+QGIS_VERSION = "3.22.0"
+
+
+def qml_path(raster: str | os.PathLike[str]) -> Path:
+    """The style QGIS loads with ``raster``: the same name, ending ``.qml``."""
+    return Path(raster).with_suffix(".qml")
+
+
+def aux_path(raster: str | os.PathLike[str]) -> Path:
+    """GDAL's PAM sidecar of ``raster``."""
+    return Path(f"{raster}.aux.xml")
+
+
+def style_labels(raster: str | os.PathLike[str], classes: Sequence[str],
+                 palette: Sequence[Sequence[int]]) -> list[Path]:
+    """Write the QGIS style and the PAM sidecar (category names, attribute table) of a label raster."""
+    colours = [tuple(int(v) for v in c[:3]) for c in palette]
+    entries = "\n".join(
+        f'        <paletteEntry value="{i}" color="{_hex(c)}" alpha="255" label="{_attr(name)}"/>'
+        for i, (name, c) in enumerate(zip(classes, colours, strict=True)))
+    qml = f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="{QGIS_VERSION}" styleCategories="Symbology">
+  <pipe>
+    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+      <rasterTransparency/>
+      <minMaxOrigin><limits>None</limits><extent>WholeRaster</extent></minMaxOrigin>
+      <colorPalette>
+{entries}
+      </colorPalette>
+      <colorramp type="randomcolors" name="[source]"/>
+    </rasterrenderer>
+  </pipe>
+  <blendMode>0</blendMode>
+</qgis>
+"""
+    band = _pam_band()
+    names = ET.SubElement(band, "CategoryNames")
+    for name in classes:
+        ET.SubElement(names, "Category").text = name
+    rat = ET.SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
+    for i, (name, kind, usage) in enumerate([("Value", _INTEGER, _MIN_MAX), ("Class", _STRING, _NAME),
+                                             ("Red", _INTEGER, _RED), ("Green", _INTEGER, _GREEN),
+                                             ("Blue", _INTEGER, _BLUE)]):
+        field = ET.SubElement(rat, "FieldDefn", index=str(i))
+        ET.SubElement(field, "Name").text = name
+        ET.SubElement(field, "Type").text = str(kind)
+        ET.SubElement(field, "Usage").text = str(usage)
+    for i, (name, c) in enumerate(zip(classes, colours, strict=True)):
+        row = ET.SubElement(rat, "Row", index=str(i))
+        for value in (i, name, *c):
+            ET.SubElement(row, "F").text = str(value)
+    return [write_text(qml_path(raster), qml), _write_pam(raster, band)]
+
+
+def style_confidence(raster: str | os.PathLike[str]) -> list[Path]:
+    """Write a grey-ramp QGIS style and the scale/offset to [0, 1] of a uint8 confidence raster."""
+    qml = f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="{QGIS_VERSION}" styleCategories="Symbology">
+  <pipe>
+    <rasterrenderer type="singlebandgray" grayBand="1" gradient="BlackToWhite" opacity="1" alphaBand="-1"
+                    nodataColor="">
+      <rasterTransparency/>
+      <minMaxOrigin><limits>None</limits><extent>WholeRaster</extent></minMaxOrigin>
+      <contrastEnhancement>
+        <minValue>0</minValue><maxValue>1</maxValue><algorithm>StretchToMinimumMaximum</algorithm>
+      </contrastEnhancement>
+    </rasterrenderer>
+  </pipe>
+  <blendMode>0</blendMode>
+</qgis>
+"""
+    band = _pam_band()
+    ET.SubElement(band, "Description").text = "confidence (max class probability)"
+    ET.SubElement(band, "Offset").text = "0"
+    ET.SubElement(band, "Scale").text = repr(1 / 255)
+    return [write_text(qml_path(raster), qml), _write_pam(raster, band)]
+
+
+def _pam_band() -> ET.Element:
+    return ET.Element("PAMRasterBand", band="1")
+
+
+def _write_pam(raster: str | os.PathLike[str], band: ET.Element) -> Path:
+    root = ET.Element("PAMDataset")
+    root.append(band)
+    ET.indent(root)
+    return write_text(aux_path(raster), ET.tostring(root, encoding="unicode") + "\n")
+
+
+def _hex(colour: tuple[int, ...]) -> str:
+    return "#" + "".join(f"{v:02x}" for v in colour)
+
+
+def _attr(text: str) -> str:
+    """``text`` escaped for an XML attribute."""
+    return (text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+            .replace(">", "&gt;"))

@@ -1,0 +1,103 @@
+"""Label and confidence rasters styled for GIS: QGIS .qml, GDAL category names and attribute table."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import numpy as np
+import pytest
+import rasterio
+
+from segbench.geo.style import aux_path, qml_path
+from tests.conftest import make_spec, tiny_conv_onnx, write_scene
+
+SEGBENCH = Path(sys.executable).with_name("segbench")
+QGIS_PYTHON = Path("/usr/bin/python3")
+
+
+@pytest.fixture(scope="module")
+def segmented(tmp_path_factory):
+    """A scene segmented by the CLI with a confidence raster; the spec of its engine."""
+    pytest.importorskip("onnxruntime")
+    from segbench.engines.registry import build
+
+    root = tmp_path_factory.mktemp("styled")
+    spec = make_spec(tile=32, classes=4)
+    spec = dataclasses.replace(spec, classes=("building", "road & path", "tree", "<water>"))
+    engine = build(tiny_conv_onnx(root / "m.onnx", spec), "ort-fp32", root)
+    data = np.random.default_rng(2).integers(1, 256, (3, 120, 150), dtype=np.uint8)
+    scene = write_scene(root / "scene.tif", data)
+    out = root / "labels.tif"
+    done = subprocess.run([str(SEGBENCH), "segment", str(scene), "--engine", str(engine), "-o", str(out),
+                           "--confidence", "--batch", "2"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return out, root / "labels.confidence.tif", spec
+
+
+def test_the_qml_lists_exactly_the_classes_named_and_coloured(segmented):
+    labels, _, spec = segmented
+    renderer = ET.parse(qml_path(labels)).find("pipe/rasterrenderer")
+    assert renderer.get("type") == "paletted"
+    entries = renderer.findall("colorPalette/paletteEntry")
+    assert [e.get("label") for e in entries] == list(spec.classes)
+    assert [int(e.get("value")) for e in entries] == list(range(len(spec.classes)))
+    assert [e.get("color") for e in entries] == ["#" + bytes(c).hex() for c in spec.palette]
+
+
+def test_gdal_reads_the_category_names_and_attribute_table(segmented):
+    labels, _, spec = segmented
+    band = ET.parse(aux_path(labels)).getroot().find("PAMRasterBand")
+    assert [c.text for c in band.findall("CategoryNames/Category")] == list(spec.classes)
+    rat = band.find("GDALRasterAttributeTable")
+    assert rat.get("tableType") == "thematic"
+    fields = [f.find("Name").text for f in rat.findall("FieldDefn")]
+    assert fields == ["Value", "Class", "Red", "Green", "Blue"]
+    rows = [[f.text for f in row.findall("F")] for row in rat.findall("Row")]
+    assert rows == [[str(i), name, *map(str, c)]
+                    for i, (name, c) in enumerate(zip(spec.classes, spec.palette, strict=True))]
+    with rasterio.open(labels) as ds:  # GDAL opens the raster with its sidecar; the colours are in the file
+        assert ds.colormap(1)[2][:3] == tuple(spec.palette[2])
+        assert json.loads(ds.tags()["classes"]) == list(spec.classes)
+
+
+def test_confidence_is_scaled_to_probabilities(segmented):
+    _, confidence, _ = segmented
+    with rasterio.open(confidence) as ds:  # the scale comes from the PAM sidecar, read by GDAL
+        assert ds.scales == (pytest.approx(1 / 255),) and ds.offsets == (0.0,)
+        assert ds.read(1).max() <= 255
+    renderer = ET.parse(qml_path(confidence)).find("pipe/rasterrenderer")
+    assert renderer.get("type") == "singlebandgray"
+
+
+def _has_qgis() -> bool:
+    if not QGIS_PYTHON.exists():
+        return False
+    return subprocess.run([str(QGIS_PYTHON), "-c", "import qgis.core"], capture_output=True).returncode == 0
+
+
+def test_qgis_shows_a_legend_of_the_class_names(segmented):
+    if not _has_qgis():
+        pytest.skip("QGIS is not installed (apt-get install python3-qgis)")
+    labels, _, spec = segmented
+    code = textwrap.dedent(f"""
+        import json, os
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+        from qgis.core import QgsApplication, QgsRasterLayer
+        app = QgsApplication([], False)
+        app.initQgis()
+        layer = QgsRasterLayer({str(labels)!r}, "labels")
+        assert layer.isValid()
+        layer.loadDefaultStyle()  # what QGIS does when a layer is added: the .qml beside it
+        legend = [label for label, _ in layer.legendSymbologyItems()]
+        print(json.dumps([layer.renderer().type(), legend]))
+    """)
+    done = subprocess.run([str(QGIS_PYTHON), "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    kind, legend = json.loads(done.stdout.strip().splitlines()[-1])
+    assert kind == "paletted" and legend == list(spec.classes)
