@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import os
 
 import numpy as np
 import pytest
@@ -69,6 +70,21 @@ def test_cpu_engines_build_load_and_agree(tmp_path, tiny_onnx, name, min_agree):
         assert float(np.max(np.abs(out - ref))) < 1e-3
     agree = float(np.mean(out.argmax(1) == ref.argmax(1)))
     assert agree >= min_agree, f"{name} agrees on {agree:.4%}"
+
+
+@pytest.mark.parametrize("name", ["ort-fp32", "openvino-fp32"])
+def test_threads_caps_the_runtimes_cpu_threads(tmp_path, tiny_onnx, name):
+    if (reason := availability(name)) is not None:
+        pytest.skip(reason)
+    artifact = build(tiny_onnx, name, tmp_path)
+    tiles = _tiles(ModelSpec.load(tiny_onnx))
+    with load(artifact) as free, load(artifact, threads=1) as capped:
+        if name.startswith("ort"):
+            used = [e._session.get_session_options().intra_op_num_threads for e in (free, capped)]
+        else:
+            used = [int(e._compiled.get_property("INFERENCE_NUM_THREADS")) for e in (free, capped)]
+        assert used[1] == 1 and (used[0] != 1 or os.cpu_count() == 1)  # the default: left alone
+        np.testing.assert_allclose(capped.infer(tiles), free.infer(tiles), atol=1e-4)
 
 
 def test_build_is_cached_by_source_digest(tmp_path, tiny_onnx):

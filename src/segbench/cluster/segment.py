@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -64,8 +65,9 @@ def dask_client(workers: int | None = None, scheduler: str | None = None,
         yield client
 
 
-def check_workers(client, paths: Sequence[str]) -> int:
-    """Every worker runs this segbench and reads ``paths``; returns the number of workers."""
+def check_workers(client, paths: Sequence[str]) -> dict[str, int]:
+    """Every worker runs this segbench and reads ``paths``; returns the CPU threads each
+    worker of a host may use (the host's cores shared among its workers), by host."""
     infos = client.run(describe_worker, [str(p) for p in paths])
     if not infos:
         raise InputError("The Dask cluster has no workers.")
@@ -77,7 +79,9 @@ def check_workers(client, paths: Sequence[str]) -> int:
             raise InputError(f"The Dask worker at {address} ({info['host']}) cannot read "
                              f"{info['unreadable'][0]}; put the engine and scenes on storage every "
                              "worker sees, at the same path.")
-    return len(infos)
+    hosts = Counter(info["host"] for info in infos.values())
+    cores = {info["host"]: info["cores"] for info in infos.values()}
+    return {host: max(1, cores[host] // n) for host, n in hosts.items()}
 
 
 def worker_peaks(client) -> dict[str, int]:
@@ -104,17 +108,17 @@ def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifac
     spec = ModelSpec.load(artifact)
     outputs = [(scene.resolve(), dest) for scene, dest in scene_outputs(scenes, out)]
     sidecars = [artifact.with_suffix(".bin")] if artifact.suffix == ".xml" else []
-    workers = check_workers(client, [str(p) for p in [artifact, *sidecars, *(s for s, _ in outputs)]])
+    threads = check_workers(client, [str(p) for p in [artifact, *sidecars, *(s for s, _ in outputs)]])
     results = []
     for scene, dest in outputs:
-        results.append(_one_scene(client, workers, scene, artifact, spec, dest, chunk, overlap, stride,
+        results.append(_one_scene(client, threads, scene, artifact, spec, dest, chunk, overlap, stride,
                                   blend, batch, nodata, progress, on_chunk))
         if on_scene is not None:
             on_scene(results[-1])
     return results
 
 
-def _one_scene(client, workers: int, scene: Path, artifact: Path, spec: ModelSpec, dest: Path,
+def _one_scene(client, threads: dict[str, int], scene: Path, artifact: Path, spec: ModelSpec, dest: Path,
                chunk: int, overlap, stride, blend: str, batch: int, nodata, progress: bool,
                on_chunk) -> SegmentResult:
     from distributed import as_completed
@@ -130,14 +134,14 @@ def _one_scene(client, workers: int, scene: Path, artifact: Path, spec: ModelSpe
     todo = iter(chunks)
     running = as_completed()
     where = {}  # future -> its chunk
-    in_flight = 2 * workers
+    in_flight = 2 * sum(client.nthreads().values())  # twice the tasks the workers run at once
 
     def submit() -> bool:
         c = next(todo, None)
         if c is None:
             return False
         future = client.submit(segment_chunk_task, str(artifact), str(scene), c, step, blend, batch, nodata,
-                               pure=False)
+                               threads, pure=False)
         where[future] = c
         running.add(future)
         return True

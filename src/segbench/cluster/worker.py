@@ -19,28 +19,33 @@ import numpy as np
 _loaded: tuple[tuple, object] | None = None
 
 
-def engine_for(artifact: str, batch: int):
+def engine_for(artifact: str, batch: int, threads: int | None = None):
     """The engine at ``artifact``, loaded once per worker process (a rebuilt artifact is reloaded)."""
     global _loaded
     from segbench.engines.registry import load
 
-    key = (artifact, os.stat(artifact).st_mtime_ns, batch)
+    key = (artifact, os.stat(artifact).st_mtime_ns, batch, threads)
     if _loaded is None or _loaded[0] != key:
         if _loaded is not None:
             _loaded[1].close()
             _loaded = None
-        _loaded = (key, load(artifact, mode="throughput", batch=batch))
+        _loaded = (key, load(artifact, mode="throughput", batch=batch, threads=threads))
     return _loaded[1]
 
 
 def segment_chunk_task(artifact: str, scene: str, chunk, step: int, blend: str, batch: int,
-                       nodata: float | None) -> np.ndarray:
-    """One chunk's uint8 labels, on this worker's engine."""
+                       nodata: float | None, threads_by_host: dict[str, int]) -> np.ndarray:
+    """One chunk's uint8 labels, on this worker's engine.
+
+    ``threads_by_host``: the CPU threads each worker of a host may use (its
+    cores shared among its workers), so that workers do not oversubscribe them.
+    """
     from segbench.errors import SegbenchError
     from segbench.tiler.chunks import segment_chunk
 
+    threads = threads_by_host.get(socket.gethostname())
     try:
-        return segment_chunk(engine_for(artifact, batch), scene, chunk, step=step, blend=blend,
+        return segment_chunk(engine_for(artifact, batch, threads), scene, chunk, step=step, blend=blend,
                              batch=batch, nodata=nodata)
     except SegbenchError as exc:
         failure = type(exc), str(exc)
@@ -53,6 +58,6 @@ def describe_worker(paths: list[str]) -> dict:
     """What the client checks before submitting: this worker's segbench and the paths it cannot read."""
     from segbench import __version__
 
-    return {"version": __version__, "host": socket.gethostname(),
+    return {"version": __version__, "host": socket.gethostname(), "cores": os.cpu_count() or 1,
             "unreadable": [p for p in paths if not os.access(p, os.R_OK) or not Path(p).is_file()]}
 

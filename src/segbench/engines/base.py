@@ -77,8 +77,10 @@ class Runner:
     tunes_for_throughput: ClassVar[bool] = False
 
     def __init__(self, artifact: Path, spec: ModelSpec, kind, device: str | None = None,
-                 mode: str = "latency", batch: int | None = None) -> None:
+                 mode: str = "latency", batch: int | None = None, threads: int | None = None) -> None:
         self.name: str = kind.name
+        #: CPU threads the runtime may use (None: its default, every core); read by ``load_impl``
+        self.threads = threads
         #: "latency" or "throughput" (see :data:`MODES`); read by ``load_impl``
         self.mode = mode
         #: the batch size the caller means to send, where it said (a backend may compile for it)

@@ -101,6 +101,8 @@ class OrtRunner(Runner):
         record = self.spec.build.options if self.spec.build else {}
         #: the session options this engine runs with (those recorded at build time)
         self.session_options = {**SESSION_OPTIONS, **record.get("session_options", {})}
+        if self.threads:
+            self.session_options["intra_op_num_threads"] = self.threads
         self._session = create_session(artifact, self.device, self.session_options)
         inp = self._session.get_inputs()[0]
         check_input_shape(inp.shape, self.spec, artifact)

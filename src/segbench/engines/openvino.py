@@ -45,11 +45,14 @@ from segbench.spec import ModelSpec
 _HINT = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
 
 
-def _compile(xml: Path, precision: str, hint: str = "LATENCY", batch: int | None = None):
+def _compile(xml: Path, precision: str, hint: str = "LATENCY", batch: int | None = None,
+             threads: int | None = None):
     """The compiled model; with ``batch``, a dynamic batch dimension is fixed to it first."""
     ov = require("openvino", f"openvino-{precision}")
     core = ov.Core()
     config = {"INFERENCE_PRECISION_HINT": _HINT[precision], "PERFORMANCE_HINT": hint}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
     try:
         model = core.read_model(str(xml), str(Path(xml).with_suffix(".bin")))
         shape = model.inputs[0].get_partial_shape()
@@ -112,7 +115,7 @@ class OpenVinoRunner(Runner):
         self.device = "cpu"  # the CPU plugin only
         throughput = self.mode == "throughput"
         self._compiled = _compile(artifact, self.kind.precision, self.mode.upper(),
-                                  self.batch if throughput else None)
+                                  self.batch if throughput else None, self.threads)
         shape = self._compiled.inputs[0].get_partial_shape()
         check_input_shape([d.get_length() if d.is_static else None for d in shape], self.spec, artifact)
         #: the batch size compiled in by throughput mode (smaller batches padded), else None

@@ -164,7 +164,7 @@ def build(
 
 
 def load(artifact: str | os.PathLike[str], device: str | None = None, mode: str = "latency",
-         batch: int | None = None) -> Runner:
+         batch: int | None = None, threads: int | None = None) -> Runner:
     """Load a built engine from its artifact and spec.
 
     ``mode`` says how it will run: ``"latency"`` (one call at a time, the
@@ -173,6 +173,8 @@ def load(artifact: str | os.PathLike[str], device: str | None = None, mode: str 
     in flight; other backends run as in latency mode). ``batch``, the batch
     size the caller will send, lets OpenVINO's throughput mode compile for
     that size (a model with a dynamic batch runs about 15% slower there).
+    ``threads`` caps the CPU threads of the runtime (several engines sharing
+    a machine, e.g. Dask workers); None leaves the runtime's default.
     """
     if mode not in MODES:
         raise InputError(f"Unknown engine mode {mode!r}; choose one of: {', '.join(MODES)}.")
@@ -191,7 +193,7 @@ def load(artifact: str | os.PathLike[str], device: str | None = None, mode: str 
             "file); the spec beside it belongs to another artifact."
         )
     kind.runner.check(kind)
-    return kind.runner(artifact, spec, kind, device, mode, batch)
+    return kind.runner(artifact, spec, kind, device, mode, batch, threads)
 
 
 def artifact_bytes(artifact: Path) -> int:

@@ -60,6 +60,8 @@ class TorchRunner(Runner):
     def load_impl(self, artifact: Path) -> None:
         torch = require("torch", self.name)
         self._torch = torch
+        if self.threads:
+            torch.set_num_threads(self.threads)  # process-wide: torch has one intra-op pool
         self._module = _load_program(artifact).module().to(self.device)
         self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.kind.precision)
         self._cuda = self.device.startswith("cuda")
