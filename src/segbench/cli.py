@@ -190,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     _tiling_args(g)
     g.add_argument("--nodata", type=float, default=None, help="input nodata (default: the file's)")
     g.add_argument("--confidence", action="store_true", help="also write max-probability rasters")
+    vec = g.add_argument_group("polygons (the 'gis' extra)")
+    vec.add_argument("--vector", type=Path, default=None,
+                     help="also write one polygon per region (class id, class name, area in m2) to this "
+                          ".gpkg, .geojson or .fgb file; with several scenes, its extension gives the "
+                          "format of a file beside each label raster")
+    vec.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this (m2)")
+    vec.add_argument("--simplify", type=float, default=0.0,
+                     help="simplify polygons with this tolerance (map units)")
     dist = g.add_argument_group("in chunks on Dask (the 'cluster' extra)")
     where = dist.add_mutually_exclusive_group()
     where.add_argument("--workers", type=_positive, default=None,
@@ -446,6 +454,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from segbench.engines.registry import load
     from segbench.tiler import auto_batch, segment_many
 
+    if args.vector:  # before any work: a path polygons cannot go to
+        from segbench.files import check_output_folder
+        from segbench.geo.vector import driver_for
+
+        driver_for(args.vector)
+        check_output_folder(args.vector)
     batch = args.batch
     if batch == "auto":
         choice = auto_batch(args.engine, args.scenes, overlap=args.overlap)
@@ -459,21 +473,31 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     engine = load(args.engine, mode="throughput", batch=batch)
     try:
         segment_many(args.scenes, engine, args.out, overlap=args.overlap, blend=args.blend, batch=batch,
-                     nodata=args.nodata, confidence=args.confidence, on_scene=_scene_done(engine.spec))
+                     nodata=args.nodata, confidence=args.confidence, on_scene=_scene_done(engine.spec, args))
     finally:
         engine.close()
     return 0
 
 
-def _scene_done(spec):
-    """What follows each finished scene: its GIS sidecars (QGIS style, categories), and one line."""
+def _scene_done(spec, args: argparse.Namespace):
+    """What follows each finished scene: its GIS sidecars (QGIS style, categories), its polygons
+    where asked, and one line."""
     from segbench.geo import style_confidence, style_labels
 
     def done(result) -> None:
         style_labels(result.output, spec.classes, spec.palette)
         if result.confidence:
             style_confidence(result.confidence)
-        print(f"{result.output}: {result.megapixels:.1f} MP at {result.megapixels_per_s:.2f} MP/s")
+        line = f"{result.output}: {result.megapixels:.1f} MP at {result.megapixels_per_s:.2f} MP/s"
+        if args.vector:
+            from segbench.geo.vector import polygonize
+
+            one_scene = Path(args.out).suffix.lower() in (".tif", ".tiff")
+            dest = args.vector if one_scene else Path(result.output).with_suffix(args.vector.suffix)
+            polygons = polygonize(result.output, dest, spec.classes, min_area=args.min_area,
+                                  simplify=args.simplify)
+            line += f"; {polygons.polygons} polygons in {dest} ({polygons.seconds:.1f} s)"
+        print(line)
 
     return done
 
@@ -489,7 +513,7 @@ def _segment_on_cluster(args: argparse.Namespace, batch: int) -> int:
     with dask_client(args.workers, args.scheduler) as client:
         segment_on_cluster(client, args.scenes, args.engine, args.out, chunk=args.chunk or CHUNK,
                            overlap=args.overlap, blend=args.blend, batch=batch, nodata=args.nodata,
-                           on_scene=_scene_done(ModelSpec.load(args.engine)))
+                           on_scene=_scene_done(ModelSpec.load(args.engine), args))
         peaks = worker_peaks(client)
     workers = ", ".join(f"{mb / 2**20:.0f}" for mb in peaks.values())
     print(f"peak memory (MB): this process {peak_rss_bytes() / 2**20:.0f}, workers {workers}")
