@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # segment ------------------------------------------------------------
     g = sub.add_parser("segment", help="segment whole GeoTIFF scenes with an engine")
-    g.add_argument("scenes", type=Path, nargs="+", help="GeoTIFFs, VRTs or folders of them")
+    g.add_argument("scenes", nargs="+",
+                   help="GeoTIFFs, VRTs, folders of them, or URLs of COGs (http(s)://, read over HTTP)")
     g.add_argument("--engine", type=Path, required=True, help="built engine artifact")
     g.add_argument("-o", "--out", type=Path, required=True,
                    help="output label GeoTIFF (one scene) or folder")

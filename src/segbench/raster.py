@@ -71,8 +71,26 @@ class SceneInfo:
         return abs(self.transform.a * self.transform.e) * factor * factor
 
 
+#: what marks a scene given as a URL (GDAL reads it over HTTP with /vsicurl/) or a GDAL virtual path
+URL_PREFIXES = ("http://", "https://", "/vsi")
+
+
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """True for a scene given as a URL or GDAL virtual path rather than a local file."""
+    return isinstance(path, str) and path.startswith(URL_PREFIXES)
+
+
 def open_raster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
-    """Open a raster for reading, turning every failure into one clear sentence."""
+    """Open a raster for reading (a file, or a URL of a COG), every failure one clear sentence."""
+    if is_url(path):
+        # a COG over HTTP: one request for the header, no listing of its "folder"
+        os.environ.setdefault("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                return rasterio.open(path)
+        except RasterioIOError as exc:
+            raise InputError(f"Could not read {path}: {_first_line(exc)}.") from exc
     path = Path(path)
     if not path.exists():
         raise InputError(f"Input {path} does not exist.")

@@ -24,7 +24,7 @@ from segbench.cluster.worker import describe_worker, segment_chunk_task
 from segbench.errors import InputError, SegbenchError, first_line
 from segbench.extras import require
 from segbench.peak import peak_rss_bytes
-from segbench.raster import LabelWriter, check_bands, open_raster, scene_info
+from segbench.raster import LabelWriter, check_bands, is_url, open_raster, scene_info
 from segbench.spec import ModelSpec
 from segbench.tiler.chunks import CHUNK, plan_chunks
 from segbench.tiler.pipeline import SegmentResult, StageTimes
@@ -106,9 +106,11 @@ def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifac
     """
     artifact = Path(artifact).resolve()
     spec = ModelSpec.load(artifact)
-    outputs = [(scene.resolve(), dest) for scene, dest in scene_outputs(scenes, out)]
+    outputs = [(scene if is_url(scene) else scene.resolve(), dest)
+               for scene, dest in scene_outputs(scenes, out)]
     sidecars = [artifact.with_suffix(".bin")] if artifact.suffix == ".xml" else []
-    threads = check_workers(client, [str(p) for p in [artifact, *sidecars, *(s for s, _ in outputs)]])
+    files = [artifact, *sidecars, *(s for s, _ in outputs if not is_url(s))]  # URLs: read by each worker
+    threads = check_workers(client, [str(p) for p in files])
     results = []
     for scene, dest in outputs:
         results.append(_one_scene(client, threads, scene, artifact, spec, dest, chunk, overlap, stride,
@@ -118,8 +120,8 @@ def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifac
     return results
 
 
-def _one_scene(client, threads: dict[str, int], scene: Path, artifact: Path, spec: ModelSpec, dest: Path,
-               chunk: int, overlap, stride, blend: str, batch: int, nodata, progress: bool,
+def _one_scene(client, threads: dict[str, int], scene: Path | str, artifact: Path, spec: ModelSpec,
+               dest: Path, chunk: int, overlap, stride, blend: str, batch: int, nodata, progress: bool,
                on_chunk) -> SegmentResult:
     from distributed import as_completed
 
@@ -146,6 +148,7 @@ def _one_scene(client, threads: dict[str, int], scene: Path, artifact: Path, spe
         running.add(future)
         return True
 
+    name = info.path.name
     bar = Progress(len(chunks), info, enabled=progress)
     start = time.perf_counter()
     writer = LabelWriter(dest, info, classes=spec.classes, palette=spec.palette)
@@ -158,9 +161,9 @@ def _one_scene(client, threads: dict[str, int], scene: Path, artifact: Path, spe
             try:
                 labels = future.result()
             except SegbenchError as exc:
-                raise type(exc)(f"Chunk {c} of {scene.name} failed: {exc}") from exc
+                raise type(exc)(f"Chunk {c} of {name} failed: {exc}") from exc
             except Exception as exc:
-                raise InputError(f"Chunk {c} of {scene.name} failed: {type(exc).__name__}: "
+                raise InputError(f"Chunk {c} of {name} failed: {type(exc).__name__}: "
                                  f"{first_line(exc)}.") from exc
             writer.write_rows(c.row, labels, c.col)
             done += 1

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
 
 from segbench.engines.base import Engine
 from segbench.engines.batchsize import CANDIDATES, BatchChoice, choose_batch
 from segbench.errors import InputError
-from segbench.raster import check_bands, open_raster, sample_tiles, scene_info
+from segbench.raster import check_bands, is_url, open_raster, sample_tiles, scene_info
 from segbench.spec import ModelSpec
 from segbench.tiler.pipeline import SegmentResult, segment
 from segbench.tiler.windows import plan_windows, stride_for
@@ -17,10 +18,14 @@ from segbench.tiler.windows import plan_windows, stride_for
 SCENE_SUFFIXES = (".tif", ".tiff", ".vrt")
 
 
-def expand_scenes(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Scene files from files and folders (``*.tif``, ``*.tiff``, ``*.vrt`` inside folders)."""
-    scenes: list[Path] = []
-    for p in map(Path, paths):
+def expand_scenes(paths: Iterable[str | os.PathLike[str]]) -> list[Path | str]:
+    """Scenes from files, folders (``*.tif``, ``*.tiff``, ``*.vrt`` inside) and URLs (kept as given)."""
+    scenes: list[Path | str] = []
+    for given in paths:
+        if is_url(given):
+            scenes.append(given)
+            continue
+        p = Path(given)
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if f.suffix.lower() in SCENE_SUFFIXES)
             if not found:
@@ -31,9 +36,16 @@ def expand_scenes(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return scenes
 
 
+def scene_stem(scene: Path | str) -> str:
+    """A scene's name without its extension, for the files made from it (a URL's last part)."""
+    if is_url(scene):
+        return PurePosixPath(urlparse(str(scene)).path).stem or "scene"
+    return Path(scene).stem
+
+
 def scene_outputs(paths: Iterable[str | os.PathLike[str]],
-                  out: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
-    """``(scene, label file)`` for each scene of ``paths`` (files, folders, VRTs).
+                  out: str | os.PathLike[str]) -> list[tuple[Path | str, Path]]:
+    """``(scene, label file)`` for each scene of ``paths`` (files, folders, VRTs, URLs).
 
     ``out`` is the label file when there is one scene and it ends in .tif;
     otherwise a folder (created) that receives ``<scene>.labels.tif`` per scene.
@@ -43,7 +55,7 @@ def scene_outputs(paths: Iterable[str | os.PathLike[str]],
     if len(scenes) == 1 and out.suffix.lower() in (".tif", ".tiff"):
         return [(scenes[0], out)]
     out.mkdir(parents=True, exist_ok=True)
-    return [(scene, out / f"{scene.stem}.labels.tif") for scene in scenes]
+    return [(scene, out / f"{scene_stem(scene)}.labels.tif") for scene in scenes]
 
 
 def segment_many(
