@@ -191,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     _tiling_args(g)
     g.add_argument("--nodata", type=float, default=None, help="input nodata (default: the file's)")
     g.add_argument("--confidence", action="store_true", help="also write max-probability rasters")
+    g.add_argument("--aoi", type=Path, default=None,
+                   help="segment only inside the polygons of this vector file (.gpkg, .geojson, ...; "
+                        "reprojected to each scene's CRS): windows outside are not run, pixels outside "
+                        "are nodata")
     vec = g.add_argument_group("polygons (the 'gis' extra)")
     vec.add_argument("--vector", type=Path, default=None,
                      help="also write one polygon per region (class id, class name, area in m2) to this "
@@ -455,6 +459,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from segbench.engines.registry import load
     from segbench.tiler import auto_batch, segment_many
 
+    if args.aoi:
+        from segbench.geo.aoi import read_aoi
+
+        args.aoi = read_aoi(args.aoi)
     if args.vector:  # before any work: a path polygons cannot go to
         from segbench.files import check_output_folder
         from segbench.geo.vector import driver_for
@@ -474,7 +482,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     engine = load(args.engine, mode="throughput", batch=batch)
     try:
         segment_many(args.scenes, engine, args.out, overlap=args.overlap, blend=args.blend, batch=batch,
-                     nodata=args.nodata, confidence=args.confidence, on_scene=_scene_done(engine.spec, args))
+                     nodata=args.nodata, confidence=args.confidence, aoi=args.aoi,
+                     on_scene=_scene_done(engine.spec, args))
     finally:
         engine.close()
     return 0
@@ -514,7 +523,7 @@ def _segment_on_cluster(args: argparse.Namespace, batch: int) -> int:
     with dask_client(args.workers, args.scheduler) as client:
         segment_on_cluster(client, args.scenes, args.engine, args.out, chunk=args.chunk or CHUNK,
                            overlap=args.overlap, blend=args.blend, batch=batch, nodata=args.nodata,
-                           on_scene=_scene_done(ModelSpec.load(args.engine), args))
+                           aoi=args.aoi, on_scene=_scene_done(ModelSpec.load(args.engine), args))
         peaks = worker_peaks(client)
     workers = ", ".join(f"{mb / 2**20:.0f}" for mb in peaks.values())
     print(f"peak memory (MB): this process {peak_rss_bytes() / 2**20:.0f}, workers {workers}")

@@ -71,6 +71,43 @@ class SceneInfo:
         return abs(self.transform.a * self.transform.e) * factor * factor
 
 
+@dataclass(frozen=True)
+class AreaOfInterest:
+    """What to segment of a scene: polygons (one GeoJSON geometry) in a CRS.
+
+    Windows that hold none of it are not run, and pixels outside it are nodata.
+    """
+
+    geometry: dict
+    crs: Any = None
+    name: str = "the area of interest"
+
+    def for_scene(self, info: SceneInfo) -> dict:
+        """The geometry in ``info``'s CRS; one sentence when it misses the scene."""
+        from rasterio.features import bounds
+        from rasterio.warp import transform_geom
+
+        geometry = self.geometry
+        if self.crs is not None and info.crs is not None and self.crs != info.crs:
+            geometry = transform_geom(self.crs, info.crs, geometry)
+        west, south, east, north = bounds(geometry)
+        t = info.transform
+        x0, x1 = sorted((t.c, t.c + t.a * info.width))
+        y0, y1 = sorted((t.f, t.f + t.e * info.height))
+        if west >= x1 or east <= x0 or south >= y1 or north <= y0:
+            raise InputError(f"{self.name} does not overlap scene {info.path.name}.")
+        return geometry
+
+
+def inside(geometry: dict, ds_transform, row: int, col: int, height: int, width: int) -> np.ndarray:
+    """Bool ``(height, width)``: the pixels of a window (scene pixel offsets) inside ``geometry``."""
+    from rasterio.features import geometry_mask
+    from rasterio.windows import transform as window_transform
+
+    return geometry_mask([geometry], (height, width), window_transform(Window(col, row, width, height),
+                                                                       ds_transform), invert=True)
+
+
 #: what marks a scene given as a URL (GDAL reads it over HTTP with /vsicurl/) or a GDAL virtual path
 URL_PREFIXES = ("http://", "https://", "/vsi")
 

@@ -24,7 +24,7 @@ from segbench.cluster.worker import describe_worker, segment_chunk_task
 from segbench.errors import InputError, SegbenchError, first_line
 from segbench.extras import require
 from segbench.peak import peak_rss_bytes
-from segbench.raster import LabelWriter, check_bands, is_url, open_raster, scene_info
+from segbench.raster import AreaOfInterest, LabelWriter, check_bands, is_url, open_raster, scene_info
 from segbench.spec import ModelSpec
 from segbench.tiler.chunks import CHUNK, plan_chunks
 from segbench.tiler.pipeline import SegmentResult, StageTimes
@@ -92,7 +92,7 @@ def worker_peaks(client) -> dict[str, int]:
 def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifact: str | os.PathLike[str],
                        out: str | os.PathLike[str], *, chunk: int = CHUNK, overlap: int | None = None,
                        stride: int | None = None, blend: str = "cosine", batch: int = 4,
-                       nodata: float | None = None, progress: bool = True,
+                       nodata: float | None = None, aoi: AreaOfInterest | None = None, progress: bool = True,
                        on_chunk: Callable[[int, int], None] | None = None,
                        on_scene: Callable[[SegmentResult], None] | None = None) -> list[SegmentResult]:
     """Segment ``scenes`` (files, folders, VRTs) in chunks on ``client``'s workers.
@@ -114,20 +114,21 @@ def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifac
     results = []
     for scene, dest in outputs:
         results.append(_one_scene(client, threads, scene, artifact, spec, dest, chunk, overlap, stride,
-                                  blend, batch, nodata, progress, on_chunk))
+                                  blend, batch, nodata, aoi, progress, on_chunk))
         if on_scene is not None:
             on_scene(results[-1])
     return results
 
 
 def _one_scene(client, threads: dict[str, int], scene: Path | str, artifact: Path, spec: ModelSpec,
-               dest: Path, chunk: int, overlap, stride, blend: str, batch: int, nodata, progress: bool,
-               on_chunk) -> SegmentResult:
+               dest: Path, chunk: int, overlap, stride, blend: str, batch: int, nodata, aoi,
+               progress: bool, on_chunk) -> SegmentResult:
     from distributed import as_completed
 
     with open_raster(scene) as ds:
         info = scene_info(ds)
     check_bands(info, spec)
+    area = aoi.for_scene(info) if aoi is not None else None
     if overlap is None and stride is None:
         stride = spec.stride
     step = stride_for(spec.tile, overlap, stride)
@@ -143,7 +144,7 @@ def _one_scene(client, threads: dict[str, int], scene: Path | str, artifact: Pat
         if c is None:
             return False
         future = client.submit(segment_chunk_task, str(artifact), str(scene), c, step, blend, batch, nodata,
-                               threads, pure=False)
+                               threads, area, pure=False)
         where[future] = c
         running.add(future)
         return True

@@ -34,7 +34,8 @@ def engine_for(artifact: str, batch: int, threads: int | None = None):
 
 
 def segment_chunk_task(artifact: str, scene: str, chunk, step: int, blend: str, batch: int,
-                       nodata: float | None, threads_by_host: dict[str, int]) -> np.ndarray:
+                       nodata: float | None, threads_by_host: dict[str, int],
+                       aoi: dict | None = None) -> np.ndarray:
     """One chunk's uint8 labels, on this worker's engine.
 
     ``threads_by_host``: the CPU threads each worker of a host may use (its
@@ -46,7 +47,7 @@ def segment_chunk_task(artifact: str, scene: str, chunk, step: int, blend: str, 
     threads = threads_by_host.get(socket.gethostname())
     try:
         return segment_chunk(engine_for(artifact, batch, threads), scene, chunk, step=step, blend=blend,
-                             batch=batch, nodata=nodata)
+                             batch=batch, nodata=nodata, aoi=aoi)
     except SegbenchError as exc:
         failure = type(exc), str(exc)
     # Raised outside the handler, so it carries its sentence alone: Dask pickles an error with its

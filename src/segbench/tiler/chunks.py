@@ -27,7 +27,15 @@ import numpy as np
 from segbench import _native
 from segbench.engines.base import Engine, infer_stream
 from segbench.errors import InputError
-from segbench.raster import LABEL_BLOCK, LABEL_NODATA, check_bands, open_raster, read_window, scene_info
+from segbench.raster import (
+    LABEL_BLOCK,
+    LABEL_NODATA,
+    check_bands,
+    inside,
+    open_raster,
+    read_window,
+    scene_info,
+)
 from segbench.tiler.blend import axis_weights
 from segbench.tiler.windows import axis_starts
 
@@ -58,11 +66,13 @@ def plan_chunks(height: int, width: int, size: int = CHUNK) -> list[Chunk]:
 
 
 def segment_chunk(engine: Engine, scene: str | os.PathLike[str], chunk: Chunk, *, step: int,
-                  blend: str = "cosine", batch: int = 4, nodata: float | None = None) -> np.ndarray:
+                  blend: str = "cosine", batch: int = 4, nodata: float | None = None,
+                  aoi: dict | None = None) -> np.ndarray:
     """The uint8 labels of ``chunk`` of ``scene`` (``(chunk.height, chunk.width)``).
 
     ``step`` is the stride the whole scene is planned with; ``nodata``
-    overrides the scene's nodata value. Engines that output logits only.
+    overrides the scene's nodata value; ``aoi`` is a GeoJSON geometry in the
+    scene's CRS (pixels outside it are nodata). Engines that output logits only.
     """
     spec = engine.spec
     if spec.output == "labels":
@@ -89,6 +99,8 @@ def segment_chunk(engine: Engine, scene: str | os.PathLike[str], chunk: Chunk, *
                 for j in touching_cols:
                     _, mask = read_window(ds, rows[i], cols[j], tile, tile, spec.bands, nodata=nodata,
                                           out=pixels[len(entries)])
+                    if aoi is not None:
+                        mask &= inside(aoi, ds.transform, rows[i], cols[j], tile, tile)
                     if not mask.any():
                         continue
                     entries.append((i, j, mask))

@@ -29,7 +29,7 @@ from segbench.engines.base import Engine
 from segbench.errors import InputError, OutputError
 from segbench.files import check_output_folder
 from segbench.peak import peak_rss_bytes
-from segbench.raster import LABEL_BLOCK, check_bands, open_raster, scene_info
+from segbench.raster import LABEL_BLOCK, AreaOfInterest, check_bands, open_raster, scene_info
 from segbench.signals import terminate_as_interrupt
 from segbench.tiler.blend import axis_weights
 from segbench.tiler.channel import POLL_S, Channel, Stopped
@@ -100,6 +100,7 @@ def segment(
     nodata: float | None = None,
     confidence: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    aoi: AreaOfInterest | None = None,
 ) -> SegmentResult:
     """Segment ``scene`` with ``engine`` into a label COG at ``out``.
 
@@ -108,7 +109,9 @@ def segment(
     config's slide ``test_cfg``), else a quarter tile of overlap; ``blend``
     is ``mean``, ``cosine`` or ``crop``; ``nodata`` overrides the scene's
     nodata value; ``confidence`` is an optional second output with the max
-    class probability as uint8 (0..255). Called from the main thread,
+    class probability as uint8 (0..255); ``aoi`` limits the run to an area of
+    interest (windows outside it are not run, pixels outside it are nodata).
+    Called from the main thread,
     SIGTERM and SIGHUP (at their default action) stop it as Ctrl-C does:
     partial outputs removed, then :class:`~segbench.signals.Terminated`.
     """
@@ -127,13 +130,14 @@ def segment(
     with open_raster(scene) as ds:
         info = scene_info(ds)
     check_bands(info, spec)
+    area = aoi.for_scene(info) if aoi is not None else None
     if info.crs is None:
         warnings.warn(f"{info.path.name} has no CRS; its labels will have none either.",
                       stacklevel=2)
     _check_outputs(out, confidence)
     with terminate_as_interrupt(), rasterio.Env(GDAL_CACHEMAX=_cache_bytes(info, tile)):
         return _run(scene, engine, out, info, tile, step, blend, batch, nodata, confidence,
-                    progress)
+                    progress, area)
 
 
 def _check_outputs(*outputs) -> None:
@@ -160,7 +164,7 @@ def _cache_bytes(info, tile: int) -> int:
 
 
 def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, batch: int,
-         nodata, confidence, progress: bool) -> SegmentResult:
+         nodata, confidence, progress: bool, aoi: dict | None = None) -> SegmentResult:
     """Run the three stages of :func:`segment`; on any error or interrupt, stop them and clean up."""
     rows, cols = axis_starts(info.height, tile, step), axis_starts(info.width, tile, step)
     wy = dict(zip(rows, axis_weights(rows, tile, info.height, blend), strict=True))
@@ -169,7 +173,7 @@ def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, bat
 
     stop = threading.Event()
     inbox, outbox = Channel(stop), Channel(stop)
-    reader = Reader(scene, windows, engine.spec, batch, nodata, inbox)
+    reader = Reader(scene, windows, engine.spec, batch, nodata, inbox, aoi)
     inference = Inference(engine, inbox, outbox)
     writer = Writer(outbox, stop, info, engine.spec, (wy, wx), out, confidence,
                     threads=_blend_threads(engine))

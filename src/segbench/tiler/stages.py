@@ -21,7 +21,7 @@ import numpy as np
 import rasterio
 
 from segbench.engines.base import Engine, infer_stream
-from segbench.raster import LABEL_NODATA, LabelWriter, SceneInfo, open_raster, read_window
+from segbench.raster import LABEL_NODATA, LabelWriter, SceneInfo, inside, open_raster, read_window
 from segbench.signals import raise_if_pending
 from segbench.spec import ModelSpec
 from segbench.tiler.accumulate import BandAccumulator
@@ -43,9 +43,10 @@ class Reader:
     """
 
     def __init__(self, scene: str | os.PathLike[str], windows: Sequence[Window], spec: ModelSpec,
-                 batch: int, nodata: float | None, inbox: Channel) -> None:
+                 batch: int, nodata: float | None, inbox: Channel, aoi: dict | None = None) -> None:
         self.scene, self.windows, self.spec, self.batch = scene, windows, spec, batch
         self.nodata, self.inbox = nodata, inbox
+        self.aoi = aoi  # a GeoJSON geometry in the scene's CRS: pixels outside it are invalid
         self.seconds = 0.0
         self.skipped = 0
 
@@ -62,6 +63,8 @@ class Reader:
                 t0 = time.perf_counter()
                 _, valid = read_window(src, window.row, window.col, tile, tile, self.spec.bands,
                                        nodata=self.nodata, out=pixels[used])
+                if self.aoi is not None:
+                    valid &= inside(self.aoi, src.transform, window.row, window.col, tile, tile)
                 self.seconds += time.perf_counter() - t0
                 if valid.any():
                     pending.append((window, valid))
