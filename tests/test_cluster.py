@@ -198,3 +198,21 @@ def test_an_unreachable_scheduler_or_one_without_workers_is_one_sentence(engine6
                                                                             timeout=2):
             pass
     assert not list(tmp_path.glob("*l.tif*"))
+
+
+def test_bench_measures_an_engines_scaling(engine64, tmp_path):
+    pytest.importorskip("distributed")
+    from segbench.bench.run import BenchConfig, run_bench
+
+    scene = _scene(tmp_path / "scene.tif", 600, 600)
+    report = run_bench(BenchConfig(model=engine64.parent / "m64.onnx", engines=["ort-fp32"], scenes=[scene],
+                                   reference="ort-fp32", overlap=OVERLAP, batch=2, out=tmp_path / "bench",
+                                   quick=True, workers=2), show_table=False)
+    (row,) = report["engines"]
+    assert row["status"] == "ok", row.get("reason")
+    scaling = row["scaling"]
+    assert scaling["workers"] == 2 and set(scaling["megapixels_per_s"]) == {"1", "2"}
+    assert all(rate > 0 for rate in scaling["megapixels_per_s"].values())
+    rates = scaling["megapixels_per_s"]
+    assert scaling["efficiency"] == pytest.approx(rates["2"] / (2 * rates["1"]))
+    assert not list((tmp_path / "bench" / "ort-fp32").glob("workers-*"))  # measured, not kept

@@ -229,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="qualify at this fraction of the reference's mIoU (default 0.99, MLPerf)")
     be.add_argument("--max-latency-ms", type=float, default=None, help="latency budget per tile")
     be.add_argument("--max-memory-mb", type=float, default=None, help="peak memory budget")
+    be.add_argument("--workers", type=_positive, default=None,
+                    help="also measure each engine's scaling: the scenes in chunks on 1 and on this many "
+                         "local Dask workers (the 'cluster' extra)")
     be.add_argument("--resume", action="store_true",
                     help="keep engines the report in -o already measured on the same inputs")
     _tiling_args(be)
@@ -542,7 +545,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                          overlap=args.overlap, blend=args.blend, batch=args.batch, out=args.out,
                          isprs=args.isprs, min_ratio=args.min_ratio,
                          max_latency_ms=args.max_latency_ms, max_memory_mb=args.max_memory_mb,
-                         resume=args.resume)
+                         resume=args.resume, workers=args.workers)
     run_bench(config)
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -68,6 +69,7 @@ class BenchConfig:
     max_memory_mb: float | None = None
     quick: bool = False  # fewer latency iterations (tests)
     resume: bool = False  # keep the engines an earlier run of this report measured on the same inputs
+    workers: int | None = None  # also run the scenes in chunks on 1 and on this many Dask workers
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list)
@@ -143,6 +145,10 @@ def run_bench(config: BenchConfig, console: Console | None = None, show_table: b
                            isprs=config.isprs, quick=config.quick)
                 with console.status(f"measuring {kind.name} (in a fresh process)"):
                     row.update(run_in_child(measure_engine, job))
+                if config.workers:
+                    with console.status(f"scaling {kind.name} on 1 and {config.workers} Dask workers"):
+                        row["scaling"] = measure_scaling(artifact, config, batch, out / kind.name)
+                    console.print(f"{kind.name}: {_scaling_summary(row['scaling'])}")
                 if kind.name == config.reference:
                     reference_labels = row["scene"]["outputs"]
                 console.print(f"[green]{kind.name}[/green]: {_summary(row)}")
@@ -209,6 +215,35 @@ def _summary(row: dict) -> str:
     parts.append(f"p50 {row['latency']['batch1']['p50']:.1f} ms")
     parts.append(f"{row['scene']['megapixels_per_s']:.2f} MP/s")
     return ", ".join(parts)
+
+
+def measure_scaling(artifact: Path, config: BenchConfig, batch: int, folder: Path) -> dict:
+    """The scenes in chunks on a LocalCluster of 1 and of ``config.workers`` workers (one thread
+    each, the cores shared): MP/s at each and the efficiency, ``rate(N) / (N * rate(1))``."""
+    from segbench.cluster import dask_client, segment_on_cluster
+
+    megapixels = {}
+    rates = {}
+    for n in sorted({1, config.workers}):
+        with dask_client(workers=n) as client:
+            results = segment_on_cluster(client, config.scenes, artifact, folder / f"workers-{n}",
+                                         overlap=config.overlap, blend=config.blend, batch=batch,
+                                         progress=False)
+        seconds = sum(r.seconds for r in results)
+        megapixels[n] = sum(r.megapixels for r in results)
+        rates[n] = megapixels[n] / seconds if seconds else None
+        shutil.rmtree(folder / f"workers-{n}", ignore_errors=True)  # the labels were measured, not kept
+    n = config.workers
+    efficiency = rates[n] / (n * rates[1]) if rates[1] and rates[n] else None
+    return {"workers": n, "megapixels_per_s": {str(k): v for k, v in rates.items()},
+            "efficiency": efficiency}
+
+
+def _scaling_summary(scaling: dict) -> str:
+    rates = scaling["megapixels_per_s"]
+    n = scaling["workers"]
+    return (f"{rates['1']:.2f} MP/s on 1 Dask worker, {rates[str(n)]:.2f} on {n} "
+            f"(efficiency {100 * scaling['efficiency']:.0f}%)")
 
 
 def _check_scenes(config: BenchConfig, spec: ModelSpec) -> None:
