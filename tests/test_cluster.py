@@ -216,3 +216,29 @@ def test_bench_measures_an_engines_scaling(engine64, tmp_path):
     rates = scaling["megapixels_per_s"]
     assert scaling["efficiency"] == pytest.approx(rates["2"] / (2 * rates["1"]))
     assert not list((tmp_path / "bench" / "ort-fp32").glob("workers-*"))  # measured, not kept
+
+
+def test_a_gpu_resource_no_worker_offers_is_one_sentence_not_a_wait(client, engine64, tmp_path):
+    from segbench.cluster import check_resources, segment_on_cluster
+
+    scene = _scene(tmp_path / "scene.tif", 300, 300)
+    start = time.monotonic()
+    with pytest.raises(InputError, match="No Dask worker offers GPU=1; start GPU workers with"):
+        segment_on_cluster(client, [scene], engine64, tmp_path / "labels.tif", resources={"GPU": 1},
+                           progress=False)
+    assert time.monotonic() - start < 10 and not list(tmp_path.glob("*labels*"))
+    check_resources(client, None)
+
+
+def test_chunks_go_to_workers_that_offer_the_resource(engine64, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from segbench.cluster import segment_on_cluster
+
+    scene = _scene(tmp_path / "scene.tif", 300, 300)
+    want = _whole(engine64, scene, tmp_path / "whole.tif")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, resources={"GPU": 1},
+                                  dashboard_address=None, silence_logs=50) as cluster, \
+            distributed.Client(cluster) as gpu_client:
+        (result,) = segment_on_cluster(gpu_client, [scene], engine64, tmp_path / "labels.tif", chunk=256,
+                                       overlap=OVERLAP, batch=1, resources={"GPU": 1}, progress=False)
+    np.testing.assert_array_equal(_labels(Path(result.output)), want)

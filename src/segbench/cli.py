@@ -492,6 +492,16 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpu_resources(args: argparse.Namespace) -> dict[str, float] | None:
+    """On a running cluster, a GPU engine's chunks go to workers that declare a GPU (one each)."""
+    from segbench.engines.registry import get_kind
+    from segbench.spec import ModelSpec
+
+    spec = ModelSpec.load(args.engine)
+    gpu = spec.build is not None and get_kind(spec.build.engine).device == "cuda"
+    return {"GPU": 1} if args.scheduler and gpu else None
+
+
 def _scene_done(spec, args: argparse.Namespace):
     """What follows each finished scene: its GIS sidecars (QGIS style, categories), its polygons
     where asked, and one line."""
@@ -526,7 +536,8 @@ def _segment_on_cluster(args: argparse.Namespace, batch: int) -> int:
     with dask_client(args.workers, args.scheduler) as client:
         segment_on_cluster(client, args.scenes, args.engine, args.out, chunk=args.chunk or CHUNK,
                            overlap=args.overlap, blend=args.blend, batch=batch, nodata=args.nodata,
-                           aoi=args.aoi, on_scene=_scene_done(ModelSpec.load(args.engine), args))
+                           aoi=args.aoi, resources=_gpu_resources(args),
+                           on_scene=_scene_done(ModelSpec.load(args.engine), args))
         peaks = worker_peaks(client)
     workers = ", ".join(f"{mb / 2**20:.0f}" for mb in peaks.values())
     print(f"peak memory (MB): this process {peak_rss_bytes() / 2**20:.0f}, workers {workers}")

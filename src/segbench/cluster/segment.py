@@ -84,6 +84,22 @@ def check_workers(client, paths: Sequence[str]) -> dict[str, int]:
     return {host: max(1, cores[host] // n) for host, n in hosts.items()}
 
 
+def _worker_resources(dask_scheduler) -> dict[str, dict]:
+    """On the scheduler: each worker's declared resources (``dask worker --resources GPU=1``)."""
+    return {address: dict(ws.resources) for address, ws in dask_scheduler.workers.items()}
+
+
+def check_resources(client, resources: dict[str, float] | None) -> None:
+    """One sentence, instead of tasks that wait forever, when no worker offers ``resources``."""
+    if not resources:
+        return
+    offered = client.run_on_scheduler(_worker_resources)
+    if not any(all(have.get(k, 0) >= v for k, v in resources.items()) for have in offered.values()):
+        wanted = ",".join(f"{k}={v:g}" for k, v in resources.items())
+        raise InputError(f"No Dask worker offers {wanted}; start GPU workers with "
+                         f"'dask worker ADDRESS --nthreads 1 --resources {wanted}'.")
+
+
 def worker_peaks(client) -> dict[str, int]:
     """Each worker process's resident-memory high-water mark (bytes), by address."""
     return client.run(peak_rss_bytes)
@@ -92,7 +108,8 @@ def worker_peaks(client) -> dict[str, int]:
 def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifact: str | os.PathLike[str],
                        out: str | os.PathLike[str], *, chunk: int = CHUNK, overlap: int | None = None,
                        stride: int | None = None, blend: str = "cosine", batch: int = 4,
-                       nodata: float | None = None, aoi: AreaOfInterest | None = None, progress: bool = True,
+                       nodata: float | None = None, aoi: AreaOfInterest | None = None,
+                       resources: dict[str, float] | None = None, progress: bool = True,
                        on_chunk: Callable[[int, int], None] | None = None,
                        on_scene: Callable[[SegmentResult], None] | None = None) -> list[SegmentResult]:
     """Segment ``scenes`` (files, folders, VRTs) in chunks on ``client``'s workers.
@@ -100,7 +117,8 @@ def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifac
     ``out`` as for :func:`segbench.tiler.segment_many`: the label file for one
     scene ending in .tif, else a folder of ``<scene>.labels.tif``. The labels
     equal one process's run whenever the engine gives the same logits for the
-    same window (:mod:`segbench.tiler.chunks`). ``on_chunk(done, total)`` is
+    same window (:mod:`segbench.tiler.chunks`). ``resources`` (e.g. ``{"GPU": 1}``)
+    is what each chunk's task asks of its worker. ``on_chunk(done, total)`` is
     called after each chunk of a scene is written, ``on_scene`` with each
     scene's result.
     """
@@ -111,17 +129,18 @@ def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifac
     sidecars = [artifact.with_suffix(".bin")] if artifact.suffix == ".xml" else []
     files = [artifact, *sidecars, *(s for s, _ in outputs if not is_url(s))]  # URLs: read by each worker
     threads = check_workers(client, [str(p) for p in files])
+    check_resources(client, resources)
     results = []
     for scene, dest in outputs:
         results.append(_one_scene(client, threads, scene, artifact, spec, dest, chunk, overlap, stride,
-                                  blend, batch, nodata, aoi, progress, on_chunk))
+                                  blend, batch, nodata, aoi, resources, progress, on_chunk))
         if on_scene is not None:
             on_scene(results[-1])
     return results
 
 
 def _one_scene(client, threads: dict[str, int], scene: Path | str, artifact: Path, spec: ModelSpec,
-               dest: Path, chunk: int, overlap, stride, blend: str, batch: int, nodata, aoi,
+               dest: Path, chunk: int, overlap, stride, blend: str, batch: int, nodata, aoi, resources,
                progress: bool, on_chunk) -> SegmentResult:
     from distributed import as_completed
 
@@ -144,7 +163,7 @@ def _one_scene(client, threads: dict[str, int], scene: Path | str, artifact: Pat
         if c is None:
             return False
         future = client.submit(segment_chunk_task, str(artifact), str(scene), c, step, blend, batch, nodata,
-                               threads, area, pure=False)
+                               threads, area, resources=resources, pure=False)
         where[future] = c
         running.add(future)
         return True
