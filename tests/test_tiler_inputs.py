@@ -125,3 +125,43 @@ def test_internal_mask_and_vrt_inputs(tmp_path):
         with rasterio.open(out) as ds:
             labels = ds.read(1)
         assert (labels[:, :25] == 255).all() and (labels[:, 25:] != 255).all()
+
+
+def test_ground_sample_distance_in_metres_in_any_crs():
+    from pathlib import Path
+
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    from segbench.raster import SceneInfo
+
+    def info(crs, pixel, north=5_800_000.0):
+        return SceneInfo(path=Path("s.tif"), width=100, height=100, count=3, dtype="uint8", crs=crs,
+                         transform=from_origin(500_000.0, north, pixel, pixel), nodata=None, has_mask=False)
+
+    assert info(CRS.from_epsg(32633), 0.5).gsd_m == pytest.approx(0.5)
+    assert info(CRS.from_epsg(2249), 1.0).gsd_m == pytest.approx(0.3048006)  # US survey feet
+    # 1e-4 degrees at 50 N: 7.17 m east-west, 11.12 m north-south (WGS84)
+    assert info(CRS.from_epsg(4326), 1e-4, north=50.005).gsd_m == pytest.approx((7.1696 + 11.1229) / 2,
+                                                                                  rel=1e-3)
+    assert info(None, 0.5).gsd_m is None
+
+
+@pytest.mark.parametrize("gsd, warns", [(0.5, False), (0.54, False), (0.25, True), (1.0, True)])
+def test_segment_warns_when_the_scene_is_not_at_the_models_gsd(tmp_path, gsd, warns):
+    import warnings
+
+    pytest.importorskip("onnxruntime")
+    from segbench.engines.registry import build, load
+
+    spec = make_spec(tile=32).replace(gsd_m=gsd)
+    engine = build(tiny_conv_onnx(tmp_path / "m.onnx", spec), "ort-fp32", tmp_path)
+    scene = write_scene(tmp_path / "s.tif", np.full((3, 40, 40), 100, np.uint8), pixel=0.5)
+    with warnings.catch_warnings(record=True) as caught, load(engine) as e:
+        warnings.simplefilter("always")
+        segment(scene, e, tmp_path / "labels.tif", batch=2)
+    said = [str(w.message) for w in caught if "ground sample distance" in str(w.message)]
+    assert bool(said) == warns
+    if warns:
+        assert said[0].startswith("s.tif has a ground sample distance of 0.5 m; the model was trained "
+                                  f"at {gsd:.3g} m")

@@ -13,7 +13,7 @@ from segbench.train.catalogue import CATALOGUE  # noqa: E402
 from segbench.train.config import Recipe  # noqa: E402
 from segbench.train.layout import DatasetInfo  # noqa: E402
 from segbench.train.runner import train  # noqa: E402
-from segbench.train.synth import SynthOptions, synthesize_dataset  # noqa: E402
+from segbench.train.synth import PIXEL_SIZE, SynthOptions, synthesize_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,7 @@ def test_four_band_uint16_scenes_train_and_the_spec_records_them(rgbn_uint16, tm
     assert spec.bands == (1, 2, 3, 4) and spec.input_dtype == "uint16"
     assert spec.mean == pytest.approx(info.mean) and len(spec.std) == 4
     assert max(spec.mean) > 255  # raw uint16 units, not ImageNet's RGB statistics
+    assert spec.gsd_m == pytest.approx(PIXEL_SIZE)  # the training scenes' ground sample distance
     assert ModelSpec.load(checkpoint) == spec
     model, loaded = load_model(checkpoint)
     assert loaded.tile == 64 and loaded.checkpoint_digest == spec.checkpoint_digest

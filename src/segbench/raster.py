@@ -63,6 +63,22 @@ class SceneInfo:
     block_height: int = 1  # rows per block of the first band (1 for striped files)
 
     @property
+    def gsd_m(self) -> float | None:
+        """Ground sample distance: the pixel's mean side in metres (a geographic CRS's degrees
+        converted at the scene's central latitude, on the WGS84 ellipsoid); None without a CRS."""
+        if self.crs is None:
+            return None
+        t = self.transform
+        if self.crs.is_geographic:
+            lat = np.radians(t.f + t.e * self.height / 2)
+            # metres per degree of longitude and of latitude at ``lat`` (WGS84)
+            per_lon = 111_412.84 * np.cos(lat) - 93.5 * np.cos(3 * lat)
+            per_lat = 111_132.92 - 559.82 * np.cos(2 * lat) + 1.175 * np.cos(4 * lat)
+            return float((abs(t.a) * per_lon + abs(t.e) * per_lat) / 2)
+        factor = self.crs.linear_units_factor[1] if self.crs.linear_units_factor else 1.0
+        return float((abs(t.a) + abs(t.e)) / 2 * factor)
+
+    @property
     def pixel_area_m2(self) -> float | None:
         """Area of one pixel in square metres when the CRS is projected in metres."""
         if self.crs is None or not self.crs.is_projected:

@@ -70,6 +70,7 @@ class ModelSpec:
     stride: int | None = None  # window stride the model was evaluated with (mmseg's slide test_cfg)
     reduce_zero_label: bool = False  # its training labels were 1-based (0 = ignored), as in mmseg
     output: str = "logits"  # "logits" (N, C, H, W) float32 or "labels" (N, H, W) uint8
+    gsd_m: float | None = None  # ground sample distance of its training scenes (metres per pixel)
     build: BuildRecord | None = None
 
     def __post_init__(self) -> None:

@@ -31,6 +31,7 @@ from segbench.files import check_output_folder
 from segbench.peak import peak_rss_bytes
 from segbench.raster import LABEL_BLOCK, AreaOfInterest, check_bands, open_raster, scene_info
 from segbench.signals import terminate_as_interrupt
+from segbench.spec import ModelSpec
 from segbench.tiler.blend import axis_weights
 from segbench.tiler.channel import POLL_S, Channel, Stopped
 from segbench.tiler.progress import Progress
@@ -134,10 +135,24 @@ def segment(
     if info.crs is None:
         warnings.warn(f"{info.path.name} has no CRS; its labels will have none either.",
                       stacklevel=2)
+    _check_gsd(info, spec)
     _check_outputs(out, confidence)
     with terminate_as_interrupt(), rasterio.Env(GDAL_CACHEMAX=_cache_bytes(info, tile)):
         return _run(scene, engine, out, info, tile, step, blend, batch, nodata, confidence,
                     progress, area)
+
+
+#: how far a scene's ground sample distance may be from the model's before segment warns
+GSD_TOLERANCE = 0.10
+
+
+def _check_gsd(info, spec: ModelSpec) -> None:
+    """Warn when the scene's pixels are more than 10% larger or smaller than the model's."""
+    if spec.gsd_m and info.gsd_m and abs(info.gsd_m / spec.gsd_m - 1) > GSD_TOLERANCE:
+        warnings.warn(f"{info.path.name} has a ground sample distance of {info.gsd_m:.3g} m; the model "
+                      f"was trained at {spec.gsd_m:.3g} m, so objects look {spec.gsd_m / info.gsd_m:.2g}x "
+                      "their trained size; resample the scene to the model's GSD for faithful labels.",
+                      stacklevel=3)
 
 
 def _check_outputs(*outputs) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from segbench.errors import InputError
 from segbench.files import atomic_output
-from segbench.raster import open_raster
+from segbench.raster import open_raster, scene_info
 from segbench.spec import IGNORE_INDEX
 
 SPLITS = ("train", "val", "test")
@@ -70,6 +70,16 @@ class DatasetInfo:
                 raise InputError(f"Image {image} has no label {label.name} in {label.parent}.")
             pairs.append((image, label))
         return pairs
+
+    def training_gsd_m(self) -> float | None:
+        """The median ground sample distance of the training scenes (None without CRSs)."""
+        gsds = []
+        for image, _ in self.pairs("train"):
+            with open_raster(image) as ds:
+                gsd = scene_info(ds).gsd_m
+            if gsd:
+                gsds.append(gsd)
+        return float(np.median(gsds)) if gsds else None
 
     def with_stats(self) -> DatasetInfo:
         """This info with per-band mean/std computed from the training split if missing."""

@@ -88,6 +88,7 @@ def train(
         architecture=entry.name,
         config=entry.config,
         input_dtype=info.dtype,
+        gsd_m=info.training_gsd_m(),
     )
     spec = save_checkpoint(out_dir / CHECKPOINT_NAME, model, model_cfg, spec)
     write_text(out_dir / "train_seconds.txt", f"{seconds:.1f}\n")
