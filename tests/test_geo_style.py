@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import subprocess
 import sys
@@ -34,8 +35,10 @@ def segmented(tmp_path_factory):
     data = np.random.default_rng(2).integers(1, 256, (3, 120, 150), dtype=np.uint8)
     scene = write_scene(root / "scene.tif", data)
     out = root / "labels.tif"
-    done = subprocess.run([str(SEGBENCH), "segment", str(scene), "--engine", str(engine), "-o", str(out),
-                           "--confidence", "--batch", "2"], capture_output=True, text=True, timeout=300)
+    args = [str(scene), "--engine", str(engine), "-o", str(out), "--confidence", "--batch", "2"]
+    if importlib.util.find_spec("pyogrio"):
+        args += ["--vector", str(root / "regions.gpkg")]
+    done = subprocess.run([str(SEGBENCH), "segment", *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return out, root / "labels.confidence.tif", spec
 
@@ -101,3 +104,32 @@ def test_qgis_shows_a_legend_of_the_class_names(segmented):
     assert done.returncode == 0, done.stderr
     kind, legend = json.loads(done.stdout.strip().splitlines()[-1])
     assert kind == "paletted" and legend == list(spec.classes)
+
+
+def test_qgis_colours_the_polygons_by_class(segmented):
+    if not _has_qgis():
+        pytest.skip("QGIS is not installed (apt-get install python3-qgis)")
+    labels, _, spec = segmented
+    regions = labels.with_name("regions.gpkg")
+    if not regions.exists():
+        pytest.skip("the 'gis' extra is not installed")
+    code = textwrap.dedent(f"""
+        import json, os
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+        from qgis.core import QgsApplication, QgsVectorLayer
+        app = QgsApplication([], False)
+        app.initQgis()
+        layer = QgsVectorLayer({str(regions)!r}, "regions", "ogr")
+        assert layer.isValid()
+        layer.loadDefaultStyle()
+        renderer = layer.renderer()
+        colours = [c.symbol().color().name() for c in renderer.categories()]
+        print(json.dumps([renderer.type(), [c.label() for c in renderer.categories()], colours,
+                          layer.featureCount()]))
+    """)
+    done = subprocess.run([str(QGIS_PYTHON), "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "partially supported" not in done.stderr  # a GeoPackage version QGIS 3.22 reads fully
+    kind, labels_shown, colours, count = json.loads(done.stdout.strip().splitlines()[-1])
+    assert kind == "categorizedSymbol" and labels_shown == list(spec.classes) and count > 0
+    assert colours == ["#" + bytes(c).hex() for c in spec.palette]

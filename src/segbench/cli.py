@@ -505,7 +505,7 @@ def _gpu_resources(args: argparse.Namespace) -> dict[str, float] | None:
 def _scene_done(spec, args: argparse.Namespace):
     """What follows each finished scene: its GIS sidecars (QGIS style, categories), its polygons
     where asked, and one line."""
-    from segbench.geo import style_confidence, style_labels
+    from segbench.geo import style_confidence, style_labels, style_polygons
 
     def done(result) -> None:
         style_labels(result.output, spec.classes, spec.palette)
@@ -519,6 +519,7 @@ def _scene_done(spec, args: argparse.Namespace):
             dest = args.vector if one_scene else Path(result.output).with_suffix(args.vector.suffix)
             polygons = polygonize(result.output, dest, spec.classes, min_area=args.min_area,
                                   simplify=args.simplify)
+            style_polygons(dest, spec.classes, spec.palette)
             line += f"; {polygons.polygons} polygons in {dest} ({polygons.seconds:.1f} s)"
         print(line)
 

@@ -1,5 +1,5 @@
-"""GIS outputs beside the label raster: QGIS styles and raster attribute tables."""
+"""GIS outputs beside the label raster: QGIS styles, attribute tables, polygons, areas of interest."""
 
-from segbench.geo.style import style_confidence, style_labels
+from segbench.geo.style import style_confidence, style_labels, style_polygons
 
-__all__ = ["style_confidence", "style_labels"]
+__all__ = ["style_confidence", "style_labels", "style_polygons"]

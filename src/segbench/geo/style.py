@@ -13,7 +13,8 @@ raster go:
   later reads as the layer's attribute table.
 
 A confidence raster (uint8, 0..255 for probability 0..1) gets a grey ramp
-style and, in its PAM sidecar, the scale and offset to [0, 1].
+style and, in its PAM sidecar, the scale and offset to [0, 1]. A polygon
+file gets a style that colours its regions by class, as the label raster.
 Neither GDAL's Python bindings nor rasterio write attribute tables, so the
 sidecars are written here, as GDAL documents them; each atomically.
 """
@@ -82,6 +83,37 @@ def style_labels(raster: str | os.PathLike[str], classes: Sequence[str],
         for value in (i, name, *c):
             ET.SubElement(row, "F").text = str(value)
     return [write_text(qml_path(raster), qml), _write_pam(raster, band)]
+
+
+def style_polygons(vector: str | os.PathLike[str], classes: Sequence[str],
+                   palette: Sequence[Sequence[int]]) -> Path:
+    """Write the QGIS style of a polygon file: categories by class name, in the classes' colours."""
+    categories, symbols = [], []
+    for i, (name, colour) in enumerate(zip(classes, palette, strict=True)):
+        rgba = ",".join(str(int(v)) for v in colour[:3]) + ",255"
+        categories.append(f'      <category value="{_attr(name)}" label="{_attr(name)}" symbol="{i}" '
+                          'render="true"/>')
+        props = {"color": rgba, "outline_color": "35,35,35,255", "outline_style": "solid",
+                 "outline_width": "0.1", "outline_width_unit": "MM", "style": "solid"}
+        options = "".join(f'<Option name="{k}" value="{v}" type="QString"/>' for k, v in props.items())
+        legacy = "".join(f'<prop k="{k}" v="{v}"/>' for k, v in props.items())
+        symbols.append(f'      <symbol type="fill" name="{i}" alpha="1" clip_to_extent="1" force_rhr="0">'
+                       f'<layer class="SimpleFill" enabled="1" pass="0" locked="0">'
+                       f'<Option type="Map">{options}</Option>{legacy}</layer></symbol>')
+    nl = "\n"
+    qml = f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="{QGIS_VERSION}" styleCategories="Symbology">
+  <renderer-v2 type="categorizedSymbol" attr="class_name" symbollevels="0" enableorderby="0" forceraster="0">
+    <categories>
+{nl.join(categories)}
+    </categories>
+    <symbols>
+{nl.join(symbols)}
+    </symbols>
+  </renderer-v2>
+</qgis>
+"""
+    return write_text(qml_path(vector), qml)
 
 
 def style_confidence(raster: str | os.PathLike[str]) -> list[Path]:

@@ -37,6 +37,8 @@ BAND_ROWS = 1024
 #: polygons written per batch
 BATCH = 10_000
 FIELDS = ["class_id", "class_name", "area_m2"]
+#: GeoPackage 1.2, which every reader opens (QGIS 3.22's GDAL warns about GDAL 3.12's default, 1.4)
+DATASET_OPTIONS = {"GPKG": {"VERSION": "1.2"}}
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,8 @@ class _PolygonWriter:
         names = np.array([self.classes[v] if v < len(self.classes) else str(v) for v in values], dtype=object)
         try:
             write(str(self.tmp), shapely.to_wkb(mapped), [values, names, areas], FIELDS, driver=self.driver,
-                  layer=self.layer, geometry_type="Polygon", crs=self.crs, append=self.started)
+                  layer=self.layer, geometry_type="Polygon", crs=self.crs, append=self.started,
+                  dataset_options=DATASET_OPTIONS.get(self.driver) if not self.started else None)
         except OSError as exc:
             raise OutputError(describe_os_error(exc, self.dest)) from exc
         except Exception as exc:  # pyogrio's own errors for GDAL failures
