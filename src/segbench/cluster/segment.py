@@ -19,6 +19,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import rasterio
+
 from segbench import __version__
 from segbench.cluster.worker import describe_worker, segment_chunk_task
 from segbench.errors import InputError, SegbenchError, first_line
@@ -34,6 +36,9 @@ from segbench.tiler.windows import axis_starts, stride_for
 
 #: seconds to reach a scheduler, and to wait for its first worker
 CONNECT_S = 10
+#: GDAL's block cache in the client, which writes whole chunks and then the COG: without a cap
+#: GDAL takes 5% of the machine's memory (1.4 GB peaks measured at 30,000^2 and 100,000^2)
+CLIENT_CACHE_BYTES = 256 << 20
 
 
 @contextlib.contextmanager
@@ -132,8 +137,9 @@ def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifac
     check_resources(client, resources)
     results = []
     for scene, dest in outputs:
-        results.append(_one_scene(client, threads, scene, artifact, spec, dest, chunk, overlap, stride,
-                                  blend, batch, nodata, aoi, resources, progress, on_chunk))
+        with rasterio.Env(GDAL_CACHEMAX=CLIENT_CACHE_BYTES):
+            results.append(_one_scene(client, threads, scene, artifact, spec, dest, chunk, overlap, stride,
+                                      blend, batch, nodata, aoi, resources, progress, on_chunk))
         if on_scene is not None:
             on_scene(results[-1])
     return results
