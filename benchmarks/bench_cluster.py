@@ -95,7 +95,7 @@ def huge(workdir: Path, size: int, chunk: int) -> None:
                          "--chunk", str(chunk), "--batch", "8"])
     peaks = re.search(r"peak memory \(MB\): (.*)", text).group(1)
     chunks = (-(-size // chunk)) ** 2
-    print(f"huge: {size}^2 ({size * size / 1e9:.1f} gigapixels), tiny conv net (ort-fp32, tile 256), "
+    print(f"huge: {size}^2 ({size * size / 1e9:.2f} gigapixels), tiny conv net (ort-fp32, tile 256), "
           f"--workers 2, chunk {chunk}: {chunks} chunks in {seconds:.0f} s, "
           f"{size * size / 1e6 / seconds:.1f} MP/s")
     print(f"  peak memory (MB): {peaks}")
