@@ -242,3 +242,19 @@ def test_chunks_go_to_workers_that_offer_the_resource(engine64, tmp_path):
         (result,) = segment_on_cluster(gpu_client, [scene], engine64, tmp_path / "labels.tif", chunk=256,
                                        overlap=OVERLAP, batch=1, resources={"GPU": 1}, progress=False)
     np.testing.assert_array_equal(_labels(Path(result.output)), want)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--chunk", "512"], "--chunk applies with --workers or --scheduler only."),
+    (["--workers", "2", "--confidence"], "--confidence is not available with --workers or --scheduler yet."),
+])
+def test_options_that_do_not_go_together_fail_before_any_work(engine64, tmp_path, extra, message):
+    from segbench.engines.batchsize import sidecar
+
+    scene = _scene(tmp_path / "scene.tif", 100, 100)
+    sidecar(engine64).unlink(missing_ok=True)
+    done = subprocess.run([str(SEGBENCH), "segment", str(scene), "--engine", str(engine64), "-o",
+                           str(tmp_path / "labels.tif"), *extra], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr == f"segbench: error: {message}\n"
+    assert not sidecar(engine64).exists()  # no batch sweep ran first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]

@@ -462,6 +462,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from segbench.engines.registry import load
     from segbench.tiler import auto_batch, segment_many
 
+    on_dask = bool(args.workers or args.scheduler)
+    if args.chunk and not on_dask:
+        raise InputError("--chunk applies with --workers or --scheduler only.")
+    if args.confidence and on_dask:
+        raise InputError("--confidence is not available with --workers or --scheduler yet.")
     if args.aoi:
         from segbench.geo.aoi import read_aoi
 
@@ -473,14 +478,16 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         driver_for(args.vector)
         check_output_folder(args.vector)
     batch = args.batch
-    if batch == "auto":
+    if batch == "auto" and args.scheduler:  # the sweep would measure this machine, not the workers
+        batch = 4
+        print("batch 4 (auto measures this machine, not the cluster's workers: give --batch to choose)",
+              file=sys.stderr)
+    elif batch == "auto":
         choice = auto_batch(args.engine, args.scenes, overlap=args.overlap)
         print(choice.describe(), file=sys.stderr)
         batch = choice.batch
-    if args.workers or args.scheduler:
+    if on_dask:
         return _segment_on_cluster(args, batch)
-    if args.chunk:
-        raise InputError("--chunk applies with --workers or --scheduler only.")
     # batches back to back: OpenVINO compiles for them and keeps several in flight
     engine = load(args.engine, mode="throughput", batch=batch)
     try:
@@ -532,8 +539,6 @@ def _segment_on_cluster(args: argparse.Namespace, batch: int) -> int:
     from segbench.spec import ModelSpec
     from segbench.tiler.chunks import CHUNK
 
-    if args.confidence:
-        raise InputError("--confidence is not available with --workers or --scheduler yet.")
     with dask_client(args.workers, args.scheduler) as client:
         segment_on_cluster(client, args.scenes, args.engine, args.out, chunk=args.chunk or CHUNK,
                            overlap=args.overlap, blend=args.blend, batch=batch, nodata=args.nodata,
