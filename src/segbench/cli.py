@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--labels", action="store_true", help="output uint8 labels instead of logits")
     e.add_argument("--verify-scenes", type=Path, nargs="*", default=[],
                    help="scenes whose tiles verify the export (besides random tiles)")
+    e.add_argument("--deepness", action="store_true",
+                   help="also write <out>.deepness.onnx for the Deepness QGIS plugin (its metadata, a "
+                        "softmax output)")
     e.set_defaults(func=_cmd_export)
 
     # build / engines -----------------------------------------------------
@@ -415,9 +418,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     real = None
     if args.verify_scenes:
         real = sample_tiles(args.verify_scenes, ModelSpec.load(args.checkpoint), count=4)
-    out, _, agree = export_model(args.checkpoint, args.out, labels=args.labels, verify_tiles=real)
+    if args.deepness and args.labels:
+        raise InputError("--deepness needs class probabilities: export logits (without --labels).")
+    out, spec, agree = export_model(args.checkpoint, args.out, labels=args.labels, verify_tiles=real)
     print(f"exported {out} (ONNX Runtime vs PyTorch: max |diff| {agree.max_abs_diff:.2e}, "
           f"label agreement {agree.label_agreement:.4%} on {agree.tiles} tiles)")
+    if args.deepness:
+        from segbench.export.deepness import write_deepness_model
+
+        print(f"for Deepness (QGIS): {write_deepness_model(out, spec)}")
     return 0
 
 
