@@ -246,7 +246,8 @@ def test_chunks_go_to_workers_that_offer_the_resource(engine64, tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--chunk", "512"], "--chunk applies with --workers or --scheduler only."),
-    (["--workers", "2", "--confidence"], "--confidence is not available with --workers or --scheduler yet."),
+    (["--workers", "2", "--confidence"],
+     "--confidence and --probabilities are not available with --workers or --scheduler yet."),
 ])
 def test_options_that_do_not_go_together_fail_before_any_work(engine64, tmp_path, extra, message):
     from segbench.engines.batchsize import sidecar

@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     _tiling_args(g)
     g.add_argument("--nodata", type=float, default=None, help="input nodata (default: the file's)")
     g.add_argument("--confidence", action="store_true", help="also write max-probability rasters")
+    g.add_argument("--probabilities", action="store_true",
+                   help="also write per-class probability rasters (a band per class, round(254 p), "
+                        "255 nodata)")
     g.add_argument("--aoi", type=Path, default=None,
                    help="segment only inside the polygons of this vector file (.gpkg, .geojson, ...; "
                         "reprojected to each scene's CRS): windows outside are not run, pixels outside "
@@ -474,8 +477,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     on_dask = bool(args.workers or args.scheduler)
     if args.chunk and not on_dask:
         raise InputError("--chunk applies with --workers or --scheduler only.")
-    if args.confidence and on_dask:
-        raise InputError("--confidence is not available with --workers or --scheduler yet.")
+    if (args.confidence or args.probabilities) and on_dask:
+        raise InputError("--confidence and --probabilities are not available with --workers or "
+                         "--scheduler yet.")
     if args.aoi:
         from segbench.geo.aoi import read_aoi
 
@@ -501,7 +505,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     engine = load(args.engine, mode="throughput", batch=batch)
     try:
         segment_many(args.scenes, engine, args.out, overlap=args.overlap, blend=args.blend, batch=batch,
-                     nodata=args.nodata, confidence=args.confidence, aoi=args.aoi,
+                     nodata=args.nodata, confidence=args.confidence, probabilities=args.probabilities,
+                     aoi=args.aoi,
                      on_scene=_scene_done(engine.spec, args))
     finally:
         engine.close()
@@ -521,12 +526,15 @@ def _gpu_resources(args: argparse.Namespace) -> dict[str, float] | None:
 def _scene_done(spec, args: argparse.Namespace):
     """What follows each finished scene: its GIS sidecars (QGIS style, categories), its polygons
     where asked, and one line."""
-    from segbench.geo import style_confidence, style_labels, style_polygons
+    from segbench.geo import style_confidence, style_labels, style_polygons, style_probabilities
+    from segbench.tiler.accumulate import PROBABILITY_SCALE
 
     def done(result) -> None:
         style_labels(result.output, spec.classes, spec.palette)
         if result.confidence:
             style_confidence(result.confidence)
+        if result.probabilities:
+            style_probabilities(result.probabilities, spec.classes, PROBABILITY_SCALE)
         line = f"{result.output}: {result.megapixels:.1f} MP at {result.megapixels_per_s:.2f} MP/s"
         if args.vector:
             from segbench.geo.vector import polygonize

@@ -316,7 +316,8 @@ def write_raster(
 
 
 class LabelWriter:
-    """Stream a single-band uint8 raster row band by row band, then finish it as a COG.
+    """Stream a uint8 raster (one band, or ``descriptions`` bands) row band by row band, then
+    finish it as a COG.
 
     Rows are written to a tiled GeoTIFF under a temporary name; :meth:`close`
     adds overviews, copies it to a Cloud-Optimized GeoTIFF (also under a
@@ -334,6 +335,7 @@ class LabelWriter:
         palette: Sequence[tuple[int, int, int]] | None = None,
         resampling: str = "nearest",
         description: str = "labels",
+        descriptions: Sequence[str] | None = None,
     ) -> None:
         self.dest = Path(dest)
         parent = check_output_folder(self.dest)
@@ -345,7 +347,7 @@ class LabelWriter:
             driver="GTiff",
             width=info.width,
             height=info.height,
-            count=1,
+            count=len(descriptions) if descriptions else 1,
             dtype="uint8",
             crs=info.crs,
             transform=info.transform,
@@ -367,19 +369,24 @@ class LabelWriter:
             if classes:
                 self._ds.update_tags(classes=json.dumps(list(classes)))
                 self._ds.update_tags(1, classes=json.dumps(list(classes)))
-            self._ds.set_band_description(1, description)
+            for band, text in enumerate(descriptions or [description], start=1):
+                self._ds.set_band_description(band, text)
         except (*GDAL_ERRORS, OSError) as exc:
             remove_quietly(self._stage)
             raise OutputError(f"Could not create {self.dest}: {_first_line(exc)}.") from exc
 
     def write_rows(self, row: int, labels: np.ndarray, col: int = 0) -> None:
-        """Write ``labels`` (uint8, ``(rows, width)``) at scene row ``row`` and column ``col``.
+        """Write ``labels`` (uint8 ``(rows, width)``, or ``(bands, rows, width)``) at scene row
+        ``row`` and column ``col``.
 
         Any order: a chunk of the scene may arrive before the rows above it.
         """
-        h, w = labels.shape
+        h, w = labels.shape[-2:]
         try:
-            self._ds.write(labels, 1, window=Window(col, row, w, h))
+            if labels.ndim == 3:
+                self._ds.write(labels, window=Window(col, row, w, h))
+            else:
+                self._ds.write(labels, 1, window=Window(col, row, w, h))
         except (*GDAL_ERRORS, OSError) as exc:
             self.abort()
             raise OutputError(f"Could not write {self.dest}: {_first_line(exc)}.") from exc

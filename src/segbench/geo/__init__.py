@@ -1,5 +1,5 @@
 """GIS outputs beside the label raster: QGIS styles, attribute tables, polygons, areas of interest."""
 
-from segbench.geo.style import style_confidence, style_labels, style_polygons
+from segbench.geo.style import style_confidence, style_labels, style_polygons, style_probabilities
 
-__all__ = ["style_confidence", "style_labels", "style_polygons"]
+__all__ = ["style_confidence", "style_labels", "style_polygons", "style_probabilities"]

@@ -118,7 +118,30 @@ def style_polygons(vector: str | os.PathLike[str], classes: Sequence[str],
 
 def style_confidence(raster: str | os.PathLike[str]) -> list[Path]:
     """Write a grey-ramp QGIS style and the scale/offset to [0, 1] of a uint8 confidence raster."""
-    qml = f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+    band = _pam_band()
+    ET.SubElement(band, "Description").text = "confidence (max class probability)"
+    ET.SubElement(band, "Offset").text = "0"
+    ET.SubElement(band, "Scale").text = repr(1 / 255)
+    return [write_text(qml_path(raster), _grey_qml()), _write_pam(raster, band)]
+
+
+def style_probabilities(raster: str | os.PathLike[str], classes: Sequence[str], scale: int) -> list[Path]:
+    """Write a grey-ramp QGIS style (the first class) and, per band, its class name and the
+    scale to [0, 1] of a uint8 probability raster (``round(scale * p)``)."""
+    root = ET.Element("PAMDataset")
+    for i, name in enumerate(classes, start=1):
+        band = ET.SubElement(root, "PAMRasterBand", band=str(i))
+        ET.SubElement(band, "Description").text = f"probability of {name}"
+        ET.SubElement(band, "Offset").text = "0"
+        ET.SubElement(band, "Scale").text = repr(1 / scale)
+    ET.indent(root)
+    pam = write_text(aux_path(raster), ET.tostring(root, encoding="unicode") + "\n")
+    return [write_text(qml_path(raster), _grey_qml()), pam]
+
+
+def _grey_qml() -> str:
+    """A QGIS grey ramp over band 1, 0 (black) to 1 (white) in the band's scaled values."""
+    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
 <qgis version="{QGIS_VERSION}" styleCategories="Symbology">
   <pipe>
     <rasterrenderer type="singlebandgray" grayBand="1" gradient="BlackToWhite" opacity="1" alphaBand="-1"
@@ -133,11 +156,6 @@ def style_confidence(raster: str | os.PathLike[str]) -> list[Path]:
   <blendMode>0</blendMode>
 </qgis>
 """
-    band = _pam_band()
-    ET.SubElement(band, "Description").text = "confidence (max class probability)"
-    ET.SubElement(band, "Offset").text = "0"
-    ET.SubElement(band, "Scale").text = repr(1 / 255)
-    return [write_text(qml_path(raster), qml), _write_pam(raster, band)]
 
 
 def _pam_band() -> ET.Element:

@@ -26,9 +26,11 @@ class BandAccumulator:
     """
 
     def __init__(self, height: int, width: int, classes: int, tile: int, nodata: int = IGNORE_INDEX,
-                 confidence: bool = False, labels: bool = False, threads: int = 0) -> None:
+                 confidence: bool = False, labels: bool = False, threads: int = 0,
+                 probabilities: bool = False) -> None:
         self.height, self.width, self.tile = height, width, tile
         self.nodata, self.confidence, self.labels = nodata, confidence, labels
+        self.probabilities = probabilities
         self.threads = threads  # OpenMP threads of the native loops (0: all)
         rows = min(tile, height)
         if labels:
@@ -59,13 +61,13 @@ class BandAccumulator:
                                self.threads)
         self._valid[y:y + h, x:x + w] |= valid[:h, :w]
 
-    def flush(self, upto: int) -> tuple[int, np.ndarray, np.ndarray | None] | None:
-        """Finish rows ``[top, upto)``: returns ``(row0, labels, confidence or None)``."""
+    def flush(self, upto: int) -> tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None] | None:
+        """Finish rows ``[top, upto)``: ``(row0, labels, confidence or None, probabilities or None)``."""
         n = min(upto, self.height) - self.top
         if n <= 0:
             return None
         row0 = self.top
-        conf = None
+        conf = probs = None
         if self.labels:
             labels = np.where(self._valid[:n] & (self._wsum[:n] > 0), self._labels[:n], self.nodata)
             labels = labels.astype(np.uint8)
@@ -74,13 +76,15 @@ class BandAccumulator:
             result = _native.argmax_labels(self._acc, self._wsum, n, self._valid, self.nodata,
                                            self.confidence, self.threads)
             labels, conf = result if self.confidence else (result, None)
+            if self.probabilities:
+                probs = class_probabilities(self._acc, self._wsum, n, labels != self.nodata)
             self._shift(self._acc, n, 0)
         self._shift(self._wsum, n, 0)
         self._shift(self._valid, n, False)
         self.top += n
-        return row0, labels, conf
+        return row0, labels, conf, probs
 
-    def finish(self) -> tuple[int, np.ndarray, np.ndarray | None] | None:
+    def finish(self) -> tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None] | None:
         """Flush every remaining row."""
         return self.flush(self.height)
 
@@ -93,3 +97,25 @@ class BandAccumulator:
             return
         buf[..., : rows - n, :] = buf[..., n:, :]
         buf[..., rows - n:, :] = fill
+
+
+#: a class probability p is stored as round(PROBABILITY_SCALE * p); 255 is nodata
+PROBABILITY_SCALE = 254
+#: columns turned into probabilities at once (bounds the float temporaries on wide scenes)
+PROBABILITY_COLUMNS = 2048
+
+
+def class_probabilities(acc: np.ndarray, wsum: np.ndarray, rows: int, valid: np.ndarray) -> np.ndarray:
+    """uint8 ``(classes, rows, width)``: the softmax of the blended logits ``acc / wsum`` of the
+    first ``rows`` rows, as ``round(254 p)``; 255 where ``valid`` is False."""
+    classes, _, width = acc.shape
+    out = np.full((classes, rows, width), 255, np.uint8)
+    for x0 in range(0, width, PROBABILITY_COLUMNS):
+        x1 = min(x0 + PROBABILITY_COLUMNS, width)
+        ok = valid[:rows, x0:x1]
+        logits = acc[:, :rows, x0:x1] / np.where(ok, wsum[:rows, x0:x1], 1)
+        logits -= logits.max(axis=0)
+        p = np.exp(logits)
+        p /= p.sum(axis=0)
+        out[:, :rows, x0:x1] = np.where(ok, np.rint(PROBABILITY_SCALE * p), 255).astype(np.uint8)
+    return out

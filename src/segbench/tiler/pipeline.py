@@ -68,6 +68,7 @@ class SegmentResult:
     batches: int
     seconds: float
     stages: StageTimes = field(default_factory=StageTimes)
+    probabilities: str | None = None
     # The process's resident-memory high-water mark when the scene was done (the kernel's
     # VmHWM, so no spike is missed): since the process started or since the caller last
     # called segbench.peak.reset_peak, never reset here, so it includes what came before
@@ -102,6 +103,7 @@ def segment(
     confidence: str | os.PathLike[str] | None = None,
     progress: bool = False,
     aoi: AreaOfInterest | None = None,
+    probabilities: str | os.PathLike[str] | None = None,
 ) -> SegmentResult:
     """Segment ``scene`` with ``engine`` into a label COG at ``out``.
 
@@ -111,7 +113,9 @@ def segment(
     is ``mean``, ``cosine`` or ``crop``; ``nodata`` overrides the scene's
     nodata value; ``confidence`` is an optional second output with the max
     class probability as uint8 (0..255); ``aoi`` limits the run to an area of
-    interest (windows outside it are not run, pixels outside it are nodata).
+    interest (windows outside it are not run, pixels outside it are nodata);
+    ``probabilities`` is an optional output with one band per class, the
+    softmax of the blended logits as uint8 ``round(254 p)`` (255: nodata).
     Called from the main thread,
     SIGTERM and SIGHUP (at their default action) stop it as Ctrl-C does:
     partial outputs removed, then :class:`~segbench.signals.Terminated`.
@@ -124,8 +128,8 @@ def segment(
     labels_out = spec.output == "labels"
     if labels_out and blend != "crop":
         raise InputError("This engine outputs labels, which only --blend crop can combine.")
-    if labels_out and confidence:
-        raise InputError("This engine outputs labels, so it cannot give a confidence raster.")
+    if labels_out and (confidence or probabilities):
+        raise InputError("This engine outputs labels, so it cannot give confidence or probability rasters.")
     if batch < 1:
         raise InputError("The batch size must be at least 1.")
     with open_raster(scene) as ds:
@@ -136,10 +140,10 @@ def segment(
         warnings.warn(f"{info.path.name} has no CRS; its labels will have none either.",
                       stacklevel=2)
     _check_gsd(info, spec)
-    _check_outputs(out, confidence)
+    _check_outputs(out, confidence, probabilities)
     with terminate_as_interrupt(), rasterio.Env(GDAL_CACHEMAX=_cache_bytes(info, tile)):
         return _run(scene, engine, out, info, tile, step, blend, batch, nodata, confidence,
-                    progress, area)
+                    progress, area, probabilities)
 
 
 #: how far a scene's ground sample distance may be from the model's before segment warns
@@ -179,7 +183,8 @@ def _cache_bytes(info, tile: int) -> int:
 
 
 def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, batch: int,
-         nodata, confidence, progress: bool, aoi: dict | None = None) -> SegmentResult:
+         nodata, confidence, progress: bool, aoi: dict | None = None,
+         probabilities=None) -> SegmentResult:
     """Run the three stages of :func:`segment`; on any error or interrupt, stop them and clean up."""
     rows, cols = axis_starts(info.height, tile, step), axis_starts(info.width, tile, step)
     wy = dict(zip(rows, axis_weights(rows, tile, info.height, blend), strict=True))
@@ -191,7 +196,7 @@ def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, bat
     reader = Reader(scene, windows, engine.spec, batch, nodata, inbox, aoi)
     inference = Inference(engine, inbox, outbox)
     writer = Writer(outbox, stop, info, engine.spec, (wy, wx), out, confidence,
-                    threads=_blend_threads(engine))
+                    threads=_blend_threads(engine), probabilities=probabilities)
     threads = [StageThread("segbench-read", reader.run, stop),
                StageThread("segbench-write", writer.run, stop)]
     bar = Progress(len(windows), info, enabled=progress)
@@ -219,6 +224,7 @@ def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, bat
                        write=writer.write_seconds, idle=inference.idle)
     return SegmentResult(
         scene=str(scene), output=str(out), confidence=str(confidence) if confidence else None,
+        probabilities=str(probabilities) if probabilities else None,
         width=info.width, height=info.height, windows=len(windows), skipped=reader.skipped,
         batches=inference.batches, seconds=time.perf_counter() - start, stages=times,
         peak_rss_bytes=peak_rss_bytes(),

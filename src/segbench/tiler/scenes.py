@@ -64,6 +64,7 @@ def segment_many(
     out: str | os.PathLike[str],
     *,
     confidence: bool = False,
+    probabilities: bool = False,
     progress: bool = True,
     on_scene: Callable[[SegmentResult], None] | None = None,
     **options,
@@ -75,7 +76,9 @@ def segment_many(
     results = []
     for scene, dest in scene_outputs(paths, out):
         conf = dest.with_name(f"{dest.stem}.confidence.tif") if confidence else None
-        results.append(segment(scene, engine, dest, confidence=conf, progress=progress, **options))
+        probs = dest.with_name(f"{dest.stem}.probabilities.tif") if probabilities else None
+        results.append(segment(scene, engine, dest, confidence=conf, probabilities=probs, progress=progress,
+                               **options))
         if on_scene is not None:
             on_scene(results[-1])
     return results

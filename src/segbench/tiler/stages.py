@@ -147,7 +147,7 @@ class Inference:
 class Writer:
     """Blends each window into a :class:`BandAccumulator` and writes finished row bands.
 
-    It owns the label (and confidence) rasters: its thread opens them and, if
+    It owns the label (and confidence, probability) rasters: its thread opens them and, if
     anything fails or the pipeline stops, aborts them; after a whole scene it
     leaves them open and the pipeline, once this thread has ended, finishes
     them with :meth:`close` or drops them with :meth:`abort`. So a GDAL dataset
@@ -157,21 +157,24 @@ class Writer:
     def __init__(self, outbox: Channel, stop: threading.Event, info: SceneInfo, spec: ModelSpec,
                  weights: tuple[dict[int, np.ndarray], dict[int, np.ndarray]],
                  out: str | os.PathLike[str], confidence: str | os.PathLike[str] | None,
-                 threads: int) -> None:
+                 threads: int, probabilities: str | os.PathLike[str] | None = None) -> None:
         self.outbox, self.stop, self.info, self.spec = outbox, stop, info, spec
         self.wy, self.wx = weights
         self.out, self.confidence, self.threads = Path(out), confidence, threads
-        self.writers: list[LabelWriter] = []
+        self.probabilities = probabilities
+        #: one writer per output, in the order of the bands a flush returns (None: not asked for)
+        self.writers: list[LabelWriter | None] = []
         self.blend_seconds = 0.0
         self.write_seconds = 0.0
         self.done = 0  # windows blended
 
     def _open(self) -> None:
-        spec = self.spec
-        self.writers.append(LabelWriter(self.out, self.info, classes=spec.classes, palette=spec.palette))
-        if self.confidence:
-            self.writers.append(LabelWriter(self.confidence, self.info, nodata=0,
-                                            description="confidence", resampling="average"))
+        spec, info = self.spec, self.info
+        self.writers.append(LabelWriter(self.out, info, classes=spec.classes, palette=spec.palette))
+        self.writers.append(LabelWriter(self.confidence, info, nodata=0, description="confidence",
+                                        resampling="average") if self.confidence else None)
+        self.writers.append(LabelWriter(self.probabilities, info, nodata=255, descriptions=spec.classes,
+                                        resampling="average") if self.probabilities else None)
 
     def run(self) -> None:
         try:
@@ -184,7 +187,8 @@ class Writer:
     def _blend_and_write(self) -> None:
         acc = BandAccumulator(self.info.height, self.info.width, self.spec.num_classes, self.spec.tile,
                               LABEL_NODATA, confidence=bool(self.confidence),
-                              labels=self.spec.output == "labels", threads=self.threads)
+                              labels=self.spec.output == "labels", threads=self.threads,
+                              probabilities=bool(self.probabilities))
         while (item := self.outbox.get()) is not DONE:
             for window, output, valid in item:
                 t0 = time.perf_counter()
@@ -206,21 +210,22 @@ class Writer:
             raise Stopped
         row0, *bands = flushed
         t0 = time.perf_counter()
-        for writer, rows in zip(self.writers, bands, strict=False):
-            writer.write_rows(row0, rows)
+        for writer, rows in zip(self.writers, bands, strict=True):
+            if writer is not None:
+                writer.write_rows(row0, rows)
         self.write_seconds += time.perf_counter() - t0
 
     def close(self) -> None:
         """Finish the rasters as COGs under their final names; only once this stage's thread has ended."""
         t0 = time.perf_counter()
         with rasterio.Env():
-            for writer in self.writers:
+            for writer in filter(None, self.writers):
                 writer.close()
         self.write_seconds += time.perf_counter() - t0
 
     def abort(self) -> None:
         """Remove everything written (repeatable); from this stage's thread, or once it has ended."""
-        for writer in self.writers:
+        for writer in filter(None, self.writers):
             writer.abort()
 
 
