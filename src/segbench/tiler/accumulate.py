@@ -99,7 +99,7 @@ class BandAccumulator:
         buf[..., rows - n:, :] = fill
 
 
-#: a class probability p is stored as round(PROBABILITY_SCALE * p); 255 is nodata
+#: a class probability p is stored as round(PROBABILITY_SCALE * p); IGNORE_INDEX (255) is nodata
 PROBABILITY_SCALE = 254
 #: columns turned into probabilities at once (bounds the float temporaries on wide scenes)
 PROBABILITY_COLUMNS = 2048
@@ -107,9 +107,9 @@ PROBABILITY_COLUMNS = 2048
 
 def class_probabilities(acc: np.ndarray, wsum: np.ndarray, rows: int, valid: np.ndarray) -> np.ndarray:
     """uint8 ``(classes, rows, width)``: the softmax of the blended logits ``acc / wsum`` of the
-    first ``rows`` rows, as ``round(254 p)``; 255 where ``valid`` is False."""
+    first ``rows`` rows, as ``round(254 p)``; IGNORE_INDEX (255) where ``valid`` is False."""
     classes, _, width = acc.shape
-    out = np.full((classes, rows, width), 255, np.uint8)
+    out = np.full((classes, rows, width), IGNORE_INDEX, np.uint8)
     for x0 in range(0, width, PROBABILITY_COLUMNS):
         x1 = min(x0 + PROBABILITY_COLUMNS, width)
         ok = valid[:rows, x0:x1]
@@ -117,5 +117,5 @@ def class_probabilities(acc: np.ndarray, wsum: np.ndarray, rows: int, valid: np.
         logits -= logits.max(axis=0)
         p = np.exp(logits)
         p /= p.sum(axis=0)
-        out[:, :rows, x0:x1] = np.where(ok, np.rint(PROBABILITY_SCALE * p), 255).astype(np.uint8)
+        out[:, :rows, x0:x1] = np.where(ok, np.rint(PROBABILITY_SCALE * p), IGNORE_INDEX).astype(np.uint8)
     return out

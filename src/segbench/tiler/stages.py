@@ -173,8 +173,9 @@ class Writer:
         self.writers.append(LabelWriter(self.out, info, classes=spec.classes, palette=spec.palette))
         self.writers.append(LabelWriter(self.confidence, info, nodata=0, description="confidence",
                                         resampling="average") if self.confidence else None)
-        self.writers.append(LabelWriter(self.probabilities, info, nodata=255, descriptions=spec.classes,
-                                        resampling="average") if self.probabilities else None)
+        self.writers.append(LabelWriter(self.probabilities, info, nodata=LABEL_NODATA,
+                                        descriptions=spec.classes, resampling="average")
+                            if self.probabilities else None)
 
     def run(self) -> None:
         try:
