@@ -135,25 +135,22 @@ def is_url(path: str | os.PathLike[str]) -> bool:
 
 def open_raster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
     """Open a raster for reading (a file, or a URL of a COG), every failure one clear sentence."""
-    if is_url(path):
-        # a COG over HTTP: one request for the header, no listing of its "folder"
+    url = is_url(path)
+    if url:  # a COG over HTTP: one request for its header, no listing of its "folder"
         os.environ.setdefault("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                return rasterio.open(path)
-        except RasterioIOError as exc:
-            raise InputError(f"Could not read {path}: {_first_line(exc)}.") from exc
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"Input {path} does not exist.")
-    if path.is_dir():
-        raise InputError(f"Input {path} is a folder; give a GeoTIFF file.")
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"Input {path} does not exist.")
+        if path.is_dir():
+            raise InputError(f"Input {path} is a folder; give a GeoTIFF file.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioIOError as exc:
+        if url:
+            raise InputError(f"Could not read {path}: {_first_line(exc)}.") from exc
         raise InputError(f"Input {path} is not a readable GeoTIFF ({_first_line(exc)}).") from exc
 
 
