@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-#: this process's loaded engine: ((artifact, mtime, batch), engine)
+#: this process's loaded engine: ((artifact, mtime, batch, threads), engine)
 _loaded: tuple[tuple, object] | None = None
 
 
