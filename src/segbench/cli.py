@@ -539,7 +539,8 @@ def _scene_done(spec, args: argparse.Namespace):
         if args.vector:
             from segbench.geo.vector import polygonize
 
-            one_scene = Path(args.out).suffix.lower() in (".tif", ".tiff")
+            # one scene into -o labels.tif: the path given; else a file beside each label raster
+            one_scene = Path(result.output) == Path(args.out)
             dest = args.vector if one_scene else Path(result.output).with_suffix(args.vector.suffix)
             polygons = polygonize(result.output, dest, spec.classes, min_area=args.min_area,
                                   simplify=args.simplify)

@@ -154,9 +154,7 @@ def _one_scene(client, threads: dict[str, int], scene: Path | str, artifact: Pat
         info = scene_info(ds)
     check_bands(info, spec)
     area = aoi.for_scene(info) if aoi is not None else None
-    if overlap is None and stride is None:
-        stride = spec.stride
-    step = stride_for(spec.tile, overlap, stride)
+    step = stride_for(spec.tile, overlap, stride, default=spec.stride)
     chunks = plan_chunks(info.height, info.width, chunk)
     windows = len(axis_starts(info.height, spec.tile, step)) * len(axis_starts(info.width, spec.tile, step))
     todo = iter(chunks)

@@ -122,9 +122,7 @@ def segment(
     """
     spec = engine.spec
     tile = spec.tile
-    if overlap is None and stride is None:
-        stride = spec.stride
-    step = stride_for(tile, overlap, stride)
+    step = stride_for(tile, overlap, stride, default=spec.stride)
     labels_out = spec.output == "labels"
     if labels_out and blend != "crop":
         raise InputError("This engine outputs labels, which only --blend crop can combine.")

@@ -97,8 +97,7 @@ def auto_batch(artifact: str | os.PathLike[str], scenes: Sequence[str | os.PathL
     with open_raster(first) as ds:
         info = scene_info(ds)
     check_bands(info, spec)
-    if overlap is None and stride is None:
-        stride = spec.stride
-    windows = plan_windows(info.height, info.width, spec.tile, stride_for(spec.tile, overlap, stride))
+    windows = plan_windows(info.height, info.width, spec.tile,
+                           stride_for(spec.tile, overlap, stride, default=spec.stride))
     tiles = sample_tiles([first], spec, count=max(CANDIDATES), seed=0)
     return choose_batch(artifact, tiles, max_batch=len(windows))

@@ -47,10 +47,14 @@ def check_stride(tile: int, stride: int) -> None:
         raise InputError(f"Stride {stride} must be between 1 and the tile size {tile}.")
 
 
-def stride_for(tile: int, overlap: int | None = None, stride: int | None = None) -> int:
-    """The stride from a user's ``overlap`` or ``stride`` (default: a quarter-tile overlap)."""
+def stride_for(tile: int, overlap: int | None = None, stride: int | None = None,
+               default: int | None = None) -> int:
+    """The stride from a user's ``overlap`` or ``stride``; without either, ``default`` (the
+    model's own, ``spec.stride``) or else a quarter-tile overlap."""
     if overlap is not None and stride is not None:
         raise InputError("Give either an overlap or a stride, not both.")
+    if overlap is None and stride is None:
+        stride = default
     if stride is None:
         overlap = tile // 4 if overlap is None else overlap
         if not 0 <= overlap < tile:
