@@ -24,6 +24,12 @@ EXTRAS = {
     "openvino": "openvino",
     "tensorrt_rtx_bindings": "tensorrt-rtx",
     "matplotlib": "plot",
+    "distributed": "cluster",
+    "dask": "cluster",
+    "shapely": "gis",
+    "pyogrio": "gis",
+    "pystac": "stac",
+    "stac_model": "stac",
 }
 #: modules no extra provides, with how to get them
 OTHER = {
