@@ -68,6 +68,36 @@ def tiny_conv_onnx(path: Path, spec: ModelSpec, seed: int = 0) -> Path:
     return path
 
 
+def tiny_conv_pt2(path: Path, spec: ModelSpec, seed: int = 0, engine: str = "torch-fp32") -> Path:
+    """The same kind of two-layer conv net as :func:`tiny_conv_onnx`, as a torch engine: a
+    ``torch.export`` program (``.pt2``) with the spec and build record ``segbench build`` writes."""
+    import torch
+
+    class TinyConv(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            gen = torch.Generator().manual_seed(seed)
+            b, c, hidden = spec.num_bands, spec.num_classes, 8
+            self.register_buffer("mean", torch.tensor(spec.mean).reshape(1, b, 1, 1))
+            self.register_buffer("std", torch.tensor(spec.std).reshape(1, b, 1, 1))
+            self.conv1 = torch.nn.Conv2d(b, hidden, 3, padding=1)
+            self.conv2 = torch.nn.Conv2d(hidden, c, 1)
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+
+        def forward(self, pixels):
+            return self.conv2(torch.relu(self.conv1((pixels - self.mean) / self.std)))
+
+    example = torch.zeros(2, spec.num_bands, spec.tile, spec.tile)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(TinyConv().eval(), (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    precision = engine.rsplit("-", 1)[1]
+    spec.replace(build=BuildRecord(backend="torch", precision=precision, engine=engine)).save(path)
+    return path
+
+
 @pytest.fixture
 def tiny_spec() -> ModelSpec:
     return make_spec()

@@ -15,6 +15,8 @@ Run side (an instance is a loaded engine): ``load_impl`` when created,
 Runner(...) as engine:`` closes it on exit. ``infer_stream`` runs batches back
 to back (the tiler): one by one here, several in flight where a backend can
 (OpenVINO loaded in ``"throughput"`` mode), the outputs always in input order.
+A backend whose engines set ``device_tensors`` also has ``infer_tensor``:
+torch tensors on the engine's device in and out, no host round trip.
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ class Runner:
     #: True where ``mode="throughput"`` compiles the engine differently (then a latency
     #: figure and a throughput figure need two loads)
     tunes_for_throughput: ClassVar[bool] = False
+    #: True where the loaded engine has ``infer_tensor``: torch tensors on its device in and
+    #: out, so the tiler can blend there (:mod:`segbench.tiler.device`)
+    device_tensors: bool = False
 
     def __init__(self, artifact: Path, spec: ModelSpec, kind, device: str | None = None,
                  mode: str = "latency", batch: int | None = None, threads: int | None = None) -> None:
@@ -179,6 +184,17 @@ def check_tiles(tiles: Any, spec: ModelSpec, name: str) -> None:
         got = f"{tiles.dtype} {tiles.shape}" if isinstance(tiles, np.ndarray) else type(tiles).__name__
         raise InputError(f"{name} takes float32 tiles of shape (N, {', '.join(map(str, want))}), "
                          f"not {got}.")
+
+
+def check_tensor(x: Any, spec: ModelSpec, name: str, device: str) -> None:
+    """Refuse a tensor batch that is not ``(N >= 1, bands, tile, tile)`` float32 on ``device``."""
+    want = (spec.num_bands, spec.tile, spec.tile)
+    shape = tuple(getattr(x, "shape", ()))
+    dtype, where = str(getattr(x, "dtype", type(x).__name__)), str(getattr(x, "device", "?"))
+    if dtype != "torch.float32" or len(shape) != 4 or shape[1:] != want or not shape[0] \
+            or where.split(":")[0] != device.split(":")[0]:
+        raise InputError(f"{name} takes float32 tensors of shape (N, {', '.join(map(str, want))}) on "
+                         f"{device}, not {dtype} {shape} on {where}.")
 
 
 def check_input_shape(shape: Sequence, spec: ModelSpec, artifact: Path) -> None:

@@ -1,8 +1,12 @@
-"""ONNX Runtime engines: ort-fp32, ort-fp16, ort-int8.
+"""ONNX Runtime engines: ort-fp32, ort-fp16, ort-int8 on the CPU; ort-cuda-fp32, ort-cuda-fp16.
 
 The artifact is the graph variant itself (fp32, fp16 or int8 Q/DQ ONNX),
 copied beside its own spec. The CPU execution provider always runs; the CUDA
-provider is used for ``device="cuda"`` where onnxruntime-gpu is installed.
+provider is used for ``device="cuda"`` (the ``ort-cuda-*`` engines) where
+onnxruntime-gpu is installed, and there ``infer_tensor`` binds torch tensors
+on the GPU as the session's input and output (I/O binding), so the device
+tiler never copies logits to the host. onnxruntime-gpu is not installed on
+the machines segbench is tested on: the CUDA path is unverified.
 
 Session options are chosen by measurement (benchmarks/bench_ort_options.py,
 SegFormer-B0, batch 4 at 512, one process per option set): the memory-pattern
@@ -26,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from segbench.engines.base import Runner, check_input_shape
-from segbench.errors import EngineError, RuntimeMissingError, first_line
+from segbench.engines.base import Runner, check_input_shape, check_tensor
+from segbench.errors import EngineError, InputError, RuntimeMissingError, first_line
 from segbench.extras import require
 from segbench.files import atomic_output
 from segbench.spec import ModelSpec
@@ -63,7 +67,8 @@ def create_session(path: Path, device: str = "cpu", settings: dict[str, Any] | N
             raise RuntimeMissingError(
                 "ONNX Runtime has no CUDA provider here; install onnxruntime-gpu or use device cpu."
             )
-        providers.insert(0, "CUDAExecutionProvider")
+        index = int(device.partition(":")[2] or 0)
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
     try:
         return ort.InferenceSession(str(path), session_options(settings), providers=providers)
     except Exception as exc:  # ORT raises its own exception types for bad graphs
@@ -80,6 +85,13 @@ class OrtRunner(Runner):
     @classmethod
     def check(cls, kind) -> None:
         require("onnxruntime", kind.name)
+
+    @classmethod
+    def check_run(cls, kind) -> None:
+        ort = require("onnxruntime", kind.name)
+        if kind.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeMissingError(f"{kind.name} needs ONNX Runtime's CUDA provider, which this "
+                                      "installation lacks; install onnxruntime-gpu on a CUDA machine.")
 
     @classmethod
     def versions(cls, kind) -> dict[str, str]:
@@ -107,9 +119,28 @@ class OrtRunner(Runner):
         inp = self._session.get_inputs()[0]
         check_input_shape(inp.shape, self.spec, artifact)
         self._input = inp.name
+        self._output = self._session.get_outputs()[0].name
+        self.device_tensors = self.device.startswith("cuda") and self.spec.output == "logits"
 
     def infer_impl(self, tiles: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input: tiles})[0]
+
+    def infer_tensor(self, x):
+        """Float32 torch tensors on the GPU in and out, bound to the session (CUDA engines only)."""
+        if not self.device_tensors:
+            raise InputError(f"{self.name} runs on {self.device}; give it numpy tiles (infer).")
+        torch = require("torch", f"{self.name} with device tensors")
+        check_tensor(x, self.spec, self.name, self.device)
+        x = x.contiguous()
+        tile, index = self.spec.tile, x.device.index or 0
+        out = torch.empty((x.shape[0], self.spec.num_classes, tile, tile), dtype=torch.float32,
+                          device=x.device)
+        torch.cuda.current_stream(x.device).synchronize()  # ORT reads x on its own stream
+        binding = self._session.io_binding()
+        binding.bind_input(self._input, "cuda", index, np.float32, tuple(x.shape), x.data_ptr())
+        binding.bind_output(self._output, "cuda", index, np.float32, tuple(out.shape), out.data_ptr())
+        self._session.run_with_iobinding(binding)  # returns once its stream has finished
+        return out
 
     def close_impl(self) -> None:
         self._session = None

@@ -39,6 +39,7 @@ class EngineKind:
     device: str  # cpu | cuda
     suffix: str  # artifact file suffix
     description: str
+    compiled: bool = False  # torch: torch.compile the program when loaded
 
     @property
     def backend(self) -> str:
@@ -56,8 +57,15 @@ _KINDS = [
     EngineKind("openvino-int8", OpenVinoRunner, "int8", "int8", "cpu", ".xml",
                "OpenVINO, int8 from the Q/DQ graph"),
     EngineKind("torch-fp32", TorchRunner, "fp32", "pt2", "cpu", ".pt2", "PyTorch reference, fp32"),
+    EngineKind("torch-cuda-fp32", TorchRunner, "fp32", "pt2", "cuda", ".pt2", "PyTorch on CUDA, fp32"),
     EngineKind("torch-fp16", TorchRunner, "fp16", "pt2", "cuda", ".pt2", "PyTorch on CUDA, fp16"),
     EngineKind("torch-bf16", TorchRunner, "bf16", "pt2", "cuda", ".pt2", "PyTorch on CUDA, bf16"),
+    EngineKind("torch-compile-fp16", TorchRunner, "fp16", "pt2", "cuda", ".pt2",
+               "PyTorch on CUDA, fp16, torch.compile", compiled=True),
+    EngineKind("ort-cuda-fp32", OrtRunner, "fp32", "fp32", "cuda", ".onnx",
+               "ONNX Runtime, CUDA provider (onnxruntime-gpu), fp32"),
+    EngineKind("ort-cuda-fp16", OrtRunner, "fp16", "fp16", "cuda", ".onnx",
+               "ONNX Runtime, CUDA provider (onnxruntime-gpu), fp16 graph"),
     EngineKind("trt-fp32", TensorRTRunner, "fp32", "fp32", "cuda", ".plan", "TensorRT, fp32"),
     EngineKind("trt-fp16", TensorRTRunner, "fp16", "fp16", "cuda", ".plan", "TensorRT, fp16 graph"),
     EngineKind("trt-int8", TensorRTRunner, "int8", "int8", "cuda", ".plan", "TensorRT, int8 Q/DQ"),

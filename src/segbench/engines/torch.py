@@ -1,8 +1,13 @@
-"""PyTorch engines: torch-fp32 (the reference, CPU or CUDA), torch-fp16 and torch-bf16 (CUDA).
+"""PyTorch engines: torch-fp32 (the reference on the CPU), torch-cuda-fp32, torch-fp16,
+torch-bf16 and torch-compile-fp16 (CUDA).
 
 The artifact is the ``torch.export`` program saved by ``segbench export``
 (``.pt2``): the same graph as the mmseg model, loadable without mmseg or the
-checkpoint. Half precisions run under autocast on CUDA, channels-last.
+checkpoint. On CUDA the model and its inputs are channels-last, half
+precisions run under autocast, and ``torch-compile-*`` compiles the program
+with ``torch.compile`` when loaded (the first batches of each shape pay for
+it). ``infer_tensor`` takes and returns tensors on the engine's device, so
+the device tiler (:mod:`segbench.tiler.device`) never copies logits to the host.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.engines.base import Runner
+from segbench.engines.base import Runner, check_tensor
 from segbench.errors import EngineError, RuntimeMissingError, first_line
 from segbench.extras import require
 from segbench.files import atomic_output
@@ -34,6 +39,8 @@ class TorchRunner(Runner):
     """A torch.export program behind the Engine contract."""
 
     runtime = "torch"
+    #: ``infer_tensor`` returns logits on the engine's device
+    device_tensors = True
 
     @classmethod
     def check(cls, kind) -> None:
@@ -62,25 +69,35 @@ class TorchRunner(Runner):
         self._torch = torch
         if self.threads:
             torch.set_num_threads(self.threads)  # process-wide: torch has one intra-op pool
-        self._module = _load_program(artifact).module().to(self.device)
-        self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.kind.precision)
         self._cuda = self.device.startswith("cuda")
+        before = torch.cuda.memory_allocated(self.device) if self._cuda else 0
+        module = _load_program(artifact).module().to(self.device)
+        if self._cuda:
+            module = module.to(memory_format=torch.channels_last)
+        self._module = torch.compile(module) if self.kind.compiled else module
+        self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.kind.precision)
+        #: device memory the loaded model holds (its weights and buffers), for the bench report
+        self.device_memory_bytes = torch.cuda.memory_allocated(self.device) - before if self._cuda else None
 
     def _autocast(self):
         if self._dtype is None:
             return contextlib.nullcontext()
         return self._torch.autocast("cuda" if self._cuda else "cpu", dtype=self._dtype)
 
-    def infer_impl(self, tiles: np.ndarray) -> np.ndarray:
+    def infer_tensor(self, x):
+        """Raw pixels ``(N, bands, tile, tile)``, a float32 tensor on the engine's device -> float32
+        logits there (on CUDA queued on the current stream, not waited for)."""
         torch = self._torch
+        check_tensor(x, self.spec, self.name, self.device)
         with torch.inference_mode(), self._autocast():
-            x = torch.from_numpy(tiles).to(self.device, non_blocking=True)
             if self._cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             out = self._module(x)
-        if out.dtype in (torch.float16, torch.bfloat16):
-            out = out.float()
-        return out.cpu().numpy()
+        return out.float() if out.dtype != torch.float32 else out
+
+    def infer_impl(self, tiles: np.ndarray) -> np.ndarray:
+        x = self._torch.from_numpy(tiles).to(self.device)
+        return self.infer_tensor(x).cpu().numpy()
 
     def close_impl(self) -> None:
         self._module = None

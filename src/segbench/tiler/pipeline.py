@@ -8,9 +8,10 @@ OpenVINO loaded with ``mode="throughput"``; outputs always in plan order); a
 writer thread blends each window into a :class:`BandAccumulator` and writes
 finished row bands to the label raster (the stages: :mod:`.stages`). Bounded
 queues join the stages, so memory stays bounded and reading and writing
-overlap inference. Any error, Ctrl-C, SIGTERM or SIGHUP stops every stage
-within a fraction of a second and removes the partial outputs: nothing is
-left under the final name.
+overlap inference. For an engine on a GPU the blend and the argmax run on
+its device and only uint8 rows come back (:mod:`.device`). Any error,
+Ctrl-C, SIGTERM or SIGHUP stops every stage within a fraction of a second
+and removes the partial outputs: nothing is left under the final name.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from segbench.engines.base import Engine
+from segbench.engines.base import Engine, infer_stream
 from segbench.errors import InputError, OutputError
 from segbench.files import check_output_folder
 from segbench.peak import peak_rss_bytes
@@ -34,6 +35,7 @@ from segbench.signals import terminate_as_interrupt
 from segbench.spec import ModelSpec
 from segbench.tiler.blend import axis_weights
 from segbench.tiler.channel import POLL_S, Channel, Stopped
+from segbench.tiler.device import device_stream, host_batches, runs_on_device
 from segbench.tiler.progress import Progress
 from segbench.tiler.stages import Inference, Reader, StageThread, Writer
 from segbench.tiler.windows import Window, axis_starts, stride_for
@@ -104,6 +106,7 @@ def segment(
     progress: bool = False,
     aoi: AreaOfInterest | None = None,
     probabilities: str | os.PathLike[str] | None = None,
+    on_device: bool | None = None,
 ) -> SegmentResult:
     """Segment ``scene`` with ``engine`` into a label COG at ``out``.
 
@@ -116,6 +119,8 @@ def segment(
     interest (windows outside it are not run, pixels outside it are nodata);
     ``probabilities`` is an optional output with one band per class, the
     softmax of the blended logits as uint8 ``round(254 p)`` (255: nodata).
+    ``on_device`` blends on the engine's device (:mod:`.device`): by default
+    for an engine off the CPU that returns device tensors.
     Called from the main thread,
     SIGTERM and SIGHUP (at their default action) stop it as Ctrl-C does:
     partial outputs removed, then :class:`~segbench.signals.Terminated`.
@@ -141,7 +146,7 @@ def segment(
     _check_outputs(out, confidence, probabilities)
     with terminate_as_interrupt(), rasterio.Env(GDAL_CACHEMAX=_cache_bytes(info, tile)):
         return _run(scene, engine, out, info, tile, step, blend, batch, nodata, confidence,
-                    progress, area, probabilities)
+                    progress, area, probabilities, runs_on_device(engine, on_device))
 
 
 #: how far a scene's ground sample distance may be from the model's before segment warns
@@ -182,7 +187,7 @@ def _cache_bytes(info, tile: int) -> int:
 
 def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, batch: int,
          nodata, confidence, progress: bool, aoi: dict | None = None,
-         probabilities=None) -> SegmentResult:
+         probabilities=None, on_device: bool = False) -> SegmentResult:
     """Run the three stages of :func:`segment`; on any error or interrupt, stop them and clean up."""
     rows, cols = axis_starts(info.height, tile, step), axis_starts(info.width, tile, step)
     wy = dict(zip(rows, axis_weights(rows, tile, info.height, blend), strict=True))
@@ -191,10 +196,12 @@ def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, bat
 
     stop = threading.Event()
     inbox, outbox = Channel(stop), Channel(stop)
-    reader = Reader(scene, windows, engine.spec, batch, nodata, inbox, aoi)
-    inference = Inference(engine, inbox, outbox)
+    device = engine.device if on_device else None
+    reader = Reader(scene, windows, engine.spec, batch, nodata, inbox, aoi,
+                    allocate=host_batches(device) if device else None)
+    inference = Inference(engine, inbox, outbox, stream=device_stream if device else infer_stream)
     writer = Writer(outbox, stop, info, engine.spec, (wy, wx), out, confidence,
-                    threads=_blend_threads(engine), probabilities=probabilities)
+                    threads=_blend_threads(engine), probabilities=probabilities, device=device)
     threads = [StageThread("segbench-read", reader.run, stop),
                StageThread("segbench-write", writer.run, stop)]
     bar = Progress(len(windows), info, enabled=progress)

@@ -43,16 +43,20 @@ class Reader:
     """
 
     def __init__(self, scene: str | os.PathLike[str], windows: Sequence[Window], spec: ModelSpec,
-                 batch: int, nodata: float | None, inbox: Channel, aoi: dict | None = None) -> None:
+                 batch: int, nodata: float | None, inbox: Channel, aoi: dict | None = None,
+                 allocate: Callable[[tuple[int, ...]], np.ndarray] | None = None) -> None:
         self.scene, self.windows, self.spec, self.batch = scene, windows, spec, batch
         self.nodata, self.inbox = nodata, inbox
         self.aoi = aoi  # a GeoJSON geometry in the scene's CRS: pixels outside it are invalid
+        #: makes each batch's float32 array (e.g. in pinned memory for a GPU); None: numpy's
+        self.allocate = allocate
         self.seconds = 0.0
         self.skipped = 0
 
     def _new_batch(self) -> np.ndarray:
         tile = self.spec.tile
-        return np.empty((self.batch, self.spec.num_bands, tile, tile), np.float32)
+        shape = (self.batch, self.spec.num_bands, tile, tile)
+        return self.allocate(shape) if self.allocate else np.empty(shape, np.float32)
 
     def run(self) -> None:
         tile = self.spec.tile
@@ -91,15 +95,19 @@ class Inference:
     then :data:`DONE`.
     """
 
-    def __init__(self, engine: Engine, inbox: Channel, outbox: Channel) -> None:
+    def __init__(self, engine: Engine, inbox: Channel, outbox: Channel,
+                 stream: Callable[[Engine, Iterator[np.ndarray]], Iterator] = infer_stream) -> None:
         self.engine, self.inbox, self.outbox = engine, inbox, outbox
+        #: the engine's outputs for a stream of batches: host arrays (``infer_stream``) or
+        #: device tensors (:func:`segbench.tiler.device.device_stream`)
+        self.stream = stream
         self.seconds = 0.0  # in the engine, waiting for the reader excluded
         self.idle = 0.0  # waiting for the reader
         self.batches = 0
 
     def run(self, after_batch: Callable[[], None]) -> None:
         pending: deque[list] = deque()  # each batch's entries, in plan order, until its output
-        outputs = infer_stream(self.engine, self._feed(pending))
+        outputs = self.stream(self.engine, self._feed(pending))
         try:
             while True:
                 t0, idle0 = time.perf_counter(), self.idle
@@ -157,8 +165,11 @@ class Writer:
     def __init__(self, outbox: Channel, stop: threading.Event, info: SceneInfo, spec: ModelSpec,
                  weights: tuple[dict[int, np.ndarray], dict[int, np.ndarray]],
                  out: str | os.PathLike[str], confidence: str | os.PathLike[str] | None,
-                 threads: int, probabilities: str | os.PathLike[str] | None = None) -> None:
+                 threads: int, probabilities: str | os.PathLike[str] | None = None,
+                 device: str | None = None) -> None:
         self.outbox, self.stop, self.info, self.spec = outbox, stop, info, spec
+        #: the torch device to blend on (outputs arrive there as tensors); None: on the host
+        self.device = device
         self.wy, self.wx = weights
         self.out, self.confidence, self.threads = Path(out), confidence, threads
         self.probabilities = probabilities
@@ -185,11 +196,21 @@ class Writer:
             self.abort()
             raise
 
+    def _accumulator(self):
+        info, spec = self.info, self.spec
+        if self.device is not None:
+            from segbench.tiler.device import DeviceAccumulator
+
+            return DeviceAccumulator(self.device, info.height, info.width, spec.num_classes, spec.tile,
+                                     LABEL_NODATA, confidence=bool(self.confidence),
+                                     probabilities=bool(self.probabilities))
+        return BandAccumulator(info.height, info.width, spec.num_classes, spec.tile,
+                               LABEL_NODATA, confidence=bool(self.confidence),
+                               labels=spec.output == "labels", threads=self.threads,
+                               probabilities=bool(self.probabilities))
+
     def _blend_and_write(self) -> None:
-        acc = BandAccumulator(self.info.height, self.info.width, self.spec.num_classes, self.spec.tile,
-                              LABEL_NODATA, confidence=bool(self.confidence),
-                              labels=self.spec.output == "labels", threads=self.threads,
-                              probabilities=bool(self.probabilities))
+        acc = self._accumulator()
         while (item := self.outbox.get()) is not DONE:
             for window, output, valid in item:
                 t0 = time.perf_counter()

@@ -1,0 +1,180 @@
+"""GPU engines alone and whole scenes through the device tiler, on an NVIDIA GPU.
+
+Two steps, because the GPU machine has no mmsegmentation:
+
+1. On a machine with the ``train`` extra, export the networks (untrained, 6
+   classes, tile 512; the ONNX graph and the ``torch.export`` program with
+   their specs)::
+
+       python benchmarks/bench_gpu.py prepare DIR
+
+2. On the GPU machine (segbench installed without extras, see the README's
+   GPU section), build every GPU engine that runs there and measure::
+
+       python benchmarks/bench_gpu.py measure DIR [--size 20000] [--out DIR/gpu.json]
+
+For SegFormer-B0 and DeepLabV3+-R50: each engine alone (tiles already on the
+GPU, ``infer_tensor``; engines without it take host tiles) at batch 1, 8 and
+32, tiles/s; then a SIZE^2 scene (a VRT repeating one synthetic block: no
+disk) through ``segment`` with the device tiler at batch 8 and 32, its tiles/s,
+the ratio scene / engine alone at the same batch (target >= 0.80), the stage
+breakdown, the process's peak GPU memory, and each engine's label agreement
+with torch-cuda-fp32 on the scene (target >= 99.5 % for fp16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+NETWORKS = ("segformer-b0", "deeplabv3plus-r50")
+TILE, OVERLAP, CLASSES = 512, 128, 6
+ENGINES = ("torch-cuda-fp32", "torch-fp16", "torch-bf16", "torch-compile-fp16",
+           "ort-cuda-fp32", "ort-cuda-fp16", "trt-fp32", "trt-fp16")
+ALONE_BATCHES = (1, 8, 32)
+SCENE_BATCHES = (8, 32)
+REFERENCE = "torch-cuda-fp32"
+
+
+def prepare(folder: Path) -> None:
+    from segbench.export.onnx import export_model
+    from segbench.train.models import untrained_checkpoint
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for network in NETWORKS:
+        onnx_path = folder / f"{network}.onnx"
+        if onnx_path.exists():
+            continue
+        checkpoint, _ = untrained_checkpoint(network, folder / f"{network}.pth", classes=CLASSES, tile=TILE)
+        export_model(checkpoint, onnx_path)
+        Path(checkpoint).unlink()  # the GPU machine needs the ONNX graph and the .pt2 program only
+        print(f"exported {onnx_path} and {onnx_path.with_suffix('.pt2')}")
+
+
+def engine_alone(engine, batch: int, seconds: float = 3.0) -> float:
+    """Tiles/s of the engine alone: random tiles already where the engine takes them."""
+    import torch
+
+    tiles = np.random.default_rng(0).uniform(0, 255, (batch, 3, TILE, TILE)).astype(np.float32)
+    if getattr(engine, "device_tensors", False):
+        x = torch.from_numpy(tiles).to(engine.device)
+
+        def run():
+            return engine.infer_tensor(x)
+    else:
+        def run():
+            return engine.infer(tiles)
+    for _ in range(3):  # warm-up: cuDNN's algorithm search, torch.compile
+        run()
+    torch.cuda.synchronize()
+    calls, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or calls < 5:
+        run()
+        calls += 1
+    torch.cuda.synchronize()
+    return calls * batch / (time.perf_counter() - t0)
+
+
+def measure(folder: Path, size: int, out: Path, engines: list[str]) -> dict:
+    import rasterio
+    import torch
+    from bench_cluster import repeating_vrt
+
+    from segbench.engines.registry import availability, build, load
+    from segbench.tiler import segment
+    from segbench.tiler.device import runs_on_device
+
+    scene = repeating_vrt(folder, size)
+    report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "size": size,
+              "tile": TILE, "overlap": OVERLAP, "networks": {}}
+    for network in NETWORKS:
+        onnx_path = folder / f"{network}.onnx"
+        rows = report["networks"][network] = {}
+        for name in engines:
+            reason = availability(name)
+            if reason:
+                rows[name] = {"unavailable": reason}
+                print(f"{network} {name}: {reason}")
+                continue
+            engine = load(build(onnx_path, name, folder))
+            row = rows[name] = {"engine_device_bytes": getattr(engine, "device_memory_bytes", None),
+                                "alone": {}, "scene": {}}
+            for batch in ALONE_BATCHES:
+                row["alone"][batch] = engine_alone(engine, batch)
+            for batch in SCENE_BATCHES:
+                torch.cuda.reset_peak_memory_stats()
+                labels = folder / f"{network}.{name}.b{batch}.tif"
+                result = segment(scene, engine, labels, overlap=OVERLAP, batch=batch)
+                tiles_s = (result.windows - result.skipped) / result.seconds
+                row["scene"][batch] = {
+                    "seconds": result.seconds, "tiles_per_s": tiles_s, "mp_per_s": result.megapixels_per_s,
+                    "ratio": tiles_s / row["alone"][batch], "on_device": runs_on_device(engine, None),
+                    "stages": vars(result.stages), "peak_gpu_bytes": torch.cuda.max_memory_allocated(),
+                    "labels": str(labels)}
+                print(f"{network} {name} batch {batch}: alone {row['alone'][batch]:.1f} tiles/s, scene "
+                      f"{tiles_s:.1f} tiles/s, ratio {tiles_s / row['alone'][batch]:.2f}", flush=True)
+            engine.close()
+            torch.cuda.empty_cache()
+        reference = rows.get(REFERENCE, {}).get("scene", {}).get(SCENE_BATCHES[0])
+        if reference:
+            with rasterio.open(reference["labels"]) as ds:
+                ref = ds.read(1)
+            for row in rows.values():
+                if "scene" not in row:
+                    continue
+                with rasterio.open(row["scene"][SCENE_BATCHES[0]]["labels"]) as ds:
+                    row["agreement"] = float((ds.read(1) == ref).mean())
+    out.write_text(json.dumps(report, indent=2))
+    print(table(report))
+    return report
+
+
+def table(report: dict) -> str:
+    lines = [f"{report['gpu']}, torch {report['torch']}, scene {report['size']}^2, tile {TILE}, "
+             f"overlap {OVERLAP}", "",
+             "| network | engine | alone b1 / b8 / b32 tiles/s | scene b8 / b32 tiles/s | ratio b8 / b32 "
+             "| read / infer / blend / write s (b32) | peak GPU MB | agreement |",
+             "|---|---|---|---|---|---|---|---|"]
+    for network, rows in report["networks"].items():
+        for name, row in rows.items():
+            if "unavailable" in row:
+                lines.append(f"| {network} | {name} | {row['unavailable']} | | | | | |")
+                continue
+            alone = " / ".join(f"{row['alone'][b]:.1f}" for b in ALONE_BATCHES)
+            scene = " / ".join(f"{row['scene'][b]['tiles_per_s']:.1f}" for b in SCENE_BATCHES)
+            ratio = " / ".join(f"{row['scene'][b]['ratio']:.2f}" for b in SCENE_BATCHES)
+            last = row["scene"][SCENE_BATCHES[-1]]
+            stages = " / ".join(f"{last['stages'][k]:.1f}" for k in ("read", "infer", "blend", "write"))
+            agree = f"{row['agreement']:.4%}" if "agreement" in row else ""
+            lines.append(f"| {network} | {name} | {alone} | {scene} | {ratio} | {stages} "
+                         f"| {last['peak_gpu_bytes'] / 2**20:.0f} | {agree} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="step", required=True)
+    p = sub.add_parser("prepare", help="export the networks (needs the train extra)")
+    p.add_argument("folder", type=Path)
+    m = sub.add_parser("measure", help="build and measure the GPU engines (needs a CUDA GPU)")
+    m.add_argument("folder", type=Path)
+    m.add_argument("--size", type=int, default=20_000, help="scene side in pixels (default 20,000)")
+    m.add_argument("--engines", default=",".join(ENGINES))
+    m.add_argument("--out", type=Path, default=None, help="report JSON (default FOLDER/gpu.json)")
+    args = parser.parse_args()
+    if args.step == "prepare":
+        prepare(args.folder)
+    else:
+        measure(args.folder, args.size, args.out or args.folder / "gpu.json", args.engines.split(","))
+
+
+if __name__ == "__main__":
+    main()
