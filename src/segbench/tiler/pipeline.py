@@ -158,7 +158,7 @@ def _check_gsd(info, spec: ModelSpec) -> None:
     if spec.gsd_m and info.gsd_m and abs(info.gsd_m / spec.gsd_m - 1) > GSD_TOLERANCE:
         warnings.warn(f"{info.path.name} has a ground sample distance of {info.gsd_m:.3g} m; the model "
                       f"was trained at {spec.gsd_m:.3g} m, so objects look {spec.gsd_m / info.gsd_m:.2g}x "
-                      "their trained size; resample the scene to the model's GSD for faithful labels.",
+                      "their trained size; --resample runs it at the model's GSD.",
                       stacklevel=3)
 
 

@@ -67,18 +67,23 @@ def segment_many(
     probabilities: bool = False,
     progress: bool = True,
     on_scene: Callable[[SegmentResult], None] | None = None,
+    resample: bool = False,
     **options,
 ) -> list[SegmentResult]:
     """Segment several scenes (files, folders, VRTs) into ``out`` (see :func:`scene_outputs`).
 
-    ``on_scene`` is called with each scene's result as soon as it is done.
+    ``on_scene`` is called with each scene's result as soon as it is done;
+    ``resample`` runs each scene at the model's GSD (:mod:`.resample`).
     """
+    from segbench.tiler.resample import segment_resampled
+
+    run = segment_resampled if resample else segment
     results = []
     for scene, dest in scene_outputs(paths, out):
         conf = dest.with_name(f"{dest.stem}.confidence.tif") if confidence else None
         probs = dest.with_name(f"{dest.stem}.probabilities.tif") if probabilities else None
-        results.append(segment(scene, engine, dest, confidence=conf, probabilities=probs, progress=progress,
-                               **options))
+        results.append(run(scene, engine, dest, confidence=conf, probabilities=probs, progress=progress,
+                           **options))
         if on_scene is not None:
             on_scene(results[-1])
     return results

@@ -180,13 +180,7 @@ class Writer:
         self.done = 0  # windows blended
 
     def _open(self) -> None:
-        spec, info = self.spec, self.info
-        self.writers.append(LabelWriter(self.out, info, classes=spec.classes, palette=spec.palette))
-        self.writers.append(LabelWriter(self.confidence, info, nodata=0, description="confidence",
-                                        resampling="average") if self.confidence else None)
-        self.writers.append(LabelWriter(self.probabilities, info, nodata=LABEL_NODATA,
-                                        descriptions=spec.classes, resampling="average")
-                            if self.probabilities else None)
+        open_outputs(self.writers, self.info, self.spec, self.out, self.confidence, self.probabilities)
 
     def run(self) -> None:
         try:
@@ -249,6 +243,19 @@ class Writer:
         """Remove everything written (repeatable); from this stage's thread, or once it has ended."""
         for writer in filter(None, self.writers):
             writer.abort()
+
+
+def open_outputs(writers: list, info: SceneInfo, spec: ModelSpec, out, confidence=None,
+                 probabilities=None) -> list[LabelWriter | None]:
+    """Append to ``writers`` the label, confidence and probability writers (None: not asked for),
+    in the order of the bands a flush returns; appended one by one, so that an error opening one
+    leaves those already open in ``writers`` to abort."""
+    writers.append(LabelWriter(out, info, classes=spec.classes, palette=spec.palette))
+    writers.append(LabelWriter(confidence, info, nodata=0, description="confidence",
+                               resampling="average") if confidence else None)
+    writers.append(LabelWriter(probabilities, info, nodata=LABEL_NODATA, descriptions=spec.classes,
+                               resampling="average") if probabilities else None)
+    return writers
 
 
 class StageThread(threading.Thread):
