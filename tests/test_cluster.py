@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,11 +49,12 @@ def _labels(path: Path) -> np.ndarray:
         return ds.read(1)
 
 
-def _whole(engine_path: Path, scene: Path, out: Path, blend: str = "cosine") -> np.ndarray:
+def _whole(engine_path: Path, scene: Path, out: Path, blend: str = "cosine",
+           overlap: int = OVERLAP) -> np.ndarray:
     from segbench.engines.registry import load
 
     with load(engine_path) as engine:
-        segment(scene, engine, out, overlap=OVERLAP, blend=blend, batch=1)
+        segment(scene, engine, out, overlap=overlap, blend=blend, batch=1)
     return _labels(out)
 
 
@@ -166,6 +169,169 @@ def test_a_failing_chunk_stops_the_job_and_leaves_nothing(client, engine64, tmp_
     assert list(out.iterdir()) == []
 
 
+def _metadata(path: Path) -> tuple:
+    with rasterio.open(path) as ds:
+        return ds.profile, ds.tags(), ds.tags(1), ds.descriptions, ds.colormap(1), ds.overviews(1)
+
+
+def test_chunk_files_give_the_whole_scene_labels_and_are_removed(client, engine64, tmp_path):
+    from segbench.cluster import segment_on_cluster
+
+    scene = _scene(tmp_path / "scene.tif", 700, 600, border=50)
+    want = _whole(engine64, scene, tmp_path / "whole.tif")
+    out, chunks = tmp_path / "out", tmp_path / "shared" / "chunks"  # made when missing
+    out.mkdir()
+    written = []
+    (result,) = segment_on_cluster(client, [scene], engine64, out / "files.tif", chunk=256, overlap=OVERLAP,
+                                   batch=2, progress=False, chunk_files=chunks,
+                                   on_chunk=lambda done, total: written.extend(chunks.rglob("r*-c*.tif")))
+    assert written  # the workers wrote chunk files, and the client finished from them
+    np.testing.assert_array_equal(_labels(Path(result.output)), want)
+    assert list(chunks.iterdir()) == []
+    (through_client,) = segment_on_cluster(client, [scene], engine64, out / "labels.tif", chunk=256,
+                                           overlap=OVERLAP, batch=2, progress=False)
+    assert _metadata(Path(result.output)) == _metadata(Path(through_client.output))  # the same COG
+    assert sorted(p.name for p in out.iterdir()) == ["files.tif", "labels.tif"]
+
+
+class _Interrupt:
+    """``on_chunk`` that presses Ctrl-C after ``after`` chunks, and counts the chunks written."""
+
+    def __init__(self, after: int | None = None) -> None:
+        self.after, self.seen = after, []
+
+    def __call__(self, done: int, total: int) -> None:
+        self.seen.append(done)
+        if len(self.seen) == self.after:
+            raise KeyboardInterrupt
+
+
+def test_a_named_stage_is_flushed_kept_and_reopened(tmp_path):
+    from segbench.raster import LabelWriter, read_all, scene_info
+
+    scene = _scene(tmp_path / "scene.tif", 600, 520)
+    with rasterio.open(scene) as ds:
+        info = scene_info(ds)
+    dest, stage = tmp_path / "labels.tif", tmp_path / ".labels.tif.resume.tif"
+    want = np.random.default_rng(0).integers(0, 6, (600, 520), dtype=np.uint8)
+    writer = LabelWriter(dest, info, classes=["a", "b"], palette=[(1, 2, 3), (4, 5, 6)], stage=stage)
+    writer.write_rows(256, want[256:512, :256], 0)
+    writer.flush()  # on disk for another reader, before the manifest may list it
+    np.testing.assert_array_equal(read_all(stage)[0, 256:512, :256], want[256:512, :256])
+    writer.write_rows(0, want[:256], 0)
+    writer.suspend()
+    assert stage.exists() and not dest.exists()
+    writer = LabelWriter(dest, info, stage=stage, resume=True)
+    writer.write_rows(256, want[256:, 256:], 256)
+    writer.write_rows(512, want[512:, :256], 0)
+    writer.close()
+    np.testing.assert_array_equal(_labels(dest), want)
+    with rasterio.open(dest) as ds:
+        assert ds.colormap(1)[1] == (4, 5, 6, 255) and ds.tags(1)["classes"] == '["a", "b"]'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif", "scene.tif"]
+
+
+@pytest.mark.parametrize("mode", ["staged", "chunk files"])
+def test_an_interrupted_client_resumes_with_the_chunks_not_finished(client, engine64, tmp_path, capsys, mode,
+                                                                    monkeypatch):
+    from segbench.cluster import resume, segment_on_cluster
+
+    monkeypatch.setattr(resume, "SAVE_EVERY_S", 0.0)  # flush and save after every chunk
+    scene = _scene(tmp_path / "scene.tif", 900, 700, border=60)
+    want = _whole(engine64, scene, tmp_path / "whole.tif")
+    total = len(plan_chunks(900, 700, 256))
+    out = tmp_path / "out"
+    out.mkdir()
+    chunk_files = tmp_path / "chunks" if mode == "chunk files" else None
+    run = dict(chunk=256, overlap=OVERLAP, batch=2, progress=False, chunk_files=chunk_files)
+    with pytest.raises(KeyboardInterrupt):
+        segment_on_cluster(client, [scene], engine64, out / "labels.tif", on_chunk=_Interrupt(5), **run)
+    kept = sorted(p.name for p in out.iterdir())
+    manifest = json.loads((out / ".labels.tif.resume.json").read_text())
+    if chunk_files is None:
+        assert kept == [".labels.tif.resume.json", ".labels.tif.resume.tif"]  # nothing under the output name
+        assert len(manifest["finished"]) == 5
+    else:
+        assert kept == [".labels.tif.resume.json"]
+        (folder,) = chunk_files.iterdir()
+        assert manifest["key"]["chunk_files"] == str(folder) and len(list(folder.glob("r*-c*.tif"))) >= 5
+    assert "chunks kept in" in capsys.readouterr().err
+
+    again = _Interrupt()
+    (result,) = segment_on_cluster(client, [scene], engine64, out / "labels.tif", on_chunk=again, **run)
+    resumed = re.search(r"resuming labels.tif: (\d+) of (\d+) chunks", capsys.readouterr().err)
+    finished = int(resumed.group(1))
+    assert int(resumed.group(2)) == total and (finished == 5 if chunk_files is None else finished >= 5)
+    assert again.seen == list(range(finished + 1, total + 1))  # only the others were submitted
+    np.testing.assert_array_equal(_labels(Path(result.output)), want)
+    assert sorted(p.name for p in out.iterdir()) == ["labels.tif"]
+    if chunk_files is not None:
+        assert list(chunk_files.iterdir()) == []
+
+
+def test_what_an_interrupted_run_of_other_settings_left_is_not_reused(client, engine64, tmp_path, capsys):
+    from segbench.cluster import segment_on_cluster
+
+    scene = _scene(tmp_path / "scene.tif", 600, 600, border=30)
+    dest = tmp_path / "labels.tif"
+    with pytest.raises(KeyboardInterrupt):
+        segment_on_cluster(client, [scene], engine64, dest, chunk=256, overlap=OVERLAP, progress=False,
+                           on_chunk=_Interrupt(2))
+    assert (tmp_path / ".labels.tif.resume.tif").exists()
+    capsys.readouterr()
+    again = _Interrupt()
+    (result,) = segment_on_cluster(client, [scene], engine64, dest, chunk=256, overlap=2 * OVERLAP,
+                                   progress=False, on_chunk=again)
+    assert capsys.readouterr().err == ("segbench: starting labels.tif afresh: the interrupted run left "
+                                       "beside it had another window stride (--overlap).\n")
+    assert again.seen == list(range(1, len(plan_chunks(600, 600, 256)) + 1))
+    np.testing.assert_array_equal(_labels(dest), _whole(engine64, scene, tmp_path / "whole.tif",
+                                                        overlap=2 * OVERLAP))
+    assert not list(tmp_path.glob(".labels.tif*"))
+
+
+def test_an_output_another_live_run_is_writing_is_refused(client, engine64, tmp_path):
+    import socket
+
+    from segbench.cluster import segment_on_cluster
+    from segbench.errors import OutputError
+
+    scene = _scene(tmp_path / "scene.tif", 300, 300)
+    manifest = tmp_path / ".labels.tif.resume.json"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        manifest.write_text(json.dumps({"key": {}, "client": {"host": socket.gethostname(),
+                                                              "pid": sleeper.pid}}))
+        with pytest.raises(OutputError, match=rf"Another segbench process \({sleeper.pid}\) is writing "
+                                              rf".*labels.tif; wait for it to finish or stop it"):
+            segment_on_cluster(client, [scene], engine64, tmp_path / "labels.tif", chunk=256, progress=False)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert manifest.exists() and not (tmp_path / "labels.tif").exists()  # its files left alone
+
+
+def test_chunk_files_on_the_command_line(engine64, tmp_path):
+    pytest.importorskip("distributed")
+    scene = _scene(tmp_path / "scene.tif", 400, 300, border=20)
+    (tmp_path / "a-file").write_text("")
+    cmd = [str(SEGBENCH), "segment", str(scene), "--engine", str(engine64), "-o",
+           str(tmp_path / "labels.tif"), "--batch", "2", "--overlap", str(OVERLAP), "--workers", "1",
+           "--chunk", "256", "--chunk-files"]
+    done = subprocess.run([*cmd, str(tmp_path / "a-file" / "chunks")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (f"segbench: error: Cannot write chunk files to {tmp_path / 'a-file' / 'chunks'} "
+                           "(Not a directory); give --chunk-files a writable folder on storage that every "
+                           "worker and this client share.\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "scene.tif"]
+    done = subprocess.run([*cmd, str(tmp_path / "chunks")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(_labels(tmp_path / "labels.tif"),
+                                  _whole(engine64, scene, tmp_path / "whole.tif"))
+    assert list((tmp_path / "chunks").iterdir()) == []
+
+
 def test_workers_that_cannot_read_the_engine_or_run_another_version(client, engine64, tmp_path,
                                                                      monkeypatch):
     import socket
@@ -245,9 +411,10 @@ def test_chunks_go_to_workers_that_offer_the_resource(engine64, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--chunk", "512"], "--chunk applies with --workers or --scheduler only."),
+    (["--chunk", "512"], "--chunk and --chunk-files apply with --workers or --scheduler only."),
+    (["--chunk-files", "chunks"], "--chunk and --chunk-files apply with --workers or --scheduler only."),
     (["--workers", "2", "--confidence"],
-     "--confidence and --probabilities are not available with --workers or --scheduler yet."),
+     "--confidence, --probabilities and --resample are not available with --workers or --scheduler yet."),
 ])
 def test_options_that_do_not_go_together_fail_before_any_work(engine64, tmp_path, extra, message):
     from segbench.engines.batchsize import sidecar

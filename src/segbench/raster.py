@@ -320,6 +320,11 @@ class LabelWriter:
     adds overviews, copies it to a Cloud-Optimized GeoTIFF (also under a
     temporary name) and renames that onto the destination. :meth:`abort`
     (or leaving a ``with`` block on an exception) removes every temporary file.
+
+    ``stage`` names the staged GeoTIFF instead of a per-process temporary one,
+    for a run that can be resumed: :meth:`flush` puts what was written on
+    disk, :meth:`suspend` closes it and keeps it, ``resume=True`` reopens it
+    for update, and :meth:`close` interrupted (Ctrl-C) keeps it too.
     """
 
     def __init__(
@@ -333,13 +338,22 @@ class LabelWriter:
         resampling: str = "nearest",
         description: str = "labels",
         descriptions: Sequence[str] | None = None,
+        stage: str | os.PathLike[str] | None = None,
+        resume: bool = False,
     ) -> None:
         self.dest = Path(dest)
         parent = check_output_folder(self.dest)
         remove_stale_temporaries(self.dest)
         self.resampling = resampling
-        self._stage = parent / f".{self.dest.name}.stage-{os.getpid()}.tif"
+        self._kept = stage is not None  # a named stage outlives an interrupted run
+        self._stage = Path(stage or parent / f".{self.dest.name}.stage-{os.getpid()}.tif")
         self._final_tmp = parent / f".{self.dest.name}.part-{os.getpid()}"
+        if resume:
+            try:
+                self._ds = _open_update(self._stage)
+            except (*GDAL_ERRORS, OSError) as exc:
+                raise OutputError(f"Could not reopen {self._stage}: {_first_line(exc)}.") from exc
+            return
         profile = dict(
             driver="GTiff",
             width=info.width,
@@ -355,19 +369,14 @@ class LabelWriter:
             # The staging file is temporary: left uncompressed, the COG copy compresses once.
             BIGTIFF="YES" if info.width * info.height > 2**31 else "NO",
         )
+        if self._kept:  # blocks not written yet take no space (flushed early, and reopened)
+            profile["SPARSE_OK"] = True
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self._ds = rasterio.open(self._stage, "w", **profile)
-            if palette:
-                cmap = {i: tuple(c) for i, c in enumerate(palette)}
-                cmap[nodata] = (0, 0, 0)
-                self._ds.write_colormap(1, cmap)
-            if classes:
-                self._ds.update_tags(classes=json.dumps(list(classes)))
-                self._ds.update_tags(1, classes=json.dumps(list(classes)))
-            for band, text in enumerate(descriptions or [description], start=1):
-                self._ds.set_band_description(band, text)
+            describe_labels(self._ds, nodata=nodata, classes=classes, palette=palette,
+                            descriptions=descriptions or [description])
         except (*GDAL_ERRORS, OSError) as exc:
             remove_quietly(self._stage)
             raise OutputError(f"Could not create {self.dest}: {_first_line(exc)}.") from exc
@@ -392,18 +401,7 @@ class LabelWriter:
         """Finish: overviews, COG copy, atomic rename. Returns the destination."""
         try:
             self._ds.close()
-            rasterio.shutil.copy(
-                self._stage,
-                self._final_tmp,
-                driver="COG",
-                # LZW: as small as DEFLATE on label maps (+2% at 20,000^2), twice as fast to
-                # write (2.3 s against 4.2 s at 20,000^2), and read by every GeoTIFF reader.
-                COMPRESS="LZW",
-                BLOCKSIZE=LABEL_BLOCK,
-                OVERVIEW_RESAMPLING=self.resampling.upper(),
-                BIGTIFF="IF_SAFER",
-                NUM_THREADS="ALL_CPUS",  # the scene's last step: nothing else is running
-            )
+            _copy_cog(self._stage, self._final_tmp, self.resampling)
             os.replace(self._final_tmp, self.dest)
         except OSError as exc:
             self.abort()
@@ -411,9 +409,29 @@ class LabelWriter:
         except GDAL_ERRORS as exc:
             self.abort()
             raise OutputError(f"Could not finish {self.dest}: {_first_line(exc)}.") from exc
-        finally:
-            remove_quietly(self._stage)
+        except BaseException:  # interrupted: a named stage stays for the run that resumes it
+            if self._kept:
+                remove_quietly(self._final_tmp)
+            else:
+                remove_quietly(self._stage)
+            raise
+        remove_quietly(self._stage)
         return self.dest
+
+    def flush(self) -> None:
+        """Put every row written so far in the staged file on disk (closed, and reopened for update)."""
+        try:
+            self._ds.close()
+            self._ds = _open_update(self._stage)
+        except (*GDAL_ERRORS, OSError) as exc:
+            self.abort()
+            raise OutputError(f"Could not write {self.dest}: {_first_line(exc)}.") from exc
+
+    def suspend(self) -> None:
+        """Close the staged file and keep it, for a later ``LabelWriter(..., stage=, resume=True)``."""
+        with contextlib.suppress(Exception):
+            self._ds.close()
+        remove_quietly(self._final_tmp)
 
     def abort(self) -> None:
         """Drop everything written so far; the destination is left untouched."""
@@ -430,6 +448,106 @@ class LabelWriter:
             self.close()
         else:
             self.abort()
+
+
+def describe_labels(ds, *, nodata: int = LABEL_NODATA, classes: Sequence[str] | None = None,
+                    palette: Sequence[tuple[int, int, int]] | None = None,
+                    descriptions: Sequence[str] = ("labels",)) -> None:
+    """Give a label raster open for writing its colour table, class names and band descriptions."""
+    if palette:
+        cmap = {i: tuple(c) for i, c in enumerate(palette)}
+        cmap[nodata] = (0, 0, 0)
+        ds.write_colormap(1, cmap)
+    if classes:
+        ds.update_tags(classes=json.dumps(list(classes)))
+        ds.update_tags(1, classes=json.dumps(list(classes)))
+    for band, text in enumerate(descriptions, start=1):
+        ds.set_band_description(band, text)
+
+
+def write_label_mosaic(
+    dest: str | os.PathLike[str],
+    info: SceneInfo,
+    parts: Sequence[tuple[str | os.PathLike[str], int, int, int, int]],
+    *,
+    nodata: int = LABEL_NODATA,
+    classes: Sequence[str] | None = None,
+    palette: Sequence[tuple[int, int, int]] | None = None,
+    description: str = "labels",
+    resampling: str = "nearest",
+) -> Path:
+    """Finish ``dest`` as :meth:`LabelWriter.close` does, from one-band uint8 GeoTIFFs that tile the
+    scene: ``parts`` are ``(path, row, col, height, width)`` in scene pixels, tiled in
+    ``LABEL_BLOCK`` blocks. A VRT mosaics them, so the COG copy streams: the scene is never
+    in memory. Same colour table, class names and nodata as a :class:`LabelWriter`'s output.
+    """
+    dest = Path(dest)
+    parent = check_output_folder(dest)
+    remove_stale_temporaries(dest)
+    vrt = parent / f".{dest.name}.part-{os.getpid()}.vrt"
+    final_tmp = parent / f".{dest.name}.part-{os.getpid()}"
+    try:
+        vrt.write_text(_mosaic_vrt(info, parts, nodata))
+        with _open_update(vrt) as ds:
+            describe_labels(ds, nodata=nodata, classes=classes, palette=palette, descriptions=[description])
+        _copy_cog(vrt, final_tmp, resampling)
+        os.replace(final_tmp, dest)
+    except OSError as exc:
+        remove_quietly(final_tmp)
+        raise OutputError(describe_os_error(exc, dest)) from exc
+    except GDAL_ERRORS as exc:
+        remove_quietly(final_tmp)
+        raise OutputError(f"Could not finish {dest}: {_first_line(exc)}.") from exc
+    except BaseException:
+        remove_quietly(final_tmp)
+        raise
+    finally:
+        remove_quietly(vrt)
+    return dest
+
+
+def _mosaic_vrt(info: SceneInfo, parts, nodata: int) -> str:
+    """The XML of a one-band Byte VRT placing each part at its offset (absolute source paths)."""
+    from xml.etree import ElementTree as ET
+
+    root = ET.Element("VRTDataset", rasterXSize=str(info.width), rasterYSize=str(info.height))
+    if info.crs is not None:
+        ET.SubElement(root, "SRS").text = info.crs.to_wkt()
+    if info.transform is not None and not info.transform.is_identity:
+        ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in info.transform.to_gdal())
+    band = ET.SubElement(root, "VRTRasterBand", dataType="Byte", band="1")
+    ET.SubElement(band, "NoDataValue").text = str(nodata)
+    for path, row, col, height, width in parts:
+        source = ET.SubElement(band, "SimpleSource")
+        ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = str(Path(path).absolute())
+        ET.SubElement(source, "SourceBand").text = "1"
+        ET.SubElement(source, "SourceProperties", RasterXSize=str(width), RasterYSize=str(height),
+                      DataType="Byte", BlockXSize=str(LABEL_BLOCK), BlockYSize=str(LABEL_BLOCK))
+        ET.SubElement(source, "SrcRect", xOff="0", yOff="0", xSize=str(width), ySize=str(height))
+        ET.SubElement(source, "DstRect", xOff=str(col), yOff=str(row), xSize=str(width), ySize=str(height))
+    return ET.tostring(root, encoding="unicode")
+
+
+def _open_update(path: Path) -> rasterio.io.DatasetWriter:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path, "r+")
+
+
+def _copy_cog(src: Path, dst: Path, resampling: str) -> None:
+    """Copy a label raster to a Cloud-Optimized GeoTIFF with overviews."""
+    rasterio.shutil.copy(
+        src,
+        dst,
+        driver="COG",
+        # LZW: as small as DEFLATE on label maps (+2% at 20,000^2), twice as fast to
+        # write (2.3 s against 4.2 s at 20,000^2), and read by every GeoTIFF reader.
+        COMPRESS="LZW",
+        BLOCKSIZE=LABEL_BLOCK,
+        OVERVIEW_RESAMPLING=resampling.upper(),
+        BIGTIFF="IF_SAFER",
+        NUM_THREADS="ALL_CPUS",  # the scene's last step: nothing else is running
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,6 +1,7 @@
 """Scenes in chunks on dask.distributed (the 'cluster' extra): see :mod:`segbench.cluster.segment`."""
 
 from segbench.cluster.segment import (
+    check_chunk_files,
     check_resources,
     check_workers,
     dask_client,
@@ -8,4 +9,5 @@ from segbench.cluster.segment import (
     worker_peaks,
 )
 
-__all__ = ["check_resources", "check_workers", "dask_client", "segment_on_cluster", "worker_peaks"]
+__all__ = ["check_chunk_files", "check_resources", "check_workers", "dask_client", "segment_on_cluster",
+           "worker_peaks"]

@@ -4,9 +4,14 @@ The client plans each scene's chunks (:mod:`segbench.tiler.chunks`), keeps a
 bounded number in flight (twice the workers: backpressure, so finished
 chunks never pile up in the client), and writes each chunk's uint8 labels
 with the same :class:`~segbench.raster.LabelWriter` as one process, finishing
-the same COG under a temporary name. Dask re-runs the chunks of a worker that
+the same COG under a temporary name. With ``chunk_files`` (for outputs too
+large to pass through the client) each worker writes its chunk to a GeoTIFF
+of its own on shared storage and returns only the path; the client finishes
+the same COG from a VRT of them. Dask re-runs the chunks of a worker that
 dies on another one; a chunk that fails stops the job with one sentence
 naming the scene and the chunk, and nothing is left under the output name.
+An interrupted client (Ctrl-C, SIGTERM) keeps the finished chunks, and the
+same command run again submits only the others (:mod:`segbench.cluster.resume`).
 """
 
 from __future__ import annotations
@@ -22,11 +27,26 @@ from pathlib import Path
 import rasterio
 
 from segbench import __version__
-from segbench.cluster.worker import describe_worker, segment_chunk_task
-from segbench.errors import InputError, SegbenchError, first_line
+from segbench.cluster.resume import RunState, chunk_folder, chunk_path, note, run_key, staged_path
+from segbench.cluster.worker import (
+    describe_worker,
+    segment_chunk_file_task,
+    segment_chunk_task,
+    writable_folder,
+)
+from segbench.errors import InputError, OutputError, SegbenchError, first_line
 from segbench.extras import require
 from segbench.peak import peak_rss_bytes
-from segbench.raster import AreaOfInterest, LabelWriter, check_bands, is_url, open_raster, scene_info
+from segbench.raster import (
+    AreaOfInterest,
+    LabelWriter,
+    SceneInfo,
+    check_bands,
+    is_url,
+    open_raster,
+    scene_info,
+    write_label_mosaic,
+)
 from segbench.spec import ModelSpec
 from segbench.tiler.chunks import CHUNK, plan_chunks
 from segbench.tiler.pipeline import SegmentResult, StageTimes
@@ -64,8 +84,11 @@ def dask_client(workers: int | None = None, scheduler: str | None = None,
         return
     if not workers or workers < 1:
         raise InputError("--workers must be at least 1.")
+    # No dashboard; the scheduler's HTTP server (health, metrics) on a free local port: on 8787, its
+    # default even without a dashboard, it warns when another cluster of this machine holds the port.
     with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=logging.CRITICAL) as cluster, \
+                                  dashboard_address=None, silence_logs=logging.CRITICAL,
+                                  scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, \
             distributed.Client(cluster) as client:
         yield client
 
@@ -105,6 +128,23 @@ def check_resources(client, resources: dict[str, float] | None) -> None:
                          f"'dask worker ADDRESS --nthreads 1 --resources {wanted}'.")
 
 
+def check_chunk_files(client, folder: str | os.PathLike[str]) -> Path:
+    """The ``--chunk-files`` folder (made if missing), absolute; one sentence unless this client and
+    every worker can write to it."""
+    folder = Path(folder).absolute()
+    advice = "give --chunk-files a writable folder on storage that every worker and this client share"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"Cannot write chunk files to {folder} ({exc.strerror or exc}); {advice}.") from exc
+    if not writable_folder(str(folder)):
+        raise OutputError(f"Cannot write chunk files to {folder} (permission denied); {advice}.")
+    for address, ok in sorted(client.run(writable_folder, str(folder)).items()):
+        if not ok:
+            raise OutputError(f"The Dask worker at {address} cannot write chunk files to {folder}; {advice}.")
+    return folder
+
+
 def worker_peaks(client) -> dict[str, int]:
     """Each worker process's resident-memory high-water mark (bytes), by address."""
     return client.run(peak_rss_bytes)
@@ -116,7 +156,8 @@ def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifac
                        nodata: float | None = None, aoi: AreaOfInterest | None = None,
                        resources: dict[str, float] | None = None, progress: bool = True,
                        on_chunk: Callable[[int, int], None] | None = None,
-                       on_scene: Callable[[SegmentResult], None] | None = None) -> list[SegmentResult]:
+                       on_scene: Callable[[SegmentResult], None] | None = None,
+                       chunk_files: str | os.PathLike[str] | None = None) -> list[SegmentResult]:
     """Segment ``scenes`` (files, folders, VRTs) in chunks on ``client``'s workers.
 
     ``out`` as for :func:`segbench.tiler.segment_many`: the label file for one
@@ -124,8 +165,14 @@ def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifac
     equal one process's run whenever the engine gives the same logits for the
     same window (:mod:`segbench.tiler.chunks`). ``resources`` (e.g. ``{"GPU": 1}``)
     is what each chunk's task asks of its worker. ``on_chunk(done, total)`` is
-    called after each chunk of a scene is written, ``on_scene`` with each
-    scene's result.
+    called after each chunk of a scene is written (``done`` counts the chunks
+    an interrupted run finished), ``on_scene`` with each scene's result.
+    ``chunk_files``: a folder every worker and this client share, where the
+    workers write the chunks' labels (see :func:`check_chunk_files`).
+
+    Interrupted (KeyboardInterrupt), the run keeps the finished chunks beside
+    the output, and the same call resumes from them
+    (:mod:`segbench.cluster.resume`).
     """
     artifact = Path(artifact).resolve()
     spec = ModelSpec.load(artifact)
@@ -135,11 +182,12 @@ def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifac
     files = [artifact, *sidecars, *(s for s, _ in outputs if not is_url(s))]  # URLs: read by each worker
     threads = check_workers(client, [str(p) for p in files])
     check_resources(client, resources)
+    folder = check_chunk_files(client, chunk_files) if chunk_files is not None else None
     results = []
     for scene, dest in outputs:
         with rasterio.Env(GDAL_CACHEMAX=CLIENT_CACHE_BYTES):
             results.append(_one_scene(client, threads, scene, artifact, spec, dest, chunk, overlap, stride,
-                                      blend, batch, nodata, aoi, resources, progress, on_chunk))
+                                      blend, batch, nodata, aoi, resources, progress, on_chunk, folder))
         if on_scene is not None:
             on_scene(results[-1])
     return results
@@ -147,7 +195,7 @@ def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifac
 
 def _one_scene(client, threads: dict[str, int], scene: Path | str, artifact: Path, spec: ModelSpec,
                dest: Path, chunk: int, overlap, stride, blend: str, batch: int, nodata, aoi, resources,
-               progress: bool, on_chunk) -> SegmentResult:
+               progress: bool, on_chunk, chunk_files: Path | None) -> SegmentResult:
     from distributed import as_completed
 
     with open_raster(scene) as ds:
@@ -157,7 +205,22 @@ def _one_scene(client, threads: dict[str, int], scene: Path | str, artifact: Pat
     step = stride_for(spec.tile, overlap, stride, default=spec.stride)
     chunks = plan_chunks(info.height, info.width, chunk)
     windows = len(axis_starts(info.height, spec.tile, step)) * len(axis_starts(info.width, spec.tile, step))
-    todo = iter(chunks)
+    folder = chunk_folder(chunk_files, dest) if chunk_files is not None else None
+    key = run_key(scene, artifact, spec, info, chunk=chunk, stride=step, blend=blend, batch=batch,
+                  nodata=nodata, aoi=area, folder=folder)
+    state = RunState.start(dest, key, chunks)
+    writer = _staged_writer(dest, info, spec, state) if folder is None else None
+    try:
+        state.begin()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        state.discard()
+        raise
+    if state.finished:
+        note(f"resuming {dest.name}: {len(state.finished)} of {len(chunks)} chunks were finished by an "
+             "interrupted run.")
+    todo = iter([c for c in chunks if (c.row, c.col) not in state.finished])
     running = as_completed()
     where = {}  # future -> its chunk
     in_flight = 2 * sum(client.nthreads().values())  # twice the tasks the workers run at once
@@ -166,20 +229,26 @@ def _one_scene(client, threads: dict[str, int], scene: Path | str, artifact: Pat
         c = next(todo, None)
         if c is None:
             return False
-        future = client.submit(segment_chunk_task, str(artifact), str(scene), c, step, blend, batch, nodata,
-                               threads, area, resources=resources, pure=False)
+        args = (str(artifact), str(scene), c, step, blend, batch, nodata, threads, area)
+        if folder is None:
+            future = client.submit(segment_chunk_task, *args, resources=resources, pure=False)
+        else:
+            future = client.submit(segment_chunk_file_task, *args, str(chunk_path(folder, c)), info.crs,
+                                   info.transform, resources=resources, pure=False)
         where[future] = c
         running.add(future)
         return True
 
     name = info.path.name
+    done = len(state.finished)
     bar = Progress(len(chunks), info, enabled=progress)
+    if done:
+        bar.update(done)  # rich leaves a first jump out of the rate
     start = time.perf_counter()
-    writer = LabelWriter(dest, info, classes=spec.classes, palette=spec.palette)
+    complete = False
     try:
         for _ in range(in_flight):
             submit()
-        done = 0
         for future in running:
             c = where.pop(future)
             try:
@@ -189,17 +258,43 @@ def _one_scene(client, threads: dict[str, int], scene: Path | str, artifact: Pat
             except Exception as exc:
                 raise InputError(f"Chunk {c} of {name} failed: {type(exc).__name__}: "
                                  f"{first_line(exc)}.") from exc
-            writer.write_rows(c.row, labels, c.col)
+            if writer is not None:
+                writer.write_rows(c.row, labels, c.col)
+            state.finished.add((c.row, c.col))
             done += 1
             bar.update(done)
             if on_chunk is not None:
                 on_chunk(done, len(chunks))
+            if writer is not None and state.due():
+                writer.flush()  # the chunks listed are on disk before the manifest lists them
+                state.save()
             submit()
-        writer.close()
+        if writer is not None:
+            writer.close()
+        else:
+            write_label_mosaic(dest, info, [(chunk_path(folder, c), c.row, c.col, c.height, c.width)
+                                            for c in chunks], classes=spec.classes, palette=spec.palette)
+        complete = True
+        state.finish()
+    except KeyboardInterrupt:
+        for future in where:
+            future.cancel()
+        if complete:
+            state.finish()
+            raise
+        if writer is not None:
+            writer.suspend()
+        state.save()
+        bar.close()
+        note(f"{dest.name}: {len(state.finished)} of {len(chunks)} chunks kept in {state.where()}; run the "
+             "same command again to resume.")
+        raise
     except BaseException:
         for future in where:
             future.cancel()
-        writer.abort()
+        if writer is not None:
+            writer.abort()
+        state.discard()
         raise
     finally:
         bar.close()
@@ -207,3 +302,19 @@ def _one_scene(client, threads: dict[str, int], scene: Path | str, artifact: Pat
     return SegmentResult(scene=str(scene), output=str(dest), confidence=None, width=info.width,
                          height=info.height, windows=windows, skipped=0, batches=0, seconds=seconds,
                          stages=StageTimes(), peak_rss_bytes=peak_rss_bytes())
+
+
+def _staged_writer(dest: Path, info: SceneInfo, spec: ModelSpec, state: RunState) -> LabelWriter:
+    """The label writer of ``dest``, on the staged raster an interrupted run left when there is one."""
+    options = dict(classes=spec.classes, palette=spec.palette, stage=staged_path(dest))
+    if state.finished:
+        try:
+            return LabelWriter(dest, info, resume=True, **options)
+        except OutputError as exc:
+            note(f"starting {dest.name} afresh: {exc}")
+            state.finished.clear()
+    try:
+        return LabelWriter(dest, info, **options)
+    except BaseException:
+        state.discard()
+        raise

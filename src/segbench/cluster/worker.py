@@ -55,6 +55,50 @@ def segment_chunk_task(artifact: str, scene: str, chunk, step: int, blend: str, 
     raise failure[0](failure[1])
 
 
+def segment_chunk_file_task(artifact: str, scene: str, chunk, step: int, blend: str, batch: int,
+                            nodata: float | None, threads_by_host: dict[str, int], aoi: dict | None,
+                            dest: str, crs, transform) -> str:
+    """One chunk's labels written to ``dest`` (a GeoTIFF, georeferenced from the scene's ``crs`` and
+    ``transform``, renamed into place when complete), for outputs too large to pass through the
+    client; returns ``dest``."""
+    from segbench.errors import OutputError, SegbenchError, first_line
+
+    labels = segment_chunk_task(artifact, scene, chunk, step, blend, batch, nodata, threads_by_host, aoi)
+    try:
+        write_chunk_file(dest, labels, chunk, crs, transform)
+        return dest
+    except Exception as exc:  # OSError, GDAL's, or atomic_output's sentence
+        failure = exc if isinstance(exc, SegbenchError) else f"Could not write {dest}: {first_line(exc)}."
+    raise OutputError(str(failure))  # outside the handler: see segment_chunk_task
+
+
+def write_chunk_file(dest: str | os.PathLike[str], labels: np.ndarray, chunk, crs, transform) -> None:
+    """``labels`` of ``chunk`` as a one-band GeoTIFF in label blocks; a file under ``dest`` is complete."""
+    import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
+
+    from segbench.files import atomic_output
+    from segbench.raster import LABEL_BLOCK, LABEL_NODATA
+
+    with atomic_output(dest) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(tmp, "w", driver="GTiff", width=chunk.width, height=chunk.height, count=1,
+                           dtype="uint8", crs=crs, nodata=LABEL_NODATA, compress="lzw", tiled=True,
+                           transform=window_transform(Window(chunk.col, chunk.row, chunk.width, chunk.height),
+                                                      transform),
+                           blockxsize=LABEL_BLOCK, blockysize=LABEL_BLOCK) as ds:
+            ds.write(labels, 1)
+
+
+def writable_folder(path: str) -> bool:
+    """True when this worker can write files into the folder ``path``."""
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+
+
 def describe_worker(paths: list[str]) -> dict:
     """What the client checks before submitting: this worker's segbench and the paths it cannot read."""
     from segbench import __version__

@@ -56,11 +56,16 @@ class Chunk:
         return f"rows {self.row}-{self.row + self.height}, columns {self.col}-{self.col + self.width}"
 
 
-def plan_chunks(height: int, width: int, size: int = CHUNK) -> list[Chunk]:
-    """Row-major chunks of ``size`` (rounded down to whole label blocks) covering the scene."""
+def chunk_side(size: int = CHUNK) -> int:
+    """The side of the chunks planned for ``size``: rounded down to whole label blocks."""
     if size < LABEL_BLOCK:
         raise InputError(f"The chunk size must be at least {LABEL_BLOCK} pixels, not {size}.")
-    size -= size % LABEL_BLOCK
+    return size - size % LABEL_BLOCK
+
+
+def plan_chunks(height: int, width: int, size: int = CHUNK) -> list[Chunk]:
+    """Row-major chunks of ``size`` (rounded down to whole label blocks) covering the scene."""
+    size = chunk_side(size)
     return [Chunk(r, c, min(size, height - r), min(size, width - c))
             for r in range(0, height, size) for c in range(0, width, size)]
 
