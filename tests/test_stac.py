@@ -8,6 +8,7 @@ fetched here).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -209,8 +210,10 @@ def test_segment_writes_a_valid_item_beside_each_label_raster(engine, tmp_path):
     scene = write_scene(tmp_path / "scene.tif",
                         np.random.default_rng(4).integers(1, 256, (3, 70, 90), dtype=np.uint8))
     out = tmp_path / "labels.tif"
-    assert main(["segment", str(scene), "--engine", str(engine), "-o", str(out), "--confidence",
-                 "--batch", "2"]) == 0
+    args = ["segment", str(scene), "--engine", str(engine), "-o", str(out), "--confidence", "--batch", "2"]
+    if importlib.util.find_spec("pyogrio") is not None:  # the gis extra: polygons too, listed in the item
+        args += ["--vector", str(tmp_path / "regions.geojson")]
+    assert main(args) == 0
     data = json.loads((tmp_path / "labels.stac.json").read_text())
     assert core_errors(data) == []
     item = pystac.Item.from_file(str(tmp_path / "labels.stac.json"))
@@ -221,6 +224,10 @@ def test_segment_writes_a_valid_item_beside_each_label_raster(engine, tmp_path):
     assert Path(item.get_single_link("derived_from").get_absolute_href()) == scene.resolve()
     names = [c.title for c in ClassificationExtension.ext(item.assets["labels"]).classes if not c.nodata]
     assert names == list(make_spec().classes)
+    if "--vector" in args:
+        polygons = item.assets["polygons"]
+        assert Path(polygons.get_absolute_href()) == (tmp_path / "regions.geojson").resolve()
+        assert polygons.media_type == "application/geo+json"
 
 
 def test_without_pystac_segment_says_so_once_and_writes_the_rest(engine, tmp_path):

@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--probabilities", action="store_true",
                    help="also write per-class probability rasters (a band per class, round(254 p), "
                         "255 nodata)")
+    g.add_argument("--resample", action="store_true",
+                   help="run each scene at the model's ground sample distance (a warped VRT), the "
+                        "outputs back on the scene's grid")
     g.add_argument("--aoi", type=Path, default=None,
                    help="segment only inside the polygons of this vector file (.gpkg, .geojson, ...; "
                         "reprojected to each scene's CRS): windows outside are not run, pixels outside "
@@ -218,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "at the same paths on every worker)")
     dist.add_argument("--chunk", type=_positive, default=None,
                       help="chunk side in pixels on Dask (default 4096; whole label blocks)")
+    dist.add_argument("--chunk-files", type=Path, default=None, metavar="DIR",
+                      help="workers write each chunk's labels to a file in DIR (storage every worker and "
+                           "this machine share) instead of sending them back: for outputs too large to "
+                           "pass through the client; removed when the scene is done")
     g.set_defaults(func=_cmd_segment)
 
     # bench / report -----------------------------------------------------
@@ -430,6 +437,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from segbench.export.deepness import write_deepness_model
 
         print(f"for Deepness (QGIS): {write_deepness_model(out, spec)}")
+    from segbench.export.mlm import mlm_missing, write_model_item
+
+    if no_stac := mlm_missing():
+        print(f"segbench: skipping the STAC MLM item: {no_stac}", file=sys.stderr)
+    else:
+        print(f"STAC MLM item: {write_model_item(out, spec)}")
     return 0
 
 
@@ -475,11 +488,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from segbench.tiler import auto_batch, segment_many
 
     on_dask = bool(args.workers or args.scheduler)
-    if args.chunk and not on_dask:
-        raise InputError("--chunk applies with --workers or --scheduler only.")
-    if (args.confidence or args.probabilities) and on_dask:
-        raise InputError("--confidence and --probabilities are not available with --workers or "
-                         "--scheduler yet.")
+    if (args.chunk or args.chunk_files) and not on_dask:
+        raise InputError("--chunk and --chunk-files apply with --workers or --scheduler only.")
+    if (args.confidence or args.probabilities or args.resample) and on_dask:
+        raise InputError("--confidence, --probabilities and --resample are not available with "
+                         "--workers or --scheduler yet.")
     if args.aoi:
         from segbench.geo.aoi import read_aoi
 
@@ -506,7 +519,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     try:
         segment_many(args.scenes, engine, args.out, overlap=args.overlap, blend=args.blend, batch=batch,
                      nodata=args.nodata, confidence=args.confidence, probabilities=args.probabilities,
-                     aoi=args.aoi,
+                     aoi=args.aoi, resample=args.resample,
                      on_scene=_scene_done(engine.spec, args))
     finally:
         engine.close()
@@ -524,10 +537,14 @@ def _gpu_resources(args: argparse.Namespace) -> dict[str, float] | None:
 
 
 def _scene_done(spec, args: argparse.Namespace):
-    """What follows each finished scene: its GIS sidecars (QGIS style, categories), its polygons
-    where asked, and one line."""
+    """What follows each finished scene: its GIS sidecars (QGIS style, categories, STAC item), its
+    polygons where asked, and one line."""
     from segbench.geo import style_confidence, style_labels, style_polygons, style_probabilities
+    from segbench.geo.stac import stac_missing, write_label_item
     from segbench.tiler.accumulate import PROBABILITY_SCALE
+
+    if no_stac := stac_missing():  # said once, not once per scene
+        print(f"segbench: skipping STAC items: {no_stac}", file=sys.stderr)
 
     def done(result) -> None:
         style_labels(result.output, spec.classes, spec.palette)
@@ -536,6 +553,7 @@ def _scene_done(spec, args: argparse.Namespace):
         if result.probabilities:
             style_probabilities(result.probabilities, spec.classes, PROBABILITY_SCALE)
         line = f"{result.output}: {result.megapixels:.1f} MP at {result.megapixels_per_s:.2f} MP/s"
+        dest = None
         if args.vector:
             from segbench.geo.vector import polygonize
 
@@ -546,6 +564,9 @@ def _scene_done(spec, args: argparse.Namespace):
                                   simplify=args.simplify)
             style_polygons(dest, spec.classes, spec.palette)
             line += f"; {polygons.polygons} polygons in {dest} ({polygons.seconds:.1f} s)"
+        if not no_stac:  # last: the item reads the scales the styles give, and lists the polygons
+            write_label_item(result.output, spec, confidence=result.confidence,
+                             probabilities=result.probabilities, scene=result.scene, polygons=dest)
         print(line)
 
     return done
@@ -560,7 +581,7 @@ def _segment_on_cluster(args: argparse.Namespace, batch: int) -> int:
     with dask_client(args.workers, args.scheduler) as client:
         segment_on_cluster(client, args.scenes, args.engine, args.out, chunk=args.chunk or CHUNK,
                            overlap=args.overlap, blend=args.blend, batch=batch, nodata=args.nodata,
-                           aoi=args.aoi, resources=_gpu_resources(args),
+                           aoi=args.aoi, resources=_gpu_resources(args), chunk_files=args.chunk_files,
                            on_scene=_scene_done(ModelSpec.load(args.engine), args))
         peaks = worker_peaks(client)
     workers = ", ".join(f"{mb / 2**20:.0f}" for mb in peaks.values())

@@ -10,7 +10,8 @@ and transform) and one asset per raster, hrefs relative to the item:
 - ``labels``: the label COG, with the classification extension's classes
   (value, name, title, colour) and its nodata value as a nodata class;
 - ``confidence`` and ``probabilities`` where they were written;
-- ``style``: the QGIS style, where there is one.
+- ``style``: the QGIS style, where there is one;
+- ``polygons``: the regions as polygons (``--vector``), where written.
 
 Each raster asset carries ``raster:bands`` (data type, nodata, scale and
 offset as the file and its PAM sidecar give them), so that readers such as
@@ -39,6 +40,9 @@ from segbench.spec import ModelSpec
 SUFFIX = ".stac.json"
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
 GEOTIFF = "image/tiff; application=geotiff"
+#: media types of the polygon files ``--vector`` writes, by suffix
+VECTOR_MEDIA_TYPES = {".gpkg": "application/geopackage+sqlite3", ".geojson": "application/geo+json",
+                      ".fgb": "application/vnd.flatgeobuf"}
 PURPOSE = "the STAC item beside each label raster"
 #: points along each side of the footprint, so that it follows curved edges in WGS84
 DENSIFY = 4
@@ -76,12 +80,14 @@ def write_label_item(
     probabilities: str | os.PathLike[str] | None = None,
     scene: str | os.PathLike[str] | None = None,
     datetime: dt.datetime | None = None,
+    polygons: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write ``<labels stem>.stac.json`` beside the label raster ``labels`` (atomically).
 
     ``spec`` is the engine's (classes, palette, architecture, build record);
     ``confidence`` and ``probabilities`` are the scene's other rasters, if any;
-    ``scene`` the raster segmented; ``datetime`` defaults to now (UTC).
+    ``scene`` the raster segmented; ``datetime`` defaults to now (UTC);
+    ``polygons`` the regions' vector file, if one was written.
     """
     pystac = require("pystac", PURPOSE)
     from pystac.extensions.classification import Classification, ClassificationExtension
@@ -127,6 +133,10 @@ def write_label_item(
         item.add_asset("style", pystac.Asset(href=_relative(qml_path(labels), dest),
                                              media_type="application/xml", title="QGIS style",
                                              roles=["metadata", "style"]))
+    if polygons is not None:
+        item.add_asset("polygons", pystac.Asset(
+            href=_relative(polygons, dest), title="Regions as polygons (class id, class name, area)",
+            media_type=VECTOR_MEDIA_TYPES.get(Path(polygons).suffix.lower()), roles=["data"]))
     if scene is not None:
         item.add_link(pystac.Link(rel="derived_from", target=_relative(scene, dest),
                                   media_type=GEOTIFF, title="the scene segmented"))

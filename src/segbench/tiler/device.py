@@ -19,6 +19,7 @@ in CI and on ``cuda`` on a GPU machine.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -63,19 +64,31 @@ def device_stream(engine, batches: Iterable[np.ndarray]) -> Iterator:
     (on CUDA on a copy stream, so the copy of one batch overlaps the inference of another)."""
     torch = require("torch", "the device tiler")
     device = torch.device(engine.device)
-    cuda = device.type == "cuda"
-    copy = torch.cuda.Stream(device) if cuda else None
-    for pixels in batches:
-        host = torch.from_numpy(pixels)
-        if cuda:
+    if device.type != "cuda":
+        for pixels in batches:
+            yield engine.infer_tensor(torch.from_numpy(pixels))
+        return
+    copy = torch.cuda.Stream(device)
+    # Host batches whose copy may still be running, with the event that marks its end: a batch
+    # wrapped by from_numpy is not the caching host allocator's own tensor, so the allocator
+    # cannot see the copy; holding the batch keeps its pinned block from reuse until then.
+    copying: deque = deque()
+    try:
+        for pixels in batches:
+            while copying and copying[0][0].query():
+                copying.popleft()
+            host = torch.from_numpy(pixels)
             compute = torch.cuda.current_stream(device)
             with torch.cuda.stream(copy):
                 x = host.to(device, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(copy)
+            copying.append((done, pixels))
             compute.wait_stream(copy)
-            x.record_stream(compute)  # its memory is not reused before the engine has read it
-        else:
-            x = host
-        yield engine.infer_tensor(x)
+            x.record_stream(compute)  # its device memory is not reused before the engine has read it
+            yield engine.infer_tensor(x)
+    finally:
+        copy.synchronize()
 
 
 class DeviceAccumulator:
