@@ -13,13 +13,18 @@ Two steps, because the GPU machine has no mmsegmentation:
 
        python benchmarks/bench_gpu.py measure DIR [--size 20000] [--out DIR/gpu.json]
 
+A smoke run of the same code on a CPU (small sizes, the CPU torch engine)::
+
+       python benchmarks/bench_gpu.py measure DIR --engines torch-fp32 --size 1500 \
+           --alone-batches 1,2 --scene-batches 2 --seconds 1
+
 For SegFormer-B0 and DeepLabV3+-R50: each engine alone (tiles already on the
 GPU, ``infer_tensor``; engines without it take host tiles) at batch 1, 8 and
 32, tiles/s; then a SIZE^2 scene (a VRT repeating one synthetic block: no
 disk) through ``segment`` with the device tiler at batch 8 and 32, its tiles/s,
 the ratio scene / engine alone at the same batch (target >= 0.80), the stage
 breakdown, the process's peak GPU memory, and each engine's label agreement
-with torch-cuda-fp32 on the scene (target >= 99.5 % for fp16).
+with the first engine (torch-cuda-fp32) on the scene (target >= 99.5 % for fp16).
 """
 
 from __future__ import annotations
@@ -40,7 +45,6 @@ ENGINES = ("torch-cuda-fp32", "torch-fp16", "torch-bf16", "torch-compile-fp16",
            "ort-cuda-fp32", "ort-cuda-fp16", "trt-fp32", "trt-fp16")
 ALONE_BATCHES = (1, 8, 32)
 SCENE_BATCHES = (8, 32)
-REFERENCE = "torch-cuda-fp32"
 
 
 def prepare(folder: Path) -> None:
@@ -58,6 +62,14 @@ def prepare(folder: Path) -> None:
         print(f"exported {onnx_path} and {onnx_path.with_suffix('.pt2')}")
 
 
+def sync(engine) -> None:
+    """Wait for the work queued on the engine's GPU (nothing to wait for on a CPU)."""
+    import torch
+
+    if str(engine.device).startswith("cuda"):
+        torch.cuda.synchronize(engine.device)
+
+
 def engine_alone(engine, batch: int, seconds: float = 3.0) -> float:
     """Tiles/s of the engine alone: random tiles already where the engine takes them."""
     import torch
@@ -73,16 +85,17 @@ def engine_alone(engine, batch: int, seconds: float = 3.0) -> float:
             return engine.infer(tiles)
     for _ in range(3):  # warm-up: cuDNN's algorithm search, torch.compile
         run()
-    torch.cuda.synchronize()
+    sync(engine)
     calls, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds or calls < 5:
         run()
         calls += 1
-    torch.cuda.synchronize()
+    sync(engine)
     return calls * batch / (time.perf_counter() - t0)
 
 
-def measure(folder: Path, size: int, out: Path, engines: list[str]) -> dict:
+def measure(folder: Path, size: int, out: Path, engines: list[str], alone_batches=ALONE_BATCHES,
+            scene_batches=SCENE_BATCHES, seconds: float = 3.0) -> dict:
     import rasterio
     import torch
     from bench_cluster import repeating_vrt
@@ -92,8 +105,10 @@ def measure(folder: Path, size: int, out: Path, engines: list[str]) -> dict:
     from segbench.tiler.device import runs_on_device
 
     scene = repeating_vrt(folder, size)
-    report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "size": size,
-              "tile": TILE, "overlap": OVERLAP, "networks": {}}
+    cuda = torch.cuda.is_available()
+    report = {"gpu": torch.cuda.get_device_name() if cuda else "no GPU", "torch": torch.__version__,
+              "size": size, "tile": TILE, "overlap": OVERLAP, "alone_batches": list(alone_batches),
+              "scene_batches": list(scene_batches), "networks": {}}
     for network in NETWORKS:
         onnx_path = folder / f"{network}.onnx"
         rows = report["networks"][network] = {}
@@ -106,30 +121,33 @@ def measure(folder: Path, size: int, out: Path, engines: list[str]) -> dict:
             engine = load(build(onnx_path, name, folder))
             row = rows[name] = {"engine_device_bytes": getattr(engine, "device_memory_bytes", None),
                                 "alone": {}, "scene": {}}
-            for batch in ALONE_BATCHES:
-                row["alone"][batch] = engine_alone(engine, batch)
-            for batch in SCENE_BATCHES:
-                torch.cuda.reset_peak_memory_stats()
+            for batch in alone_batches:
+                row["alone"][batch] = engine_alone(engine, batch, seconds)
+            for batch in scene_batches:
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
                 labels = folder / f"{network}.{name}.b{batch}.tif"
                 result = segment(scene, engine, labels, overlap=OVERLAP, batch=batch)
                 tiles_s = (result.windows - result.skipped) / result.seconds
                 row["scene"][batch] = {
                     "seconds": result.seconds, "tiles_per_s": tiles_s, "mp_per_s": result.megapixels_per_s,
                     "ratio": tiles_s / row["alone"][batch], "on_device": runs_on_device(engine, None),
-                    "stages": vars(result.stages), "peak_gpu_bytes": torch.cuda.max_memory_allocated(),
+                    "stages": vars(result.stages),
+                    "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,
                     "labels": str(labels)}
                 print(f"{network} {name} batch {batch}: alone {row['alone'][batch]:.1f} tiles/s, scene "
                       f"{tiles_s:.1f} tiles/s, ratio {tiles_s / row['alone'][batch]:.2f}", flush=True)
             engine.close()
-            torch.cuda.empty_cache()
-        reference = rows.get(REFERENCE, {}).get("scene", {}).get(SCENE_BATCHES[0])
+            if cuda:
+                torch.cuda.empty_cache()
+        reference = rows.get(engines[0], {}).get("scene", {}).get(scene_batches[0])
         if reference:
             with rasterio.open(reference["labels"]) as ds:
                 ref = ds.read(1)
             for row in rows.values():
                 if "scene" not in row:
                     continue
-                with rasterio.open(row["scene"][SCENE_BATCHES[0]]["labels"]) as ds:
+                with rasterio.open(row["scene"][scene_batches[0]]["labels"]) as ds:
                     row["agreement"] = float((ds.read(1) == ref).mean())
     out.write_text(json.dumps(report, indent=2))
     print(table(report))
@@ -137,24 +155,27 @@ def measure(folder: Path, size: int, out: Path, engines: list[str]) -> dict:
 
 
 def table(report: dict) -> str:
+    alone_b, scene_b = report["alone_batches"], report["scene_batches"]
+    ab, sb = " / ".join(f"b{b}" for b in alone_b), " / ".join(f"b{b}" for b in scene_b)
     lines = [f"{report['gpu']}, torch {report['torch']}, scene {report['size']}^2, tile {TILE}, "
              f"overlap {OVERLAP}", "",
-             "| network | engine | alone b1 / b8 / b32 tiles/s | scene b8 / b32 tiles/s | ratio b8 / b32 "
-             "| read / infer / blend / write s (b32) | peak GPU MB | agreement |",
+             f"| network | engine | alone {ab} tiles/s | scene {sb} tiles/s | ratio {sb} "
+             f"| read / infer / blend / write s (b{scene_b[-1]}) | peak GPU MB | agreement |",
              "|---|---|---|---|---|---|---|---|"]
     for network, rows in report["networks"].items():
         for name, row in rows.items():
             if "unavailable" in row:
                 lines.append(f"| {network} | {name} | {row['unavailable']} | | | | | |")
                 continue
-            alone = " / ".join(f"{row['alone'][b]:.1f}" for b in ALONE_BATCHES)
-            scene = " / ".join(f"{row['scene'][b]['tiles_per_s']:.1f}" for b in SCENE_BATCHES)
-            ratio = " / ".join(f"{row['scene'][b]['ratio']:.2f}" for b in SCENE_BATCHES)
-            last = row["scene"][SCENE_BATCHES[-1]]
+            alone = " / ".join(f"{row['alone'][b]:.1f}" for b in alone_b)
+            scene = " / ".join(f"{row['scene'][b]['tiles_per_s']:.1f}" for b in scene_b)
+            ratio = " / ".join(f"{row['scene'][b]['ratio']:.2f}" for b in scene_b)
+            last = row["scene"][scene_b[-1]]
             stages = " / ".join(f"{last['stages'][k]:.1f}" for k in ("read", "infer", "blend", "write"))
             agree = f"{row['agreement']:.4%}" if "agreement" in row else ""
-            lines.append(f"| {network} | {name} | {alone} | {scene} | {ratio} | {stages} "
-                         f"| {last['peak_gpu_bytes'] / 2**20:.0f} | {agree} |")
+            peak = f"{last['peak_gpu_bytes'] / 2**20:.0f}" if last["peak_gpu_bytes"] else ""
+            lines.append(f"| {network} | {name} | {alone} | {scene} | {ratio} | {stages} | {peak} "
+                         f"| {agree} |")
     return "\n".join(lines)
 
 
@@ -167,13 +188,18 @@ def main() -> None:
     m = sub.add_parser("measure", help="build and measure the GPU engines (needs a CUDA GPU)")
     m.add_argument("folder", type=Path)
     m.add_argument("--size", type=int, default=20_000, help="scene side in pixels (default 20,000)")
-    m.add_argument("--engines", default=",".join(ENGINES))
+    m.add_argument("--engines", default=",".join(ENGINES), help="the first is the reference")
+    m.add_argument("--alone-batches", default="1,8,32")
+    m.add_argument("--scene-batches", default="8,32")
+    m.add_argument("--seconds", type=float, default=3.0, help="timing per engine-alone figure")
     m.add_argument("--out", type=Path, default=None, help="report JSON (default FOLDER/gpu.json)")
     args = parser.parse_args()
     if args.step == "prepare":
         prepare(args.folder)
     else:
-        measure(args.folder, args.size, args.out or args.folder / "gpu.json", args.engines.split(","))
+        measure(args.folder, args.size, args.out or args.folder / "gpu.json", args.engines.split(","),
+                [int(b) for b in args.alone_batches.split(",")],
+                [int(b) for b in args.scene_batches.split(",")], args.seconds)
 
 
 if __name__ == "__main__":
