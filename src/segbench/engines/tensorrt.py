@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.engines.base import Runner
+from segbench.engines.base import Runner, check_tensor
 from segbench.errors import EngineError, RuntimeMissingError, SpecError
 from segbench.extras import require
 from segbench.files import atomic_output
@@ -156,12 +156,16 @@ class TensorRTRunner(Runner):
         self._output = next(n for n in names if self._engine.get_tensor_mode(n) != mode)
         self._out_dtype = torch.uint8 if self.spec.output == "labels" else torch.float32
         self._stream = torch.cuda.Stream(device=self.device)
+        self.device_tensors = self.spec.output == "logits"
         #: device memory the engine's execution context needs, in bytes
         self.device_memory_bytes = int(getattr(self._engine, "device_memory_size_v2",
                                                getattr(self._engine, "device_memory_size", 0)))
 
-    def infer_device(self, tiles):
-        """Run on a CUDA tensor already on the device; returns a CUDA tensor."""
+    def infer_tensor(self, tiles):
+        """Float32 tiles as a CUDA tensor on the engine's GPU -> its output there (queued on the
+        engine's stream, which the caller's current stream then waits for)."""
+        check_tensor(tiles, self.spec, self.name, self.device)
+        tiles = tiles.contiguous()
         ctx = self._context
         ctx.set_input_shape(self._input, tuple(tiles.shape))
         out = self._torch.empty(tuple(ctx.get_tensor_shape(self._output)), dtype=self._out_dtype,
@@ -176,7 +180,7 @@ class TensorRTRunner(Runner):
 
     def infer_impl(self, tiles: np.ndarray) -> np.ndarray:
         x = self._torch.from_numpy(tiles).to(self.device, non_blocking=True)
-        return self.infer_device(x).cpu().numpy()
+        return self.infer_tensor(x).cpu().numpy()
 
     def close_impl(self) -> None:
         self._context = None
