@@ -17,6 +17,7 @@ same command run again submits only the others (:mod:`segbench.cluster.resume`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -183,19 +184,31 @@ def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifac
     threads = check_workers(client, [str(p) for p in files])
     check_resources(client, resources)
     folder = check_chunk_files(client, chunk_files) if chunk_files is not None else None
+    sizes = []  # (chunks, megapixels) per scene: the whole job's progress
+    for scene, _ in outputs:
+        with open_raster(scene) as ds:
+            sizes.append((len(plan_chunks(ds.height, ds.width, chunk)), ds.width * ds.height / 1e6))
+    name = Path(str(outputs[0][0])).name if len(outputs) == 1 else f"{len(outputs)} scenes"
+    bar = Progress(sum(n for n, _ in sizes), name, sum(mp for _, mp in sizes), enabled=progress)
     results = []
-    for scene, dest in outputs:
-        with rasterio.Env(GDAL_CACHEMAX=CLIENT_CACHE_BYTES):
-            results.append(_one_scene(client, threads, scene, artifact, spec, dest, chunk, overlap, stride,
-                                      blend, batch, nodata, aoi, resources, progress, on_chunk, folder))
-        if on_scene is not None:
-            on_scene(results[-1])
+    try:
+        befores = itertools.accumulate((n for n, _ in sizes), initial=0)  # chunks of earlier scenes
+        for (scene, dest), before in zip(outputs, befores, strict=False):
+            with rasterio.Env(GDAL_CACHEMAX=CLIENT_CACHE_BYTES):
+                results.append(_one_scene(client, threads, scene, artifact, spec, dest, chunk, overlap,
+                                          stride, blend, batch, nodata, aoi, resources, bar, before,
+                                          on_chunk, folder))
+            if on_scene is not None:
+                on_scene(results[-1])
+    finally:
+        bar.close()
     return results
 
 
 def _one_scene(client, threads: dict[str, int], scene: Path | str, artifact: Path, spec: ModelSpec,
                dest: Path, chunk: int, overlap, stride, blend: str, batch: int, nodata, aoi, resources,
-               progress: bool, on_chunk, chunk_files: Path | None) -> SegmentResult:
+               bar: Progress, before: int, on_chunk, chunk_files: Path | None) -> SegmentResult:
+    """One scene of :func:`segment_on_cluster`; ``bar`` is the job's, ``before`` chunks into it."""
     from distributed import as_completed
 
     with open_raster(scene) as ds:
@@ -241,9 +254,8 @@ def _one_scene(client, threads: dict[str, int], scene: Path | str, artifact: Pat
 
     name = info.path.name
     done = len(state.finished)
-    bar = Progress(len(chunks), info, enabled=progress)
     if done:
-        bar.update(done)  # rich leaves a first jump out of the rate
+        bar.update(before + done)  # rich leaves a first jump out of the rate
     start = time.perf_counter()
     complete = False
     try:
@@ -262,7 +274,7 @@ def _one_scene(client, threads: dict[str, int], scene: Path | str, artifact: Pat
                 writer.write_rows(c.row, labels, c.col)
             state.finished.add((c.row, c.col))
             done += 1
-            bar.update(done)
+            bar.update(before + done)
             if on_chunk is not None:
                 on_chunk(done, len(chunks))
             if writer is not None and state.due():
@@ -296,8 +308,6 @@ def _one_scene(client, threads: dict[str, int], scene: Path | str, artifact: Pat
             writer.abort()
         state.discard()
         raise
-    finally:
-        bar.close()
     seconds = time.perf_counter() - start
     return SegmentResult(scene=str(scene), output=str(dest), confidence=None, width=info.width,
                          height=info.height, windows=windows, skipped=0, batches=0, seconds=seconds,

@@ -204,7 +204,7 @@ def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, bat
                     threads=_blend_threads(engine), probabilities=probabilities, device=device)
     threads = [StageThread("segbench-read", reader.run, stop),
                StageThread("segbench-write", writer.run, stop)]
-    bar = Progress(len(windows), info, enabled=progress)
+    bar = Progress(len(windows), info.path.name, info.width * info.height / 1e6, enabled=progress)
     start = time.perf_counter()
     try:
         for t in threads:
