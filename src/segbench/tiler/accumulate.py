@@ -45,12 +45,7 @@ class BandAccumulator:
             valid: np.ndarray) -> None:
         """Blend one window's output (logits (C, t, t) or labels (t, t)) with weights
         ``outer(wy, wx)`` (the window's row and column weight vectors, length t each)."""
-        y = window.row - self.top
-        h = min(window.height, self.height - window.row)
-        w = min(window.width, self.width - window.col)
-        if y < 0 or y + h > self._wsum.shape[0]:
-            raise ValueError(f"window at row {window.row} is outside the open rows from {self.top}")
-        x = window.col
+        y, x, h, w = open_span(window, self.top, self._wsum.shape[0], self.height, self.width)
         if self.labels:
             weight = np.outer(wy[:h], wx[:w])
             take = weight > 0
@@ -97,6 +92,17 @@ class BandAccumulator:
             return
         buf[..., : rows - n, :] = buf[..., n:, :]
         buf[..., rows - n:, :] = fill
+
+
+def open_span(window: Window, top: int, rows: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """Where ``window`` falls in a band of ``rows`` open rows from scene row ``top``, in a scene of
+    ``height`` x ``width``: ``(y, x, h, w)``, the part inside the scene; ValueError outside the band."""
+    y = window.row - top
+    h = min(window.height, height - window.row)
+    w = min(window.width, width - window.col)
+    if y < 0 or y + h > rows:
+        raise ValueError(f"window at row {window.row} is outside the open rows from {top}")
+    return y, window.col, h, w
 
 
 #: a class probability p is stored as round(PROBABILITY_SCALE * p); IGNORE_INDEX (255) is nodata

@@ -26,7 +26,7 @@ import numpy as np
 
 from segbench.errors import InputError
 from segbench.extras import require
-from segbench.tiler.accumulate import PROBABILITY_SCALE
+from segbench.tiler.accumulate import PROBABILITY_SCALE, open_span
 from segbench.tiler.windows import Window
 
 
@@ -121,12 +121,7 @@ class DeviceAccumulator:
 
     def add(self, window: Window, output, wy: np.ndarray, wx: np.ndarray, valid: np.ndarray) -> None:
         """Blend one window's logits ``(C, t, t)`` (a device tensor) with weights ``outer(wy, wx)``."""
-        y = window.row - self.top
-        h = min(window.height, self.height - window.row)
-        w = min(window.width, self.width - window.col)
-        if y < 0 or y + h > self._wsum.shape[0]:
-            raise ValueError(f"window at row {window.row} is outside the open rows from {self.top}")
-        x = window.col
+        y, x, h, w = open_span(window, self.top, self._wsum.shape[0], self.height, self.width)
         wy_t, wx_t = self._on_device("y", window.row, wy), self._on_device("x", window.col, wx)
         weight = wy_t[:h, None] * wx_t[None, :w]
         logits = output[:, :h, :w]
