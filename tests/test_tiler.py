@@ -341,3 +341,36 @@ def test_peak_rss_counts_from_before_segment_began(tmp_path, fresh_peak):
     touch_fresh_memory(SpikyEngine.spike)  # e.g. loading the engine, before the scene
     result = segment(path, PixelEngine(make_spec(tile=32)), tmp_path / "l.tif", batch=2)
     assert result.peak_rss_bytes >= fresh_peak + 0.9 * SpikyEngine.spike
+
+
+def test_reading_ahead_in_threads_keeps_the_labels(tmp_path):
+    """Several readers (as beside a GPU engine) give the one reader's labels, windows skipped alike,
+    with an area of interest and a nodata border."""
+    from segbench.raster import AreaOfInterest
+
+    path, _ = _scene(tmp_path, nodata=0)
+    aoi = AreaOfInterest({"type": "Polygon", "coordinates": [[
+        (500_010, 5_799_990), (500_070, 5_799_990), (500_070, 5_799_940), (500_010, 5_799_940),
+        (500_010, 5_799_990)]]}, crs=rasterio.crs.CRS.from_epsg(32633))
+    engine = PositionEngine(make_spec(tile=16))
+    results = {}
+    for threads in (1, 3):
+        out = tmp_path / f"labels{threads}.tif"
+        results[threads] = segment(path, engine, out, overlap=4, batch=3, aoi=aoi, read_threads=threads,
+                                   confidence=tmp_path / f"conf{threads}.tif")
+    with rasterio.open(tmp_path / "labels1.tif") as one, rasterio.open(tmp_path / "labels3.tif") as three:
+        labels = one.read(1)
+        np.testing.assert_array_equal(labels, three.read(1))
+    assert (labels == 255).any() and (labels != 255).any()
+    assert results[1].skipped == results[3].skipped > 0
+    assert not [t for t in threading.enumerate() if t.name.startswith("segbench-read")]
+
+
+def test_a_failing_read_ahead_stops_cleanly(tmp_path):
+    path, _ = _scene(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated: header intact, tiles missing
+    with pytest.raises(InputError, match="Could not read"):
+        segment(path, PixelEngine(make_spec(tile=16)), tmp_path / "labels.tif", batch=2, read_threads=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("segbench-read")]

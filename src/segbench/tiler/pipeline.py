@@ -107,6 +107,7 @@ def segment(
     aoi: AreaOfInterest | None = None,
     probabilities: str | os.PathLike[str] | None = None,
     on_device: bool | None = None,
+    read_threads: int | None = None,
 ) -> SegmentResult:
     """Segment ``scene`` with ``engine`` into a label COG at ``out``.
 
@@ -120,7 +121,9 @@ def segment(
     ``probabilities`` is an optional output with one band per class, the
     softmax of the blended logits as uint8 ``round(254 p)`` (255: nodata).
     ``on_device`` blends on the engine's device (:mod:`.device`): by default
-    for an engine off the CPU that returns device tensors.
+    for an engine off the CPU that returns device tensors. ``read_threads``
+    read ahead in parallel; by default one beside a CPU engine and several
+    beside a GPU engine (:func:`_read_threads`).
     Called from the main thread,
     SIGTERM and SIGHUP (at their default action) stop it as Ctrl-C does:
     partial outputs removed, then :class:`~segbench.signals.Terminated`.
@@ -146,7 +149,8 @@ def segment(
     _check_outputs(out, confidence, probabilities)
     with terminate_as_interrupt(), rasterio.Env(GDAL_CACHEMAX=_cache_bytes(info, tile)):
         return _run(scene, engine, out, info, tile, step, blend, batch, nodata, confidence,
-                    progress, area, probabilities, runs_on_device(engine, on_device))
+                    progress, area, probabilities, runs_on_device(engine, on_device),
+                    read_threads or _read_threads(engine))
 
 
 #: how far a scene's ground sample distance may be from the model's before segment warns
@@ -187,7 +191,7 @@ def _cache_bytes(info, tile: int) -> int:
 
 def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, batch: int,
          nodata, confidence, progress: bool, aoi: dict | None = None,
-         probabilities=None, on_device: bool = False) -> SegmentResult:
+         probabilities=None, on_device: bool = False, read_threads: int = 1) -> SegmentResult:
     """Run the three stages of :func:`segment`; on any error or interrupt, stop them and clean up."""
     rows, cols = axis_starts(info.height, tile, step), axis_starts(info.width, tile, step)
     wy = dict(zip(rows, axis_weights(rows, tile, info.height, blend), strict=True))
@@ -198,7 +202,7 @@ def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, bat
     inbox, outbox = Channel(stop), Channel(stop)
     device = engine.device if on_device else None
     reader = Reader(scene, windows, engine.spec, batch, nodata, inbox, aoi,
-                    allocate=host_batches(device) if device else None)
+                    allocate=host_batches(device) if device else None, threads=read_threads)
     inference = Inference(engine, inbox, outbox, stream=device_stream if device else infer_stream)
     writer = Writer(outbox, stop, info, engine.spec, (wy, wx), out, confidence,
                     threads=_blend_threads(engine), probabilities=probabilities, device=device)
@@ -243,6 +247,19 @@ def _join(threads: list[threading.Thread], timeout: float | None = None) -> bool
         while t.is_alive() and (deadline is None or time.monotonic() < deadline):
             t.join(POLL_S)
     return not any(t.is_alive() for t in threads)
+
+
+#: reading threads beside a GPU engine at most (GDAL decodes a window in about 1.7 CPU ms)
+MAX_READ_THREADS = 8
+
+
+def _read_threads(engine: Engine) -> int:
+    """Threads reading ahead: one beside a CPU engine, which needs every core (a second reader
+    only competes with it), and up to :data:`MAX_READ_THREADS` beside a GPU engine, whose
+    appetite one thread of GDAL decoding cannot meet, leaving two cores to the rest."""
+    if str(engine.device).startswith("cpu"):
+        return 1
+    return max(1, min(MAX_READ_THREADS, (os.cpu_count() or 2) - 2))
 
 
 def _blend_threads(engine: Engine) -> int:

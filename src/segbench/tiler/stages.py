@@ -15,6 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -35,22 +36,27 @@ HELPER_NICE = 10
 
 
 class Reader:
-    """Reads the windows in plan order straight into the engine's next batch (no copy later).
+    """Reads the windows in plan order into the engine's batches.
 
     Puts ``(entries, pixels)`` on ``inbox``: ``entries`` lists every window of the
     batch as ``(window, valid mask)``, with ``None`` for all-nodata windows,
-    which take no slot in ``pixels``; then :data:`DONE`.
+    which take no slot in ``pixels``; then :data:`DONE`. With one thread
+    (beside a CPU engine, which needs the cores) each window is read straight
+    into its slot of the batch; with more (beside a GPU engine, which one
+    thread of GDAL decoding cannot keep fed) a pool of threads, each with its
+    own dataset, reads ahead and the windows are placed in plan order.
     """
 
     def __init__(self, scene: str | os.PathLike[str], windows: Sequence[Window], spec: ModelSpec,
                  batch: int, nodata: float | None, inbox: Channel, aoi: dict | None = None,
-                 allocate: Callable[[tuple[int, ...]], np.ndarray] | None = None) -> None:
+                 allocate: Callable[[tuple[int, ...]], np.ndarray] | None = None, threads: int = 1) -> None:
         self.scene, self.windows, self.spec, self.batch = scene, windows, spec, batch
         self.nodata, self.inbox = nodata, inbox
         self.aoi = aoi  # a GeoJSON geometry in the scene's CRS: pixels outside it are invalid
         #: makes each batch's float32 array (e.g. in pinned memory for a GPU); None: numpy's
         self.allocate = allocate
-        self.seconds = 0.0
+        self.threads = threads
+        self.seconds = 0.0  # reading, summed over the reading threads
         self.skipped = 0
 
     def _new_batch(self) -> np.ndarray:
@@ -58,18 +64,23 @@ class Reader:
         shape = (self.batch, self.spec.num_bands, tile, tile)
         return self.allocate(shape) if self.allocate else np.empty(shape, np.float32)
 
-    def run(self) -> None:
+    def _read(self, src, window: Window, out: np.ndarray) -> tuple[np.ndarray, float]:
+        """Read ``window`` of ``src`` into ``out``: its validity mask, and the seconds it took."""
+        t0 = time.perf_counter()
         tile = self.spec.tile
-        with open_raster(self.scene) as src:
+        _, valid = read_window(src, window.row, window.col, tile, tile, self.spec.bands,
+                               nodata=self.nodata, out=out)
+        if self.aoi is not None:
+            valid &= inside(self.aoi, src.transform, window.row, window.col, tile, tile)
+        return valid, time.perf_counter() - t0
+
+    def run(self) -> None:
+        reading = self._read_ahead() if self.threads > 1 else self._read_in_place()
+        with reading as read:
             pending: list[tuple[Window, np.ndarray | None]] = []
             pixels, used = self._new_batch(), 0
             for window in self.windows:
-                t0 = time.perf_counter()
-                _, valid = read_window(src, window.row, window.col, tile, tile, self.spec.bands,
-                                       nodata=self.nodata, out=pixels[used])
-                if self.aoi is not None:
-                    valid &= inside(self.aoi, src.transform, window.row, window.col, tile, tile)
-                self.seconds += time.perf_counter() - t0
+                valid = read(window, pixels[used])
                 if valid.any():
                     pending.append((window, valid))
                     used += 1
@@ -82,6 +93,64 @@ class Reader:
             if pending:
                 self.inbox.put((pending, pixels[:used]))
             self.inbox.put(DONE)
+
+    @contextlib.contextmanager
+    def _read_in_place(self) -> Iterator[Callable[[Window, np.ndarray], np.ndarray]]:
+        """``read(window, out)``: each window read straight into its slot of the batch."""
+        with open_raster(self.scene) as src:
+            def read(window: Window, out: np.ndarray) -> np.ndarray:
+                valid, seconds = self._read(src, window, out)
+                self.seconds += seconds
+                return valid
+
+            yield read
+
+    @contextlib.contextmanager
+    def _read_ahead(self) -> Iterator[Callable[[Window, np.ndarray], np.ndarray]]:
+        """``read(window, out)`` for the windows in plan order, read ahead by several threads and
+        copied into the slot.
+
+        Each thread has its own dataset (a GDAL dataset is used by one thread at a time) and
+        reads one vertical strip of columns, so that the blocks two overlapping windows share
+        are mostly decoded once, in that thread's block cache; all the threads read the same row
+        of windows at a time, about a row of windows ahead of the batches.
+        """
+        local, opened, lock = threading.local(), [], threading.Lock()
+        shape = (self.spec.num_bands, self.spec.tile, self.spec.tile)
+        columns = sorted({w.col for w in self.windows})
+        strip = {col: i * self.threads // len(columns) for i, col in enumerate(columns)}
+        pools = [ThreadPoolExecutor(1, thread_name_prefix="segbench-read") for _ in range(self.threads)]
+
+        def read_aside(window: Window) -> tuple[np.ndarray, np.ndarray, float]:
+            with rasterio.Env():  # GDAL errors raise in this thread
+                if getattr(local, "src", None) is None:
+                    _lower_thread_priority(HELPER_NICE)
+                    local.src = open_raster(self.scene)
+                    with lock:
+                        opened.append(local.src)
+                out = np.empty(shape, np.float32)
+                return out, *self._read(local.src, window, out)
+
+        ahead: deque = deque()
+        todo = iter(self.windows)
+
+        def read(window: Window, out: np.ndarray) -> np.ndarray:
+            while len(ahead) < len(columns) + self.threads and (w := next(todo, None)) is not None:
+                ahead.append((w, pools[strip[w.col]].submit(read_aside, w)))
+            planned, future = ahead.popleft()
+            assert planned is window, "windows are read in plan order"
+            pixels, valid, seconds = future.result()
+            self.seconds += seconds
+            out[...] = pixels
+            return valid
+
+        try:
+            yield read
+        finally:
+            for pool in pools:
+                pool.shutdown(wait=True, cancel_futures=True)
+            for src in opened:
+                src.close()
 
 
 class Inference:
