@@ -15,10 +15,11 @@ MODEL = {"architecture": "segformer-b0", "classes": 6, "bands": 3, "tile": 512,
 
 
 def _row(name, miou, p50, mps, device="cpu"):
+    gpu = {"peak_allocated_bytes": 3 * 2**30, "device": "NVIDIA H200"} if device == "cuda" else None
     return {"name": name, "status": "ok", "device": device,
             "accuracy": {"miou": miou, "oa": 0.9, "agreement": None},
             "latency": {"batch1": {"n": 80, "p50": p50, "p90": p50 * 1.1}},
-            "scene": {"megapixels_per_s": mps}, "memory": {"peak_rss_bytes": 2**29},
+            "scene": {"megapixels_per_s": mps}, "memory": {"peak_rss_bytes": 2**29, "gpu": gpu},
             "artifact_bytes": 2**20}
 
 
@@ -101,6 +102,10 @@ def test_renderings_of_a_merged_report(cpu_box, gpu_box, tmp_path):
     header = md.splitlines()[2]
     assert "machine" in header
     assert "| torch-fp16 | gpu-box (NVIDIA H200) | cuda | 79.90 |" in md
+    gpu_column = header.split("|").index(" GPU MiB ")  # shown: some engine ran on a GPU
+    torch_fp16 = next(line for line in md.splitlines() if line.startswith("| torch-fp16 "))
+    assert torch_fp16.split("|")[gpu_column].strip() == "3072"
+    assert "GPU MiB" not in to_markdown(cpu_box)
     assert "trt-fp16: skipped: TensorRT is not installed" in md
     lines = to_csv(merged).splitlines()
     assert lines[0].startswith("engine,machine,device,mIoU %") and len(lines) == 8

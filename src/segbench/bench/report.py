@@ -248,6 +248,8 @@ COLUMNS: list[tuple[str, Callable[[dict], object], Callable[[object], str]]] = [
     ("p90 ms", _g("latency", "batch1"), _p90),
     ("MP/s", _g("scene", "megapixels_per_s"), _num(".2f")),
     ("peak MiB", _g("memory", "peak_rss_bytes"), _mib),
+    # the process's peak GPU allocation (torch's allocator); shown when some engine ran on a GPU
+    ("GPU MiB", _g("memory", "gpu", "peak_allocated_bytes"), _mib),
     ("size MiB", _g("artifact_bytes"), lambda v: "" if v is None else f"{v / 2**20:.1f}"),
     ("rank", lambda r: r, _rank),
 ]
@@ -258,9 +260,12 @@ def _has_machines(report: dict) -> bool:
 
 
 def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted cells, one row per engine (machine column when merged)."""
-    header = [c[0] for c in COLUMNS]
-    rows = [[fmt(get(r)) for _, get, fmt in COLUMNS] for r in report["engines"]]
+    """Header and formatted cells, one row per engine (machine column when merged; GPU memory when
+    some engine ran on a GPU)."""
+    columns = [c for c in COLUMNS if c[0] != "GPU MiB"
+               or any(c[1](r) is not None for r in report["engines"])]
+    header = [c[0] for c in columns]
+    rows = [[fmt(get(r)) for _, get, fmt in columns] for r in report["engines"]]
     if _has_machines(report):
         header.insert(1, "machine")
         for row, r in zip(rows, report["engines"], strict=True):
