@@ -108,3 +108,14 @@ def test_bench_records_each_engines_choice(engine, tmp_path):
     choice = row["batch_choice"]
     assert row["latency"]["batch"] == choice["batch"]
     assert choice["tiles_per_s"][str(choice["batch"])] == max(choice["tiles_per_s"].values())
+
+
+def test_an_engine_on_a_gpu_also_tries_larger_batches():
+    from segbench.engines.batchsize import GPU_CANDIDATES, candidates_for
+    from segbench.spec import BuildRecord
+
+    spec = make_spec()
+    gpu = spec.replace(build=BuildRecord(backend="torch", precision="fp16", engine="torch-fp16"))
+    cpu = spec.replace(build=BuildRecord(backend="onnxruntime", precision="fp32", engine="ort-fp32"))
+    assert candidates_for(gpu) == GPU_CANDIDATES and max(GPU_CANDIDATES) == 64
+    assert candidates_for(cpu) == candidates_for(spec) == CANDIDATES

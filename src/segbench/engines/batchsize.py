@@ -1,6 +1,6 @@
 """``--batch auto``: the batch size an engine runs whole scenes fastest at, measured.
 
-Each candidate (1, 2, 4, 8, 16) runs the engine as the tiler runs it: loaded
+Each candidate (1, 2, 4, 8, 16; up to 64 on a GPU) runs the engine as the tiler runs it: loaded
 in throughput mode for that batch, batches streamed back to back with the
 engine's requests in flight, on real tiles of the scene. The batch with the
 best tiles/s wins. Throughput over batch size rises and then falls, so the
@@ -31,6 +31,8 @@ from segbench.machine import cpu_model, nvidia_driver
 
 #: the batch sizes a sweep tries, smallest first
 CANDIDATES = (1, 2, 4, 8, 16)
+#: those for an engine on a GPU, which keeps gaining from larger batches than a CPU does
+GPU_CANDIDATES = (*CANDIDATES, 32, 64)
 #: a candidate below this fraction of the best tiles/s so far ends the sweep
 STOP_BELOW = 0.9
 #: the least time a candidate is timed for (after one untimed pass)
@@ -85,6 +87,14 @@ def choose_batch(artifact: str | os.PathLike[str], tiles: np.ndarray, max_batch:
     with contextlib.suppress(OSError):  # a read-only engine folder: measured again next time
         write_text(sidecar(artifact), json.dumps({"key": key, **choice.to_dict()}, indent=2) + "\n")
     return choice
+
+
+def candidates_for(spec) -> tuple[int, ...]:
+    """The candidates for the engine whose spec is ``spec``: more on a GPU."""
+    from segbench.engines.registry import get_kind
+
+    engine = spec.build.engine if spec.build else ""
+    return GPU_CANDIDATES if engine and get_kind(engine).device == "cuda" else CANDIDATES
 
 
 def sweep(measure: Callable[[int], float], candidates: tuple[int, ...]) -> dict[int, float]:

@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 from segbench.engines.base import Engine
-from segbench.engines.batchsize import CANDIDATES, BatchChoice, choose_batch
+from segbench.engines.batchsize import BatchChoice, candidates_for, choose_batch
 from segbench.errors import InputError
 from segbench.raster import check_bands, is_url, open_raster, sample_tiles, scene_info
 from segbench.spec import ModelSpec
@@ -104,5 +104,6 @@ def auto_batch(artifact: str | os.PathLike[str], scenes: Sequence[str | os.PathL
     check_bands(info, spec)
     windows = plan_windows(info.height, info.width, spec.tile,
                            stride_for(spec.tile, overlap, stride, default=spec.stride))
-    tiles = sample_tiles([first], spec, count=max(CANDIDATES), seed=0)
-    return choose_batch(artifact, tiles, max_batch=len(windows))
+    candidates = candidates_for(spec)
+    tiles = sample_tiles([first], spec, count=max(candidates), seed=0)
+    return choose_batch(artifact, tiles, max_batch=len(windows), candidates=candidates)
