@@ -99,11 +99,11 @@ def remove_stale_temporaries(dest: str | os.PathLike[str]) -> None:
     with contextlib.suppress(OSError):
         for entry in os.scandir(dest.parent):
             match = pattern.match(entry.name)
-            if match and not _process_exists(int(match.group(1))):
+            if match and not process_exists(int(match.group(1))):
                 remove_quietly(Path(entry.path))
 
 
-def _process_exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:

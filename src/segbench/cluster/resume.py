@@ -38,7 +38,7 @@ from pathlib import Path
 
 from segbench import __version__
 from segbench.errors import OutputError
-from segbench.files import _process_exists, remove_quietly, sha256_bytes, write_text
+from segbench.files import process_exists, remove_quietly, sha256_bytes, write_text
 from segbench.raster import SceneInfo, is_url
 from segbench.spec import ModelSpec
 from segbench.tiler.chunks import Chunk, chunk_side
@@ -218,6 +218,6 @@ def _check_not_running(earlier: dict, dest: Path, manifest: Path) -> None:
     client = earlier.get("client") or {}
     pid = client.get("pid")
     if (client.get("host") == socket.gethostname() and isinstance(pid, int) and pid != os.getpid()
-            and _process_exists(pid)):
+            and process_exists(pid)):
         raise OutputError(f"Another segbench process ({pid}) is writing {dest}; wait for it to finish or "
                           f"stop it (if process {pid} is not segbench, remove {manifest}).")
