@@ -437,12 +437,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from segbench.export.deepness import write_deepness_model
 
         print(f"for Deepness (QGIS): {write_deepness_model(out, spec)}")
-    from segbench.export.mlm import mlm_missing, write_model_item
+    from segbench.export.mlm import mlm_missing, mlm_path
 
-    if no_stac := mlm_missing():
+    if no_stac := mlm_missing():  # export_model writes the item where it can
         print(f"segbench: skipping the STAC MLM item: {no_stac}", file=sys.stderr)
     else:
-        print(f"STAC MLM item: {write_model_item(out, spec)}")
+        print(f"STAC MLM item: {mlm_path(out)}")
     return 0
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from segbench.cost import model_cost
 from segbench.errors import ExportError, first_line
+from segbench.export.mlm import mlm_missing, write_model_item
 from segbench.extras import require
 from segbench.files import atomic_output
 from segbench.spec import BuildRecord, ModelSpec
@@ -110,7 +111,8 @@ def export_model(
     The ONNX graph is verified with ONNX Runtime against the PyTorch model on
     random tiles and on ``verify_tiles`` (real imagery, raw pixels) before it
     is renamed into place; a graph whose labels agree on fewer than
-    ``min_agreement`` of the pixels is refused.
+    ``min_agreement`` of the pixels is refused. With the ``stac`` extra, a
+    STAC MLM item describes it beside it (:mod:`segbench.export.mlm`).
     """
     torch = require("torch", "segbench export")
     require("mmseg", "segbench export")
@@ -175,6 +177,8 @@ def export_model(
                                    artifact_bytes=pt2.stat().st_size,
                                    source_digest=spec.checkpoint_digest,
                                    source=Path(checkpoint).name, source_kind="checkpoint")).save(pt2)
+    if mlm_missing() is None:  # the STAC MLM item, where the 'stac' extra is installed
+        write_model_item(out, onnx_spec)
     return out, onnx_spec, agreement
 
 
