@@ -23,8 +23,8 @@ from tests.conftest import make_spec, tiny_conv_onnx, tiny_conv_pt2, write_scene
 
 TILE = 32
 CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (measured on a lent H200 by "
-                                                "benchmarks/bench_gpu.py)")
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (benchmarks/bench_gpu.py measures "
+                                                "the GPU path on one)")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import rasterio
 from segbench.cli import main
 from segbench.engines.registry import build, load
 from segbench.errors import InputError
-from segbench.tiler import segment
+from segbench.tiler import plan_windows, segment
 from segbench.tiler.resample import segment_resampled
 from tests.conftest import make_spec, tiny_conv_onnx, write_scene
 
@@ -54,6 +54,16 @@ def test_a_finer_scene_is_run_at_the_models_gsd_and_labelled_on_its_own_grid(tmp
     conf, _, _ = _read(tmp_path / "fine.conf.tif")
     assert conf.shape == labels.shape and conf.min() > 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # nothing staged left
+
+
+def test_a_scene_at_the_models_gsd_is_not_warped(tmp_path, engine_path):
+    scene = write_scene(tmp_path / "s.tif", np.random.default_rng(2).integers(0, 256, (3, 60, 70), np.uint8),
+                        pixel=0.5)
+    with load(engine_path) as engine:
+        segment(scene, engine, tmp_path / "plain.tif", overlap=8, batch=2)
+        result = segment_resampled(scene, engine, tmp_path / "resampled.tif", overlap=8, batch=2)
+    assert result.windows == len(plan_windows(60, 70, TILE, TILE - 8))
+    assert np.array_equal(_read(tmp_path / "plain.tif")[0], _read(tmp_path / "resampled.tif")[0])
 
 
 def test_resample_needs_both_gsds(tmp_path, engine_path):

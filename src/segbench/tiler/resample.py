@@ -60,6 +60,8 @@ def segment_resampled(scene: str | os.PathLike[str], engine: Engine, out: str | 
     if info.gsd_m is None:
         raise InputError(f"--resample needs the scene's ground sample distance, and "
                          f"{info.path.name} has no CRS.")
+    if math.isclose(model_grid(info, spec.gsd_m)[3], 1.0, rel_tol=1e-6):  # already at the model's GSD
+        return segment(scene, engine, out, confidence=confidence, probabilities=probabilities, **options)
     out = Path(out)
     for dest in filter(None, (out, confidence, probabilities)):
         check_output_folder(dest)
