@@ -23,9 +23,7 @@ def atomic_output(dest: str | os.PathLike[str]) -> Iterator[Path]:
     name. OS errors while writing become one-sentence :class:`OutputError`.
     """
     dest = Path(dest)
-    parent = check_output_folder(dest)
-    remove_stale_temporaries(dest)
-    tmp = parent / f".{dest.stem}.part-{os.getpid()}{dest.suffix}"  # keeps the suffix for drivers
+    tmp = temporary_path(dest)
     try:
         yield tmp
         os.replace(tmp, dest)
@@ -35,6 +33,15 @@ def atomic_output(dest: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         remove_quietly(tmp)
         raise
+
+
+def temporary_path(dest: str | os.PathLike[str]) -> Path:
+    """The temporary name ``dest`` is written under before its rename (``.name.part-<pid>.ext``: the
+    suffix kept for GDAL's drivers), once its folder is checked and stale ones are removed."""
+    dest = Path(dest)
+    parent = check_output_folder(dest)
+    remove_stale_temporaries(dest)
+    return parent / f".{dest.stem}.part-{os.getpid()}{dest.suffix}"
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from xml.etree import ElementTree as ET
+from xml.sax.saxutils import escape
 
 from segbench.files import write_text
 
@@ -174,6 +175,5 @@ def _hex(colour: tuple[int, ...]) -> str:
 
 
 def _attr(text: str) -> str:
-    """``text`` escaped for an XML attribute."""
-    return (text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
-            .replace(">", "&gt;"))
+    """``text`` escaped for a double-quoted XML attribute."""
+    return escape(text, {'"': "&quot;"})

@@ -28,7 +28,7 @@ from rasterio.windows import Window
 
 from segbench.errors import InputError, OutputError, first_line
 from segbench.extras import require
-from segbench.files import check_output_folder, describe_os_error, remove_quietly
+from segbench.files import check_output_folder, describe_os_error, remove_quietly, temporary_path
 from segbench.raster import LABEL_NODATA, open_raster
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf"}
@@ -154,9 +154,9 @@ class _PolygonWriter:
         t = transform
         self.matrix = [t.a, t.b, t.d, t.e, t.c, t.f]
         self.min_area, self.simplify = min_area, simplify
-        self.tmp = dest.with_name(f".{dest.stem}.part-{os.getpid()}{dest.suffix}")
+        self.tmp = temporary_path(dest)
+        remove_quietly(self.tmp)  # one this process left: pyogrio would append to it
         self.layer = re.sub(r"\W", "_", dest.stem)  # the final file's name, as GDAL would call it
-        remove_quietly(self.tmp)
         self.pending: list[tuple[int, object]] = []
         self.count = self.dropped = 0
         self.started = False
