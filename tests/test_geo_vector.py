@@ -137,14 +137,14 @@ def test_segment_writes_polygons_beside_each_scene(tmp_path):
     for i in range(2):
         with rasterio.open(out / f"s{i}.labels.tif") as ds:
             want = _whole(ds.read(1), ds.transform)
-        assert len(_read(out / f"s{i}.labels.fgb")) == len(want) > 0
+        assert len(_read(out / f"s{i}.polygons.fgb")) == len(want) > 0
     # several scenes into an -o that ends in .tif (a folder then): still one polygon file per scene
     tif = tmp_path / "out.tif"
     done = subprocess.run([str(SEGBENCH), "segment", str(scenes), "--engine", str(engine), "-o", str(tif),
                            "--batch", "2", "--vector", str(tmp_path / "one.gpkg")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in tif.glob("*.gpkg")) == ["s0.labels.gpkg", "s1.labels.gpkg"]
+    assert sorted(p.name for p in tif.glob("*.gpkg")) == ["s0.polygons.gpkg", "s1.polygons.gpkg"]
     assert not (tmp_path / "one.gpkg").exists()
     bad = subprocess.run([str(SEGBENCH), "segment", str(scenes), "--engine", str(engine), "-o",
                           str(tmp_path / "out2"), "--vector", str(tmp_path / "x.shp")],

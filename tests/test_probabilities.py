@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from segbench.tiler.accumulate import PROBABILITY_SCALE, class_probabilities
+from segbench.raster import PROBABILITY_SCALE
+from segbench.tiler.accumulate import class_probabilities
 from tests.conftest import make_spec, tiny_conv_onnx, write_scene
 
 SEGBENCH = Path(sys.executable).with_name("segbench")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -208,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     vec.add_argument("--vector", type=Path, default=None,
                      help="also write one polygon per region (class id, class name, area in m2) to this "
                           ".gpkg, .geojson or .fgb file; with several scenes, its extension gives the "
-                          "format of a file beside each label raster")
+                          "format of a file beside each label raster (x.labels.tif: x.polygons.gpkg)")
     vec.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this (m2)")
     vec.add_argument("--simplify", type=float, default=0.0,
                      help="simplify polygons with this tolerance (map units)")
@@ -485,6 +486,9 @@ def _cmd_engines(args: argparse.Namespace) -> int:
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from segbench.engines.registry import load
+    from segbench.geo.sidecars import Polygons, Sidecars
+    from segbench.geo.stac import stac_missing
+    from segbench.spec import ModelSpec
     from segbench.tiler import auto_batch, segment_many
 
     on_dask = bool(args.workers or args.scheduler)
@@ -493,16 +497,24 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if (args.confidence or args.probabilities or args.resample) and on_dask:
         raise InputError("--confidence, --probabilities and --resample are not available with "
                          "--workers or --scheduler yet.")
+    aoi_file = args.aoi
     if args.aoi:
         from segbench.geo.aoi import read_aoi
 
         args.aoi = read_aoi(args.aoi)
+    polygons = None
     if args.vector:  # before any work: a path polygons cannot go to
         from segbench.files import check_output_folder
         from segbench.geo.vector import driver_for
 
         driver_for(args.vector)
         check_output_folder(args.vector)
+        polygons = Polygons(args.vector, min_area=args.min_area, simplify=args.simplify)
+    spec = ModelSpec.load(args.engine)
+    sidecars = Sidecars.where_possible(spec, polygons)
+    if not sidecars.stac:  # said once, not once per scene
+        print(f"segbench: skipping STAC items: {stac_missing()}", file=sys.stderr)
+    _refuse_replacing_inputs(args, aoi_file, sidecars, on_dask)
     batch = args.batch
     if batch == "auto" and args.scheduler:  # the sweep would measure this machine, not the workers
         batch = 4
@@ -513,76 +525,75 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         print(choice.describe(), file=sys.stderr)
         batch = choice.batch
     if on_dask:
-        return _segment_on_cluster(args, batch)
+        return _segment_on_cluster(args, batch, spec, sidecars)
     # batches back to back: OpenVINO compiles for them and keeps several in flight
     engine = load(args.engine, mode="throughput", batch=batch)
     try:
         segment_many(args.scenes, engine, args.out, overlap=args.overlap, blend=args.blend, batch=batch,
                      nodata=args.nodata, confidence=args.confidence, probabilities=args.probabilities,
-                     aoi=args.aoi, resample=args.resample,
-                     on_scene=_scene_done(engine.spec, args))
+                     aoi=args.aoi, resample=args.resample, on_scene=_scene_done(sidecars, args))
     finally:
         engine.close()
     return 0
 
 
-def _gpu_resources(args: argparse.Namespace) -> dict[str, float] | None:
+def _refuse_replacing_inputs(args: argparse.Namespace, aoi_file: Path | None, sidecars,
+                             on_dask: bool) -> None:
+    """Before any work: no output of ``segment`` (rasters, sidecars, polygons, resume state, chunk
+    files) may replace an input (scenes, the engine, the AOI) or another of its outputs."""
+    from segbench.cluster.resume import chunk_folder, manifest_path, staged_path
+    from segbench.protect import Inputs, refuse_shared
+    from segbench.tiler.scenes import plan_outputs
+
+    planned = plan_outputs(args.scenes, args.out, confidence=args.confidence,
+                           probabilities=args.probabilities)
+    inputs = Inputs().add_artifact(args.engine)
+    if aoi_file is not None:
+        inputs.add(aoi_file)
+    outputs: list[tuple[Path, list[Path]]] = []  # each output with the files it is written as
+    for o in planned:
+        inputs.add_raster(o.scene)
+        written = sidecars.outputs(o.labels, o.confidence, o.probabilities, out=args.out)
+        if on_dask:
+            written[o.labels] += [staged_path(o.labels), manifest_path(o.labels)]
+        outputs += written.items()
+    inputs.refuse(f for _, files in outputs for f in files)
+    refuse_shared(outputs)
+    if args.chunk_files is not None:
+        for o in planned:
+            inputs.refuse_folder(chunk_folder(args.chunk_files, o.labels))
+
+
+def _gpu_resources(args: argparse.Namespace, spec) -> dict[str, float] | None:
     """On a running cluster, a GPU engine's chunks go to workers that declare a GPU (one each)."""
     from segbench.engines.registry import get_kind
-    from segbench.spec import ModelSpec
 
-    spec = ModelSpec.load(args.engine)
     gpu = spec.build is not None and get_kind(spec.build.engine).device == "cuda"
     return {"GPU": 1} if args.scheduler and gpu else None
 
 
-def _scene_done(spec, args: argparse.Namespace):
-    """What follows each finished scene: its GIS sidecars (QGIS style, categories, STAC item), its
-    polygons where asked, and one line."""
-    from segbench.geo import style_confidence, style_labels, style_polygons, style_probabilities
-    from segbench.geo.stac import stac_missing, write_label_item
-    from segbench.tiler.accumulate import PROBABILITY_SCALE
-
-    if no_stac := stac_missing():  # said once, not once per scene
-        print(f"segbench: skipping STAC items: {no_stac}", file=sys.stderr)
+def _scene_done(sidecars, args: argparse.Namespace):
+    """What follows each finished scene: its sidecars (styles, polygons, STAC item) and one line."""
 
     def done(result) -> None:
-        style_labels(result.output, spec.classes, spec.palette)
-        if result.confidence:
-            style_confidence(result.confidence)
-        if result.probabilities:
-            style_probabilities(result.probabilities, spec.classes, PROBABILITY_SCALE)
-        line = f"{result.output}: {result.megapixels:.1f} MP at {result.megapixels_per_s:.2f} MP/s"
-        dest = None
-        if args.vector:
-            from segbench.geo.vector import polygonize
-
-            # one scene into -o labels.tif: the path given; else a file beside each label raster
-            one_scene = Path(result.output) == Path(args.out)
-            dest = args.vector if one_scene else Path(result.output).with_suffix(args.vector.suffix)
-            polygons = polygonize(result.output, dest, spec.classes, min_area=args.min_area,
-                                  simplify=args.simplify)
-            style_polygons(dest, spec.classes, spec.palette)
-            line += f"; {polygons.polygons} polygons in {dest} ({polygons.seconds:.1f} s)"
-        if not no_stac:  # last: the item reads the scales the styles give, and lists the polygons
-            write_label_item(result.output, spec, confidence=result.confidence,
-                             probabilities=result.probabilities, scene=result.scene, polygons=dest)
-        print(line)
+        note = sidecars.write(result.output, confidence=result.confidence,
+                              probabilities=result.probabilities, scene=result.scene, out=args.out)
+        print(f"{result.output}: {result.megapixels:.1f} MP at {result.megapixels_per_s:.2f} MP/s"
+              + (f"; {note}" if note else ""))
 
     return done
 
 
-def _segment_on_cluster(args: argparse.Namespace, batch: int) -> int:
+def _segment_on_cluster(args: argparse.Namespace, batch: int, spec, sidecars) -> int:
     from segbench.cluster import dask_client, segment_on_cluster, worker_peaks
     from segbench.peak import peak_rss_bytes
-    from segbench.spec import ModelSpec
     from segbench.tiler.chunks import CHUNK
 
     with dask_client(args.workers, args.scheduler) as client:
         segment_on_cluster(client, args.scenes, args.engine, args.out, chunk=args.chunk or CHUNK,
                            overlap=args.overlap, blend=args.blend, batch=batch, nodata=args.nodata,
-                           aoi=args.aoi, resources=_gpu_resources(args), chunk_files=args.chunk_files,
-                           on_scene=_scene_done(ModelSpec.load(args.engine), args))
+                           aoi=args.aoi, resources=_gpu_resources(args, spec), chunk_files=args.chunk_files,
+                           on_scene=_scene_done(sidecars, args))
         peaks = worker_peaks(client)
     workers = ", ".join(f"{mb / 2**20:.0f}" for mb in peaks.values())
     print(f"peak memory (MB): this process {peak_rss_bytes() / 2**20:.0f}, workers {workers}")
@@ -613,6 +624,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+_python_show_warning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """segbench's own warnings as one line for the user; other libraries' as Python shows them."""
+    if Path(filename).is_relative_to(Path(__file__).parent):
+        print(f"segbench: warning: {message}", file=file or sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``segbench`` console script.
 
@@ -625,6 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # GDAL's own messages repeat what the one-sentence errors already say.
     logging.getLogger("rasterio").setLevel(logging.CRITICAL)
+    warnings.showwarning = _show_warning
     try:
         with terminate_as_interrupt():
             return args.func(args)

@@ -26,7 +26,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from rasterio._err import CPLE_BaseError
-from rasterio.enums import MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.windows import Window
 
@@ -45,6 +45,8 @@ SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
 GDAL_ERRORS = (RasterioError, CPLE_BaseError)
 LABEL_NODATA = IGNORE_INDEX
 LABEL_BLOCK = 256  # tile size of the label rasters we write
+#: a class probability p is stored as round(PROBABILITY_SCALE * p); LABEL_NODATA (255) is nodata
+PROBABILITY_SCALE = 254
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class SceneInfo:
     nodata: float | None
     has_mask: bool
     block_height: int = 1  # rows per block of the first band (1 for striped files)
+    alpha_bands: tuple[int, ...] = ()  # 1-based bands whose colour interpretation is alpha
 
     @property
     def gsd_m(self) -> float | None:
@@ -177,17 +180,34 @@ def scene_info(ds: rasterio.DatasetReader) -> SceneInfo:
         nodata=ds.nodata,
         has_mask=has_mask,
         block_height=ds.block_shapes[0][0],
+        alpha_bands=tuple(i for i, c in enumerate(ds.colorinterp, start=1) if c == ColorInterp.alpha),
     )
 
 
 def check_bands(info: SceneInfo, spec: ModelSpec) -> None:
-    """Raise when the scene lacks a band the model reads."""
+    """Raise when the scene lacks a band the model reads; warn when it has bands the model does not
+    read, naming the ones it does and how to choose others (once per scene: warnings' default
+    filter shows one message once from one place)."""
     missing = [b for b in spec.bands if b > info.count]
     if missing:
         raise InputError(
             f"Scene {info.path.name} has {info.count} band(s) but the model reads band(s) "
             f"{', '.join(map(str, spec.bands))}; give a scene with those bands."
         )
+    unread = sorted(set(range(1, info.count + 1)) - set(spec.bands))
+    if unread:
+        named = ", ".join(f"{b} (alpha: a validity mask)" if b in info.alpha_bands else str(b)
+                          for b in unread)
+        picks = " ".join(f"-b B{i}" for i in range(1, spec.num_bands + 1))
+        warnings.warn(  # stacklevel 1: one place, so each scene's message is shown once
+            f"{info.path.name} has {info.count} bands and the model reads band(s) "
+            f"{', '.join(map(str, spec.bands))} (its spec's order), not {named}; to feed it others, "
+            f"segment a VRT that lists them in that order (gdalbuildvrt {picks} picked.vrt "
+            f"{info.path.name}).", UnreadBandsWarning, stacklevel=1)
+
+
+class UnreadBandsWarning(UserWarning):
+    """A scene has bands the model does not read."""
 
 
 def read_window(
@@ -206,8 +226,9 @@ def read_window(
     Returns ``(pixels, valid)``: ``pixels`` is float32 ``(len(bands), height,
     width)`` with ``fill`` outside the scene and on invalid pixels, ``valid``
     is bool ``(height, width)``; a pixel is valid when it lies in the scene
-    and the dataset mask (nodata or internal mask) marks it valid. ``nodata``
-    overrides the file's nodata value. ``out``, a float32 array of that shape,
+    and the dataset mask (nodata or internal mask) marks it valid, and, in a
+    float raster, no band is NaN there. ``nodata`` overrides the file's
+    nodata value. ``out``, a float32 array of that shape,
     receives the pixels instead of a new array (e.g. a slot of a batch).
     """
     shape = (len(bands), height, width)
@@ -230,8 +251,12 @@ def read_window(
             mask = np.ones(data.shape[1:], bool)
         elif nodata is None:
             mask = ds.dataset_mask(window=win) > 0
+        elif np.isnan(nodata):
+            mask = ~np.all(np.isnan(data), axis=0)
         else:
             mask = ~np.all(data == nodata, axis=0)
+        if data.dtype.kind == "f":  # NaN is no-data in a float raster, whatever its nodata value says
+            mask &= ~np.isnan(data).any(axis=0)
     except GDAL_ERRORS as exc:
         raise InputError(f"Could not read {ds.name}: {_first_line(exc)}.") from exc
     out[(slice(None), *sl)] = data

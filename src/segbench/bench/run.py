@@ -89,6 +89,7 @@ def run_bench(config: BenchConfig, console: Console | None = None, show_table: b
     spec = ModelSpec.load(config.model)
     kinds = [get_kind(name) for name in config.engines]
     _check_scenes(config, spec)
+    _refuse_replacing_inputs(config, [k.name for k in kinds])
     rule = RankRule(config.reference, config.min_ratio, config.max_latency_ms,
                     int(config.max_memory_mb * 2**20) if config.max_memory_mb else None)
     report = new_report(config.to_dict(), rule.text())
@@ -244,6 +245,25 @@ def _scaling_summary(scaling: dict) -> str:
     n = scaling["workers"]
     return (f"{rates['1']:.2f} MP/s on 1 Dask worker, {rates[str(n)]:.2f} on {n} "
             f"(efficiency {100 * scaling['efficiency']:.0f}%)")
+
+
+#: the renderings of report.json that the bench writes beside it
+REPORT_SUFFIXES = (".json", ".md", ".csv", ".png")
+
+
+def _refuse_replacing_inputs(config: BenchConfig, engines: list[str]) -> None:
+    """Before any work: nothing the bench writes in its folder (the report and its renderings, the
+    engines' logs, the folders of built engines and of each engine's labels) replaces an input."""
+    from segbench.protect import Inputs
+
+    inputs = Inputs().add_artifact(config.model)
+    for raster in (*config.scenes, *config.labels, *config.calib):
+        inputs.add_raster(raster)
+    out = Path(config.out)
+    inputs.refuse([out, *(out / f"report{s}" for s in REPORT_SUFFIXES),
+                   *(out / f"{name}.error.log" for name in engines)])
+    for folder in ("engines", *engines):
+        inputs.refuse_folder(out / folder)
 
 
 def _check_scenes(config: BenchConfig, spec: ModelSpec) -> None:

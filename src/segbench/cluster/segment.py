@@ -52,7 +52,7 @@ from segbench.spec import ModelSpec
 from segbench.tiler.chunks import CHUNK, plan_chunks
 from segbench.tiler.pipeline import SegmentResult, StageTimes
 from segbench.tiler.progress import Progress
-from segbench.tiler.scenes import scene_outputs
+from segbench.tiler.scenes import make_folders, plan_outputs
 from segbench.tiler.windows import axis_starts, stride_for
 
 #: seconds to reach a scheduler, and to wait for its first worker
@@ -177,8 +177,9 @@ def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifac
     """
     artifact = Path(artifact).resolve()
     spec = ModelSpec.load(artifact)
-    outputs = [(scene if is_url(scene) else scene.resolve(), dest)
-               for scene, dest in scene_outputs(scenes, out)]
+    planned = plan_outputs(scenes, out)
+    make_folders(planned)
+    outputs = [(o.scene if is_url(o.scene) else o.scene.resolve(), o.labels) for o in planned]
     sidecars = [artifact.with_suffix(".bin")] if artifact.suffix == ".xml" else []
     files = [artifact, *sidecars, *(s for s, _ in outputs if not is_url(s))]  # URLs: read by each worker
     threads = check_workers(client, [str(p) for p in files])

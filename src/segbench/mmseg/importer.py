@@ -63,6 +63,10 @@ def import_model(
     out = Path(out)
     if out.suffix != ".pth":
         raise InputError(f"The output {out} must end in .pth.")
+    from segbench.protect import Inputs
+    from segbench.spec import sidecar_path
+
+    Inputs().add(config).add(checkpoint).refuse([out, sidecar_path(out)])
     cfg = load_config(config)
     model_cfg = deployable(cfg.model.to_dict())
     weights = load_checkpoint(checkpoint)

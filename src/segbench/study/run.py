@@ -45,6 +45,7 @@ def run_study(study: Study, console: Console | None = None) -> dict:
 
     console = console or make_console()
     out = Path(study.out)
+    _refuse_replacing_inputs(study)
     out.mkdir(parents=True, exist_ok=True)
     datasets = [_dataset_info(d) for d in study.datasets]
     cells = [(d, info, n) for d, info in zip(study.datasets, datasets, strict=True)
@@ -188,6 +189,21 @@ def _bench_cell(study: Study, dataset: DatasetEntry, info, model: dict, folder: 
 
 
 # -- the study report --------------------------------------------------------------------------
+
+def _refuse_replacing_inputs(study: Study) -> None:
+    """Before any work: the study folder, which the study writes into and clears cells of, holds no
+    input (the study file, a dataset, an imported model's config or checkpoint, pretrained weights)."""
+    from segbench.protect import Inputs
+
+    inputs = Inputs()
+    for path in (study.path, *(n.config for n in study.networks), *(n.checkpoint for n in study.networks),
+                 *study.recipe.pretrained.values()):
+        if path is not None:
+            inputs.add(path)
+    for dataset in study.datasets:
+        inputs.add_folder(dataset.path)
+    inputs.refuse_folder(study.out)
+
 
 def write_study_json(study: Study, out: Path) -> dict:
     """Gather every cell's record into ``out/study.json`` (rewritten after each cell)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from segbench import _native
+from segbench.raster import PROBABILITY_SCALE
 from segbench.spec import IGNORE_INDEX
 from segbench.tiler.windows import Window
 
@@ -105,8 +106,6 @@ def open_span(window: Window, top: int, rows: int, height: int, width: int) -> t
     return y, window.col, h, w
 
 
-#: a class probability p is stored as round(PROBABILITY_SCALE * p); IGNORE_INDEX (255) is nodata
-PROBABILITY_SCALE = 254
 #: columns turned into probabilities at once (bounds the float temporaries on wide scenes)
 PROBABILITY_COLUMNS = 2048
 

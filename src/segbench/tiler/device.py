@@ -26,7 +26,8 @@ import numpy as np
 
 from segbench.errors import InputError
 from segbench.extras import require
-from segbench.tiler.accumulate import PROBABILITY_SCALE, open_span
+from segbench.raster import PROBABILITY_SCALE
+from segbench.tiler.accumulate import open_span
 from segbench.tiler.windows import Window
 
 

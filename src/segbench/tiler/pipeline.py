@@ -30,6 +30,7 @@ from segbench.engines.base import Engine, infer_stream
 from segbench.errors import InputError, OutputError
 from segbench.files import check_output_folder
 from segbench.peak import peak_rss_bytes
+from segbench.protect import Inputs
 from segbench.raster import LABEL_BLOCK, AreaOfInterest, check_bands, open_raster, scene_info
 from segbench.signals import terminate_as_interrupt
 from segbench.spec import ModelSpec
@@ -147,6 +148,7 @@ def segment(
                       stacklevel=2)
     _check_gsd(info, spec)
     _check_outputs(out, confidence, probabilities)
+    Inputs().add_raster(scene).refuse([out, confidence, probabilities])
     with terminate_as_interrupt(), rasterio.Env(GDAL_CACHEMAX=_cache_bytes(info, tile)):
         return _run(scene, engine, out, info, tile, step, blend, batch, nodata, confidence,
                     progress, area, probabilities, runs_on_device(engine, on_device),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
@@ -43,19 +44,45 @@ def scene_stem(scene: Path | str) -> str:
     return Path(scene).stem
 
 
-def scene_outputs(paths: Iterable[str | os.PathLike[str]],
-                  out: str | os.PathLike[str]) -> list[tuple[Path | str, Path]]:
-    """``(scene, label file)`` for each scene of ``paths`` (files, folders, VRTs, URLs).
+@dataclass(frozen=True)
+class SceneOutput:
+    """The rasters one scene is segmented into."""
+
+    scene: Path | str
+    labels: Path
+    confidence: Path | None = None
+    probabilities: Path | None = None
+
+    @property
+    def rasters(self) -> list[Path]:
+        return [p for p in (self.labels, self.confidence, self.probabilities) if p is not None]
+
+
+def plan_outputs(paths: Iterable[str | os.PathLike[str]], out: str | os.PathLike[str], *,
+                 confidence: bool = False, probabilities: bool = False) -> list[SceneOutput]:
+    """The outputs of each scene of ``paths`` (files, folders, VRTs, URLs); nothing is created.
 
     ``out`` is the label file when there is one scene and it ends in .tif;
-    otherwise a folder (created) that receives ``<scene>.labels.tif`` per scene.
+    otherwise a folder that receives ``<scene>.labels.tif`` per scene. Beside
+    each label file ``x.tif`` go ``x.confidence.tif`` and ``x.probabilities.tif``
+    where asked.
     """
     scenes = expand_scenes(paths)
     out = Path(out)
     if len(scenes) == 1 and out.suffix.lower() in (".tif", ".tiff"):
-        return [(scenes[0], out)]
-    out.mkdir(parents=True, exist_ok=True)
-    return [(scene, out / f"{scene_stem(scene)}.labels.tif") for scene in scenes]
+        labels = [out]
+    else:
+        labels = [out / f"{scene_stem(scene)}.labels.tif" for scene in scenes]
+    return [SceneOutput(scene, dest,
+                        dest.with_name(f"{dest.stem}.confidence.tif") if confidence else None,
+                        dest.with_name(f"{dest.stem}.probabilities.tif") if probabilities else None)
+            for scene, dest in zip(scenes, labels, strict=True)]
+
+
+def make_folders(outputs: Iterable[SceneOutput]) -> None:
+    """Create the folders the planned outputs go to (an ``-o`` folder for several scenes)."""
+    for folder in {o.labels.parent for o in outputs}:
+        folder.mkdir(parents=True, exist_ok=True)
 
 
 def segment_many(
@@ -70,7 +97,7 @@ def segment_many(
     resample: bool = False,
     **options,
 ) -> list[SegmentResult]:
-    """Segment several scenes (files, folders, VRTs) into ``out`` (see :func:`scene_outputs`).
+    """Segment several scenes (files, folders, VRTs) into ``out`` (see :func:`plan_outputs`).
 
     ``on_scene`` is called with each scene's result as soon as it is done;
     ``resample`` runs each scene at the model's GSD (:mod:`.resample`).
@@ -78,12 +105,12 @@ def segment_many(
     from segbench.tiler.resample import segment_resampled
 
     run = segment_resampled if resample else segment
+    planned = plan_outputs(paths, out, confidence=confidence, probabilities=probabilities)
+    make_folders(planned)
     results = []
-    for scene, dest in scene_outputs(paths, out):
-        conf = dest.with_name(f"{dest.stem}.confidence.tif") if confidence else None
-        probs = dest.with_name(f"{dest.stem}.probabilities.tif") if probabilities else None
-        results.append(run(scene, engine, dest, confidence=conf, probabilities=probs, progress=progress,
-                           **options))
+    for o in planned:
+        results.append(run(o.scene, engine, o.labels, confidence=o.confidence,
+                           probabilities=o.probabilities, progress=progress, **options))
         if on_scene is not None:
             on_scene(results[-1])
     return results
