@@ -11,13 +11,49 @@ the same spec plus the checkpoint's digest.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from segbench.errors import InputError, first_line
+from segbench.errors import InputError
 from segbench.files import atomic_output, sha256_file
 from segbench.spec import ModelSpec
+
+
+def load_weights_only(path: str | os.PathLike[str], allowed: Iterable[Any] = (),
+                      what: str = "Checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` with the ``allowed`` types, every failure one sentence.
+
+    A file that pickles any other type is refused naming the type, because unpickling it would
+    run code from the file; torch's own message, which suggests loading with
+    ``weights_only=False``, is never relayed.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist.")
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        name = refused_type(str(exc))
+        if name:
+            raise InputError(f"{what} {path} holds a {name} object, which segbench does not load: "
+                             "unpickling it would run code from the file.") from exc
+        raise InputError(f"{what} {path} is corrupt or truncated.") from exc
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise InputError(f"{what} {path} is corrupt, truncated or not a PyTorch file "
+                         f"({type(exc).__name__}).") from exc
+
+
+def refused_type(message: str) -> str | None:
+    """The dotted type name in torch's 'Unsupported global: GLOBAL a.b.C' message."""
+    match = re.search(r"GLOBAL ([\w.]+)", message)
+    return match.group(1) if match else None
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: Any, model_cfg: dict, spec: ModelSpec) -> ModelSpec:
@@ -36,19 +72,10 @@ def save_checkpoint(path: str | os.PathLike[str], model: Any, model_cfg: dict, s
 
 def load_model(path: str | os.PathLike[str], device: str = "cpu") -> tuple[Any, ModelSpec]:
     """Build the mmseg model of a segbench checkpoint, in eval mode, with its spec."""
-    import torch
     from mmengine.model import revert_sync_batchnorm
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"Checkpoint {path} does not exist.")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise InputError(
-            f"{path} is not a segbench checkpoint ({first_line(exc)}); "
-            "train one with 'segbench train'."
-        ) from exc
+    payload = load_weights_only(path)
     if not isinstance(payload, dict) or "model_config" not in payload:
         raise InputError(f"{path} is not a segbench checkpoint; train one with 'segbench train'.")
     model = build_mmseg_model(payload["model_config"])

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segbench.errors import InputError, first_line
+from segbench.checkpoint import load_weights_only
+from segbench.errors import InputError
 
 # Module prefixes stripped from parameter names, as mmengine's loader does
 # (DataParallel / DistributedDataParallel wrappers save them).
@@ -77,22 +77,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> ForeignCheckpoint:
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"Checkpoint {path} does not exist.")
-    try:
-        with torch.serialization.safe_globals(allowed_types()):
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        name = _refused_type(str(exc))
-        if name:
-            raise InputError(
-                f"Checkpoint {path} holds a {name} object, which is not a type mmengine writes; "
-                "segbench refuses it because loading it would run code from the file."
-            ) from exc
-        raise InputError(f"Checkpoint {path} is corrupt or truncated ({first_line(exc)}).") from exc
-    except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise InputError(f"Checkpoint {path} is corrupt, truncated or not a PyTorch file "
-                         f"({first_line(exc)}).") from exc
+    payload = load_weights_only(path, allowed_types())
     if not isinstance(payload, dict):
         raise InputError(f"Checkpoint {path} holds a {type(payload).__name__}, not a state dict.")
     state = payload.get("state_dict", payload)
@@ -162,7 +147,3 @@ def _strip_prefix(key: str) -> str:
     return key
 
 
-def _refused_type(message: str) -> str | None:
-    """The dotted type name in torch's 'Unsupported global: GLOBAL a.b.C' message."""
-    match = re.search(r"GLOBAL ([\w.]+)", message)
-    return match.group(1) if match else None

@@ -20,7 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from segbench.errors import InputError, first_line
+from segbench.checkpoint import load_weights_only
+from segbench.errors import InputError
 from segbench.files import atomic_output
 
 STATE_NAME = "resume.pth"
@@ -29,15 +30,10 @@ FORMAT = "segbench-resume/1"
 
 def load_state(path: Path) -> dict:
     """The saved training state at ``path`` (plain data, loaded with ``weights_only``)."""
-    import torch
-
     if not path.is_file():
         raise InputError(f"Nothing to resume in {path.parent}: {path.name} does not exist; "
                          "train without --resume.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise InputError(f"{path} is not a segbench training state ({first_line(exc)}).") from exc
+    state = load_weights_only(path, what="Training state")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"{path} is not a segbench training state.")
     return state
