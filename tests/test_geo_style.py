@@ -133,3 +133,68 @@ def test_qgis_colours_the_polygons_by_class(segmented):
     kind, labels_shown, colours, count = json.loads(done.stdout.strip().splitlines()[-1])
     assert kind == "categorizedSymbol" and labels_shown == list(spec.classes) and count > 0
     assert colours == ["#" + bytes(c).hex() for c in spec.palette]
+
+
+@pytest.fixture(scope="module")
+def same_name(tmp_path_factory):
+    """``-o regions.tif --vector regions.gpkg``: the natural naming, where both styles were once
+    written to regions.qml."""
+    pytest.importorskip("pyogrio")
+    from segbench.engines.registry import build
+
+    root = tmp_path_factory.mktemp("same-name")
+    spec = dataclasses.replace(make_spec(tile=32, classes=3), classes=("building", "road", "tree"))
+    engine = build(tiny_conv_onnx(root / "m.onnx", spec), "ort-fp32", root)
+    scene = write_scene(root / "scene.tif", np.random.default_rng(3).integers(1, 256, (3, 90, 110),
+                                                                             dtype=np.uint8))
+    labels, regions = root / "regions.tif", root / "regions.gpkg"
+    done = subprocess.run([str(SEGBENCH), "segment", str(scene), "--engine", str(engine), "-o", str(labels),
+                           "--vector", str(regions), "--batch", "2"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return labels, regions, spec
+
+
+def test_a_raster_and_its_polygons_of_one_name_keep_their_own_styles(same_name):
+    import sqlite3
+
+    import pyogrio
+
+    labels, regions, spec = same_name
+    assert ET.parse(qml_path(labels)).find("pipe/rasterrenderer").get("type") == "paletted"
+    with sqlite3.connect(regions) as db:
+        (layer,), = db.execute("SELECT table_name FROM gpkg_geometry_columns").fetchall()
+        styles = db.execute("SELECT f_table_name, useAsDefault, styleQML FROM layer_styles").fetchall()
+        listed = db.execute("SELECT data_type FROM gpkg_contents "
+                            "WHERE table_name = 'layer_styles'").fetchall()
+    assert len(styles) == 1 and styles[0][:2] == (layer, 1) and listed == [("attributes",)]
+    renderer = ET.fromstring(styles[0][2]).find("renderer-v2")
+    assert renderer.get("type") == "categorizedSymbol"
+    assert [c.get("label") for c in renderer.find("categories")] == list(spec.classes)
+    assert pyogrio.read_info(regions, layer=layer)["features"] > 0  # still a GeoPackage GDAL reads
+
+
+def test_qgis_opens_a_raster_and_its_polygons_of_one_name_each_with_its_style(same_name):
+    if not _has_qgis():
+        pytest.skip("QGIS is not installed (apt-get install python3-qgis)")
+    labels, regions, spec = same_name
+    code = textwrap.dedent(f"""
+        import json, os
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+        from qgis.core import QgsApplication, QgsRasterLayer, QgsVectorLayer
+        app = QgsApplication([], False)
+        app.initQgis()
+        raster = QgsRasterLayer({str(labels)!r}, "labels")
+        vector = QgsVectorLayer({str(regions)!r}, "regions", "ogr")
+        assert raster.isValid() and vector.isValid()
+        raster.loadDefaultStyle()
+        vector.loadDefaultStyle()
+        legend = [label for label, _ in raster.legendSymbologyItems()]
+        categories = [c.label() for c in vector.renderer().categories()]
+        print(json.dumps([raster.renderer().type(), legend, vector.renderer().type(), categories]))
+    """)
+    done = subprocess.run([str(QGIS_PYTHON), "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    raster_kind, legend, vector_kind, categories = json.loads(done.stdout.strip().splitlines()[-1])
+    assert raster_kind == "paletted" and legend == list(spec.classes)  # not 256 numbered entries
+    assert vector_kind == "categorizedSymbol" and categories == list(spec.classes)

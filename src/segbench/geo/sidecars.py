@@ -70,7 +70,7 @@ class Sidecars:
             files[Path(labels)].append(item_path(labels))
         if self.polygons is not None:
             vector = self.polygons.path_for(labels, out if out is not None else labels)
-            files[vector] = [vector, qml_path(vector)]
+            files[vector] = [vector, *([] if vector.suffix.lower() == ".gpkg" else [qml_path(vector)])]
         return files
 
     def write(self, labels: str | os.PathLike[str], *, confidence=None, probabilities=None,

@@ -21,12 +21,14 @@ sidecars are written here, as GDAL documents them; each atomically.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from xml.etree import ElementTree as ET
 from xml.sax.saxutils import escape
 
+from segbench.errors import OutputError
 from segbench.files import write_text
 
 # GDAL's enums, as numbers in its PAM XML (gdal.h: GDALRATFieldType, GDALRATFieldUsage)
@@ -88,7 +90,8 @@ def style_labels(raster: str | os.PathLike[str], classes: Sequence[str],
 
 def style_polygons(vector: str | os.PathLike[str], classes: Sequence[str],
                    palette: Sequence[Sequence[int]]) -> Path:
-    """Write the QGIS style of a polygon file: categories by class name, in the classes' colours."""
+    """Write the QGIS style of a polygon file: categories by class name, in the classes' colours
+    (a GeoPackage keeps it in its ``layer_styles`` table, other formats in ``<name>.qml``)."""
     categories, symbols = [], []
     for i, (name, colour) in enumerate(zip(classes, palette, strict=True)):
         rgba = ",".join(str(int(v)) for v in colour[:3]) + ",255"
@@ -114,7 +117,43 @@ def style_polygons(vector: str | os.PathLike[str], classes: Sequence[str],
   </renderer-v2>
 </qgis>
 """
+    if Path(vector).suffix.lower() == ".gpkg":
+        return write_gpkg_style(vector, qml)
     return write_text(qml_path(vector), qml)
+
+
+def write_gpkg_style(gpkg: str | os.PathLike[str], qml: str, name: str = "segbench") -> Path:
+    """Store ``qml`` as the default style of the GeoPackage's one feature layer, in its own
+    ``layer_styles`` table, where QGIS looks first (and writes styles itself): no ``.qml`` beside
+    it that another output's style could share. The table is registered in ``gpkg_contents`` as
+    attributes, as QGIS does, and written in one transaction."""
+    import sqlite3
+
+    gpkg = Path(gpkg)
+    try:
+        with contextlib.closing(sqlite3.connect(gpkg)) as db, db:
+            layer, geometry = db.execute(
+                "SELECT table_name, column_name FROM gpkg_geometry_columns LIMIT 1").fetchone()
+            db.execute(_LAYER_STYLES)
+            db.execute("DELETE FROM layer_styles WHERE f_table_name = ?", (layer,))
+            db.execute("INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, "
+                       "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, description, "
+                       "owner, ui) VALUES ('', '', ?, ?, ?, ?, '', 1, ?, '', '')",
+                       (layer, geometry, name, qml, "classes coloured as the label raster (segbench)"))
+            db.execute("INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier, "
+                       "description, last_change) VALUES ('layer_styles', 'attributes', 'layer_styles', "
+                       "'', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))")
+    except (sqlite3.Error, TypeError) as exc:
+        raise OutputError(f"Could not store the polygons' style in {gpkg}: {exc}.") from exc
+    return gpkg
+
+
+#: QGIS's own layout of a GeoPackage's style table (QgsOgrProvider / GDAL's GPKG driver)
+_LAYER_STYLES = """CREATE TABLE IF NOT EXISTS layer_styles (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, f_table_catalog TEXT(256), f_table_schema TEXT(256),
+    f_table_name TEXT(256), f_geometry_column TEXT(256), styleName TEXT(30), styleQML TEXT,
+    styleSLD TEXT, useAsDefault BOOLEAN, description TEXT, owner TEXT(30), ui TEXT(30),
+    update_time DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))"""
 
 
 def style_confidence(raster: str | os.PathLike[str]) -> list[Path]:
