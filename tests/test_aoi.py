@@ -95,8 +95,8 @@ def test_an_aoi_that_misses_the_scene_is_one_sentence(setup, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     done = _segment(scene, engine, out / "labels.tif", "--aoi", aoi)
-    assert done.returncode == 2
+    assert done.returncode == 1
     assert done.stderr == "segbench: error: Area of interest far.gpkg does not overlap scene scene.tif.\n"
     assert list(out.iterdir()) == []
     missing = _segment(scene, engine, out / "labels.tif", "--aoi", tmp_path / "nope.gpkg")
-    assert missing.returncode == 2 and "nope.gpkg does not exist" in missing.stderr
+    assert missing.returncode == 1 and "nope.gpkg does not exist" in missing.stderr

@@ -320,7 +320,7 @@ def test_chunk_files_on_the_command_line(engine64, tmp_path):
            "--chunk", "256", "--chunk-files"]
     done = subprocess.run([*cmd, str(tmp_path / "a-file" / "chunks")], capture_output=True, text=True,
                           timeout=300)
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 1, done.stderr
     assert done.stderr == (f"segbench: error: Cannot write chunk files to {tmp_path / 'a-file' / 'chunks'} "
                            "(Not a directory); give --chunk-files a writable folder on storage that every "
                            "worker and this client share.\n")
@@ -354,7 +354,7 @@ def test_an_unreachable_scheduler_or_one_without_workers_is_one_sentence(engine6
     cmd = [str(SEGBENCH), "segment", str(scene), "--engine", str(engine64), "-o", str(tmp_path / "l.tif"),
            "--batch", "1", "--scheduler", "tcp://127.0.0.1:9"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "Cannot reach the Dask scheduler at tcp://127.0.0.1:9" in done.stderr
+    assert done.returncode == 1 and "Cannot reach the Dask scheduler at tcp://127.0.0.1:9" in done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
     assert time.monotonic() - start < 60
     from segbench.cluster import dask_client

@@ -13,7 +13,7 @@ from rasterio.crs import CRS
 from rasterio.features import shapes
 from rasterio.transform import from_origin
 
-from segbench.errors import InputError, OutputError
+from segbench.errors import OutputError, UsageError
 from segbench.raster import write_raster
 from tests.conftest import make_spec, tiny_conv_onnx, write_scene
 
@@ -113,7 +113,7 @@ def test_areas_in_a_geographic_crs_are_in_square_metres(tmp_path):
 
 def test_bad_paths_are_one_sentence_and_leave_nothing(tmp_path):
     raster = _labels(tmp_path / "labels.tif", _blobs(64, 64))
-    with pytest.raises(InputError, match="use a .gpkg, .geojson or .fgb file"):
+    with pytest.raises(UsageError, match="use a .gpkg, .geojson or .fgb file"):
         polygonize(raster, tmp_path / "regions.shp", CLASSES)
     with pytest.raises(OutputError, match="missing does not exist"):
         polygonize(raster, tmp_path / "missing" / "regions.gpkg", CLASSES)

@@ -1,11 +1,22 @@
 """The errors users see: one sentence that says what is wrong and what to do.
 
-The CLI prints any :class:`SegbenchError` without a traceback and exits non-zero.
+The CLI prints any :class:`SegbenchError` without a traceback and exits with its ``exit_code``:
+2 for a command line that asks for something impossible (:class:`UsageError`, as argparse's own
+errors), 3 for a runtime this machine lacks (:class:`RuntimeMissingError`), 1 for any other
+failure of the work itself (a bad input file, a runtime that fails, a full disk). Interrupted
+commands exit 130 (SIGINT) or 143 (SIGTERM): :mod:`segbench.signals`.
 """
 
 
 class SegbenchError(Exception):
     """Base of every error meant for the user rather than the developer."""
+
+    exit_code = 1
+
+
+class UsageError(SegbenchError):
+    """The command line itself is wrong: options that conflict, a required one missing, a value
+    that can never work (told apart from every input file)."""
 
     exit_code = 2
 
@@ -19,7 +30,8 @@ class SpecError(SegbenchError):
 
 
 class RuntimeMissingError(SegbenchError):
-    """The runtime library an engine needs is not installed on this machine."""
+    """The runtime library an engine needs is not installed on this machine (exit 3: the same
+    command can work on a machine that has it, which a scheduler may want to tell apart)."""
 
     exit_code = 3
 

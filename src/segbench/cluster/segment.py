@@ -178,7 +178,7 @@ def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifac
     artifact = Path(artifact).resolve()
     spec = ModelSpec.load(artifact)
     planned = plan_outputs(scenes, out)
-    make_folders(planned)
+    make_folders(planned, out)
     outputs = [(o.scene if is_url(o.scene) else o.scene.resolve(), o.labels) for o in planned]
     sidecars = [artifact.with_suffix(".bin")] if artifact.suffix == ".xml" else []
     files = [artifact, *sidecars, *(s for s, _ in outputs if not is_url(s))]  # URLs: read by each worker

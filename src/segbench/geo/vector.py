@@ -26,7 +26,7 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
-from segbench.errors import InputError, OutputError, first_line
+from segbench.errors import OutputError, UsageError, first_line
 from segbench.extras import require
 from segbench.files import check_output_folder, describe_os_error, remove_quietly, temporary_path
 from segbench.raster import LABEL_NODATA, open_raster
@@ -55,7 +55,7 @@ def driver_for(dest: str | os.PathLike[str]) -> str:
     """The OGR driver for ``dest``'s extension; one sentence for any other."""
     suffix = Path(dest).suffix.lower()
     if suffix not in DRIVERS:
-        raise InputError(f"Cannot write polygons to {Path(dest).name}: use a .gpkg, .geojson or .fgb file.")
+        raise UsageError(f"Cannot write polygons to {Path(dest).name}: use a .gpkg, .geojson or .fgb file.")
     return DRIVERS[suffix]
 
 

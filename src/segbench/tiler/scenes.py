@@ -79,10 +79,11 @@ def plan_outputs(paths: Iterable[str | os.PathLike[str]], out: str | os.PathLike
             for scene, dest in zip(scenes, labels, strict=True)]
 
 
-def make_folders(outputs: Iterable[SceneOutput]) -> None:
-    """Create the folders the planned outputs go to (an ``-o`` folder for several scenes)."""
-    for folder in {o.labels.parent for o in outputs}:
-        folder.mkdir(parents=True, exist_ok=True)
+def make_folders(outputs: Sequence[SceneOutput], out: str | os.PathLike[str]) -> None:
+    """Create ``out`` where it is the folder the outputs go to (several scenes, or a name not ending
+    in .tif); a label file's own folder must exist."""
+    if any(o.labels != Path(out) for o in outputs):
+        Path(out).mkdir(parents=True, exist_ok=True)
 
 
 def segment_many(
@@ -106,7 +107,7 @@ def segment_many(
 
     run = segment_resampled if resample else segment
     planned = plan_outputs(paths, out, confidence=confidence, probabilities=probabilities)
-    make_folders(planned)
+    make_folders(planned, out)
     results = []
     for o in planned:
         results.append(run(o.scene, engine, o.labels, confidence=o.confidence,
