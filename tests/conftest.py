@@ -125,3 +125,113 @@ def require_shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real test data {path} is absent (it ships beside the checkout, not in it)")
     return path
+
+
+def outlier_conv_onnx(path: Path, spec: ModelSpec, scale: float = 1.0, seed: int = 0,
+                      outliers: tuple[int, ...] = (2, 5), hidden: int = 32, depthwise: bool = False) -> Path:
+    """A four-layer conv net (``conv1`` .. ``conv4``, 3x3 3x3 1x1 1x1, ReLU between) as ONNX, with its
+    spec, its last layer fitted to the colours of blob scenes; ``scale`` > 1 makes the ``outliers``
+    channels of ``conv2``'s output ``scale`` times larger and divides ``conv3``'s weights on them by as
+    much: the same function in float (a function-preserving rescale, as trained networks have outlier
+    channels), and activations int8 cannot hold per tensor. ``depthwise``: conv3 is a depthwise
+    1x1 convolution (a per-channel scale), whose inputs smoothing leaves alone."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    b, c = spec.num_bands, spec.num_classes
+    w = {"w1": rng.normal(0, 0.4, (hidden, b, 3, 3)), "b1": rng.normal(0, 0.1, hidden),
+         "w2": rng.normal(0, 0.3, (hidden, hidden, 3, 3)), "b2": rng.normal(0, 0.1, hidden),
+         "w3": (rng.uniform(0.5, 1.5, (hidden, 1, 1, 1)) if depthwise
+                else rng.normal(0, 0.3, (hidden, hidden, 1, 1))), "b3": rng.normal(0, 0.1, hidden),
+         "w4": rng.normal(0, 0.5, (c, hidden, 1, 1)), "b4": rng.normal(0, 0.1, c)}
+    w["w4"], w["b4"] = _fit_readout(w, spec)
+    k = list(outliers)
+    w["w2"][k] *= scale
+    w["b2"][k] *= scale
+    w["w3"][k if depthwise else (slice(None), k)] /= scale
+    inits = [numpy_helper.from_array(np.array(spec.mean, np.float32).reshape(1, b, 1, 1), "mean"),
+             numpy_helper.from_array(np.array(spec.std, np.float32).reshape(1, b, 1, 1), "std")]
+    inits += [numpy_helper.from_array(v.astype(np.float32), n) for n, v in w.items()]
+    nodes = [helper.make_node("Sub", ["pixels", "mean"], ["centred"], name="sub"),
+             helper.make_node("Div", ["centred", "std"], ["x"], name="div")]
+    previous = "x"
+    for i, pad in enumerate((1, 1, 0, 0), start=1):
+        out = "logits" if i == 4 else f"h{i}"
+        attributes = {"pads": [pad] * 4} if pad else {}
+        if i == 3 and depthwise:
+            attributes["group"] = hidden
+        nodes.append(helper.make_node("Conv", [previous, f"w{i}", f"b{i}"], [out], name=f"conv{i}",
+                                      **attributes))
+        if i < 4:
+            nodes.append(helper.make_node("Relu", [out], [f"a{i}"], name=f"relu{i}"))
+            previous = f"a{i}"
+    t = spec.tile
+    graph = helper.make_graph(
+        nodes, "outliers",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", b, t, t])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", c, t, t])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    spec.replace(build=BuildRecord(backend="onnx", precision="fp32")).save(path)
+    return path
+
+
+def _forward(w: dict, x: np.ndarray, layers: int) -> np.ndarray:
+    """The net's first ``layers`` conv+ReLU layers in numpy, on normalized pixels ``(bands, H, W)``."""
+
+    def conv(a, weight, bias):
+        if weight.shape[1] == 1 and a.shape[0] > 1:  # depthwise 1x1
+            return a * weight[:, 0, 0, 0, None, None] + bias[:, None, None]
+        k = weight.shape[-1]
+        pad = np.pad(a, ((0, 0), (k // 2, k // 2), (k // 2, k // 2)))
+        out = np.zeros((weight.shape[0], *a.shape[1:]))
+        for dy in range(k):
+            for dx in range(k):
+                window = pad[:, dy:dy + a.shape[1], dx:dx + a.shape[2]]
+                out += np.einsum("oi,ihw->ohw", weight[:, :, dy, dx], window)
+        return out + bias[:, None, None]
+
+    for i in range(1, layers + 1):
+        x = np.maximum(conv(x, w[f"w{i}"], w[f"b{i}"]), 0)
+    return x
+
+
+def colour_classes(pixels: np.ndarray) -> np.ndarray:
+    """The rule the outlier net is fitted to: the nearest of the :data:`BLOB_COLOURS`."""
+    distance = ((pixels[:3, None] - BLOB_COLOURS.T[:, :, None, None]) ** 2).sum(0)
+    return np.argmin(distance, axis=0)
+
+
+def _fit_readout(w: dict, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """A trained last layer: least squares from the hidden features to the colour classes (logits +-4),
+    on blob imagery: a network with margins, as trained ones have, where random weights give near-ties."""
+    pixels = blob_pixels(96, seed=123)[: spec.num_bands]
+    x = (pixels - np.array(spec.mean)[:, None, None]) / np.array(spec.std)[:, None, None]
+    hidden = _forward(w, x, 3).reshape(w["w3"].shape[0], -1).T
+    target = np.full((hidden.shape[0], spec.num_classes), -4.0)
+    target[np.arange(hidden.shape[0]), colour_classes(pixels).ravel() % spec.num_classes] = 4.0
+    design = np.hstack([hidden, np.ones((hidden.shape[0], 1))])
+    solution = np.linalg.lstsq(design, target, rcond=None)[0]
+    return solution[:-1].T.reshape(spec.num_classes, -1, 1, 1), solution[-1]
+
+
+#: the colours of blob scenes: red, green, blue and dark ground, one per class of the outlier net
+BLOB_COLOURS = np.array([(200, 60, 50), (50, 190, 70), (60, 80, 210), (40, 35, 30)], float)
+
+
+def blob_scene(path: Path, size: int = 128, bands: int = 3, seed: int = 0, blob: int = 16) -> Path:
+    """A scene of squares in the four :data:`BLOB_COLOURS` (varied and noisy): imagery with classes a
+    network can tell apart, where random noise gives every pixel a near-tie."""
+    return write_scene(path, blob_pixels(size, seed, blob)[:bands].astype(np.uint8))
+
+
+def blob_pixels(size: int, seed: int, blob: int = 16) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = size // blob
+    colours = BLOB_COLOURS[rng.integers(0, len(BLOB_COLOURS), (n, n))] + rng.normal(0, 15, (n, n, 3))
+    cells = np.moveaxis(colours, -1, 0)
+    data = np.kron(cells, np.ones((blob, blob))) + rng.normal(0, 8, (3, n * blob, n * blob))
+    return np.clip(data, 0, 255)

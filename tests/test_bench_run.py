@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from segbench.bench.run import BenchConfig, run_bench
-from segbench.errors import InputError
+from segbench.errors import InputError, UsageError
 from tests.conftest import write_scene
 
 
@@ -54,7 +54,7 @@ def test_misaligned_labels_and_unknown_engines(tmp_path, tiny_onnx, scenes):
     other = write_scene(tmp_path / "other.tif", np.zeros((1, 90, 100), np.uint8))
     with pytest.raises(InputError, match="does not align"):
         run_bench(_config(tmp_path, tiny_onnx, (image, other)))
-    with pytest.raises(InputError, match="choose one of"):
+    with pytest.raises(UsageError, match="choose one of"):
         run_bench(_config(tmp_path, tiny_onnx, scenes, engines=["ort-fp33"]))
 
 
@@ -143,7 +143,7 @@ def test_a_runtime_error_while_building_does_not_stop_the_bench(tmp_path, tiny_s
     report = run_bench(config)
     rows = {r["name"]: r for r in report["engines"]}
     assert [r["name"] for r in report["engines"]] == ["ort-int8", "ort-fp32"]
-    for name, where in (("ort-int8", "quantize_static"), ("ort-fp32", "measure_engine")):
+    for name, where in (("ort-int8", "qualify"), ("ort-fp32", "measure_engine")):
         row = rows[name]
         assert row["status"] == "failed" and row["reason"].startswith("Fail: [ONNXRuntimeError]")
         text = (config.out / f"{name}.error.log").read_text()

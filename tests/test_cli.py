@@ -88,3 +88,31 @@ def test_engines_listing(capsys):
         assert statuses["trt-int8"].startswith("unavailable: ") and "NVIDIA" in statuses["trt-int8"]
     for status in statuses.values():
         assert status == "available" or status.startswith(("unavailable: ", "build only: ")), status
+
+
+@pytest.mark.parametrize("case,code", [
+    ("argparse", 2), ("conflicting options", 2), ("unknown engine", 2), ("missing scene", 1),
+    ("output folder missing", 1), ("corrupt engine", 1),
+])
+def test_exit_codes_tell_usage_from_failures_of_the_work(tmp_path, engine, capsys, case, code):
+    """2: the command line is wrong; 1: the work failed (130/143 on signals: test_signals.py)."""
+    scene = write_scene(tmp_path / "s.tif", np.zeros((3, 40, 40), np.uint8))
+    out = str(tmp_path / "l.tif")
+    argv = {
+        "argparse": ["segment", str(scene), "-o", out],  # --engine missing
+        "conflicting options": ["segment", str(scene), "--engine", str(engine), "-o", out, "--chunk", "256"],
+        "unknown engine": ["build", str(engine), "--engine", "ort-fp64"],
+        "missing scene": ["segment", str(tmp_path / "none.tif"), "--engine", str(engine), "-o", out],
+        "output folder missing": ["segment", str(scene), "--engine", str(engine), "-o",
+                                  str(tmp_path / "nowhere" / "l.tif"), "--batch", "1"],
+        "corrupt engine": ["segment", str(scene), "--engine", str(engine), "-o", out, "--batch", "1"],
+    }[case]
+    if case == "corrupt engine":
+        engine.write_bytes(b"not an onnx graph")
+    if case == "argparse":
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == code
+        return
+    assert main(argv) == code
+    _one_line_error(capsys)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from segbench.engines.registry import KINDS, availability, build, get_kind, load
-from segbench.errors import EngineError, InputError, SpecError
+from segbench.errors import EngineError, InputError, SpecError, UsageError
 from segbench.spec import ModelSpec
 
 
@@ -59,7 +59,9 @@ def test_cpu_engines_build_load_and_agree(tmp_path, tiny_onnx, name, min_agree):
     assert built.build.engine == name and built.build.precision == get_kind(name).precision
     assert built.build.artifact_bytes > 0 and built.build.build_seconds >= 0
     if get_kind(name).precision == "int8":
-        assert built.build.calibration_digest and built.build.options["bias"] == "float"
+        qoperator = built.build.options["int8"]["format"] == "qop-u8"  # QLinearConv wants int32 biases
+        assert built.build.calibration_digest
+        assert built.build.options["bias"] == ("int32" if qoperator else "float")
     engine = load(artifact)
     tiles = _tiles(spec)
     out = engine.infer(tiles)
@@ -102,7 +104,7 @@ def test_int8_without_calibration_is_refused(tmp_path, tiny_onnx):
 
 
 def test_unknown_engine_lists_valid_names():
-    with pytest.raises(InputError, match="ort-fp32"):
+    with pytest.raises(UsageError, match="ort-fp32"):
         get_kind("ort-fp64")
 
 

@@ -6,7 +6,7 @@ from dataclasses import asdict
 import pytest
 
 from segbench.bench.rank import RankRule, rank
-from segbench.bench.report import merge_reports, plot, to_csv, to_markdown
+from segbench.bench.report import merge_reports, plot, table_rows, to_csv, to_markdown
 from segbench.errors import SegbenchError
 
 MODEL = {"architecture": "segformer-b0", "classes": 6, "bands": 3, "tile": 512,
@@ -16,7 +16,7 @@ MODEL = {"architecture": "segformer-b0", "classes": 6, "bands": 3, "tile": 512,
 
 def _row(name, miou, p50, mps, device="cpu"):
     gpu = {"peak_allocated_bytes": 3 * 2**30, "device": "NVIDIA H200"} if device == "cuda" else None
-    return {"name": name, "status": "ok", "device": device,
+    return {"name": name, "status": "ok", "device": device, "precision": name.rsplit("-", 1)[1],
             "accuracy": {"miou": miou, "oa": 0.9, "agreement": None},
             "latency": {"batch1": {"n": 80, "p50": p50, "p90": p50 * 1.1}},
             "scene": {"megapixels_per_s": mps}, "memory": {"peak_rss_bytes": 2**29, "gpu": gpu},
@@ -101,14 +101,35 @@ def test_renderings_of_a_merged_report(cpu_box, gpu_box, tmp_path):
     md = to_markdown(merged)
     header = md.splitlines()[2]
     assert "machine" in header
-    assert "| torch-fp16 | gpu-box (NVIDIA H200) | cuda | 79.90 |" in md
+    assert "| torch-fp16 | gpu-box (NVIDIA H200) | cuda | fp16 | 79.90 |" in md
     gpu_column = header.split("|").index(" GPU MiB ")  # shown: some engine ran on a GPU
     torch_fp16 = next(line for line in md.splitlines() if line.startswith("| torch-fp16 "))
     assert torch_fp16.split("|")[gpu_column].strip() == "3072"
     assert "GPU MiB" not in to_markdown(cpu_box)
     assert "trt-fp16: skipped: TensorRT is not installed" in md
     lines = to_csv(merged).splitlines()
-    assert lines[0].startswith("engine,machine,device,mIoU %") and len(lines) == 8
+    assert lines[0].startswith("engine,machine,device,precision,mIoU %") and len(lines) == 8
     assert sum(line.endswith(",1*") or line.endswith(",1") for line in lines) == 1
     png = plot(merged, tmp_path / "merged.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_int8_engines_show_what_their_search_did(cpu_box):
+    from segbench.export.qualify import precision_label
+
+    record = {"format": "qop-u8", "format_description": "QOperator, uint8 asymmetric activations",
+              "runtime": "onnxruntime", "formats": {"qop-u8": {}, "qdq-u8": {}}, "quantized_layers": 78,
+              "float_layers": [{"name": "conv_a", "op": "Conv"}, {"name": "matmul_b", "op": "MatMul"}],
+              "smoothing": None, "plain": {"agreement": 0.97, "miou": 0.6, "p50_ms": 13.0},
+              "final": {"agreement": 0.995, "miou": 0.63, "p50_ms": 14.0}, "reference": {"miou": 0.632},
+              "target": {"ratio": 0.99, "max_float": 0.1, "metric": "miou", "held_out_tiles": 16},
+              "met": True, "unchecked": None, "tried": 5, "search_seconds": 41.0}
+    row = {**_row("ort-int8", 0.62, 14.0, 2.0), "int8": record,
+           "precision_label": precision_label({"int8": record})}
+    report = {**cpu_box, "engines": [*cpu_box["engines"], row]}
+    header, rows = table_rows(report)
+    assert rows[-1][header.index("precision")] == "int8 (2 fp32)"
+    md = to_markdown(report)
+    line = next(x for x in md.splitlines() if x.startswith("- ort-int8: format qop-u8"))
+    assert "2 of 80 layers kept in float: conv_a (Conv), matmul_b (MatMul)" in line
+    assert "target 99.0% of the float mIoU on 16 held-out tiles: met" in line and "41.0 s" in line

@@ -106,3 +106,40 @@ def test_specs_written_before_source_fields_still_load(tmp_path):
         data["build"].pop(key, None)
     sidecar_path(onnx_path).write_text(json.dumps(data))
     assert ModelSpec.load(onnx_path).build.source is None
+
+
+def test_fp16_keeps_layers_whose_activations_overflow_half_precision_in_float32(tmp_path):
+    """Outlier channels near 1e6 in conv2's output, inf in half precision (ONNX Runtime's CPU provider
+    computes fp16 convolutions in float32, so only a GPU would show it; the types show it here): conv2
+    and the nodes that read its output stay float32, the rest is fp16, and the labels still agree."""
+    import onnx
+    from onnxconverter_common import float16
+
+    from segbench.engines.registry import load
+    from segbench.export.probe import abs_max, float_tensors
+    from segbench.export.quantize import ort_session
+    from tests.conftest import blob_pixels, outlier_conv_onnx
+
+    spec = make_spec(classes=4, tile=32)
+    model = outlier_conv_onnx(tmp_path / "model.onnx", spec, scale=30000)
+    tiles = np.stack([blob_pixels(32, seed=s) for s in range(6)]).astype(np.float32)
+    float_model = onnx.load(str(model))
+    assert np.isinf(np.float16(abs_max(float_model, float_tensors(float_model), tiles)["h2"]))
+
+    def output_type(m, node):  # of the tensor the node makes (the converter renames those it casts)
+        out = next(n.output[0] for n in m.graph.node if n.name == node)
+        return next(v.type.tensor_type.elem_type for v in m.graph.value_info if v.name == out)
+
+    plain = float16.convert_float_to_float16(float_model, keep_io_types=True)
+    assert output_type(plain, "conv2") == onnx.TensorProto.FLOAT16  # what the conversion alone would do
+    artifact = build(model, "ort-fp16", tmp_path / "engines", calibration=tiles[:4])
+    variant = graph_path(model, "fp16")
+    record = ModelSpec.load(variant).build.options
+    assert {"conv2", "conv3"} <= set(record["float32_nodes"]) and "conv1" not in record["float32_nodes"]
+    assert record["overflow_check"]["from"] == "calibration"
+    half = onnx.load(str(variant))
+    assert output_type(half, "conv2") == onnx.TensorProto.FLOAT
+    assert output_type(half, "conv1") == onnx.TensorProto.FLOAT16
+    reference = ort_session(model).run(None, {"pixels": tiles})[0].argmax(1)
+    with load(artifact) as engine:
+        assert np.mean(engine.infer(tiles).argmax(1) == reference) > 0.99

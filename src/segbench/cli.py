@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from segbench import __version__
-from segbench.errors import InputError, SegbenchError
+from segbench.errors import InputError, SegbenchError, UsageError
 
 EPILOG = """\
 The flow: data -> train -> export -> build -> segment -> bench.
@@ -45,7 +45,6 @@ def _batch_size(text: str) -> int | str:
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; its choices are the library's own constants."""
     from segbench import raster
-    from segbench.export import precision
     from segbench.train import layout, prepare, synth
 
     p = argparse.ArgumentParser(
@@ -176,10 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("model", type=Path, help="exported .onnx (with its spec)")
     b.add_argument("--engine", type=_csv, required=True, help="engine name(s), comma-separated")
     b.add_argument("-o", "--out", type=Path, default=None, help="output folder (default: beside)")
-    b.add_argument("--calib", type=Path, nargs="*", default=[],
-                   help="calibration scenes for int8 (never the evaluation scenes)")
-    b.add_argument("--calib-tiles", type=_positive, default=32)
-    b.add_argument("--calib-method", choices=precision.CALIBRATION_METHODS, default="minmax")
+    _int8_args(b)
     b.add_argument("--force", action="store_true", help="rebuild even when a current build exists")
     b.set_defaults(func=_cmd_build)
     en = sub.add_parser("engines", help="list engines and whether this machine can run them")
@@ -234,7 +230,6 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--engines", type=_csv, required=True, help="engine names, comma-separated")
     be.add_argument("--scenes", type=Path, nargs="+", required=True, help="evaluation scenes")
     be.add_argument("--labels", type=Path, nargs="*", default=[], help="their label rasters")
-    be.add_argument("--calib", type=Path, nargs="*", default=[], help="calibration scenes for int8")
     be.add_argument("--reference", default="torch-fp32", help="reference engine (default torch-fp32)")
     be.add_argument("-o", "--out", type=Path, default=Path("segbench-bench"), help="output folder")
     be.add_argument("--isprs", action="store_true",
@@ -248,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "local Dask workers (the 'cluster' extra)")
     be.add_argument("--resume", action="store_true",
                     help="keep engines the report in -o already measured on the same inputs")
+    _int8_args(be, target_default="the --min-ratio")
     _tiling_args(be)
     be.set_defaults(func=_cmd_bench)
     r = sub.add_parser("report", help="render or merge bench and study reports (JSON)",
@@ -260,6 +256,39 @@ def build_parser() -> argparse.ArgumentParser:
                         "plots) into this folder")
     r.set_defaults(func=_cmd_report)
     return p
+
+
+def _int8_target(text: str) -> float | str:
+    """A ratio in (0, 1], or ``off``."""
+    if text == "off":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is neither 'off' nor a ratio in (0, 1]")
+    return value
+
+
+def _int8_args(p: argparse.ArgumentParser, target_default: str = "0.99") -> None:
+    """Calibration and the int8 accuracy target, the same for build and bench."""
+    from segbench.export import precision
+
+    q = p.add_argument_group("int8 engines")
+    q.add_argument("--calib", type=Path, nargs="*", default=[],
+                   help="calibration scenes for int8 (training scenes, never the evaluation scenes)")
+    q.add_argument("--calib-labels", type=Path, nargs="*", default=[],
+                   help="their label rasters: the int8 target is then checked as mIoU, not agreement")
+    q.add_argument("--calib-tiles", type=_positive, default=32)
+    q.add_argument("--calib-method", choices=precision.CALIBRATION_METHODS, default="minmax")
+    q.add_argument("--int8-target", type=_int8_target, default=None, metavar="RATIO|off",
+                   help=f"what an int8 engine keeps of its float graph on held-out calibration tiles "
+                        f"(default {target_default}): that share of its mIoU with --calib-labels, else "
+                        f"of label agreement; layers go back to float until it does; 'off': plain int8")
+    q.add_argument("--explain", action="store_true",
+                   help="rank the quantized layers of each int8 engine by the damage they do and report "
+                        "the worst (kept in its spec and the bench report)")
 
 
 def _tiling_args(p: argparse.ArgumentParser) -> None:
@@ -321,11 +350,11 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
 
     if args.source == "scenes":
         if not args.classes:
-            raise InputError("Name the classes with --classes (their order gives the label values).")
+            raise UsageError("Name the classes with --classes (their order gives the label values).")
         info = prepare.prepare_scenes(args.images, args.labels, args.out, classes=args.classes,
                                       window=args.window, stride=args.stride)
     elif args.src is None:
-        raise InputError(f"Give the folder of the downloaded {args.source} release with --src.")
+        raise UsageError(f"Give the folder of the downloaded {args.source} release with --src.")
     elif args.source == "loveda":
         info = prepare.prepare_loveda(args.src, args.out, window=args.window)
     else:
@@ -362,7 +391,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from segbench.train.runner import train
 
     if (args.model is None) == (args.config is None):
-        raise InputError("Name one model to train: a catalogue name or --config FILE.py.")
+        raise UsageError("Name one model to train: a catalogue name or --config FILE.py.")
     if args.config is not None and args.config.suffix != ".py":
         raise InputError(f"{args.config} is not an mmseg config (a .py file).")
     recipe = Recipe(iters=args.iters, batch=args.batch, crop=args.crop, lr=args.lr)
@@ -402,7 +431,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
             raise InputError(f"No config shipped with mmseg under {root} matches {args.list_configs!r}.")
         return 0
     if args.config is None or args.checkpoint is None or args.out is None:
-        raise InputError("Give a config, a checkpoint and -o OUT.pth "
+        raise UsageError("Give a config, a checkpoint and -o OUT.pth "
                          "(or --list-configs PATTERN to find a config).")
     from segbench.mmseg.importer import import_model
 
@@ -411,7 +440,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
         try:
             bands = [int(b) for b in args.bands]
         except ValueError:
-            raise InputError(f"--bands takes band numbers, e.g. 1,2,3; got {','.join(args.bands)}.") from None
+            raise UsageError(f"--bands takes band numbers, e.g. 1,2,3; got {','.join(args.bands)}.") from None
     result = import_model(args.config, args.checkpoint, args.out, classes=args.classes, bands=bands,
                           tile=args.tile, input_dtype=args.dtype)
     spec = result.spec
@@ -430,7 +459,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.verify_scenes:
         real = sample_tiles(args.verify_scenes, ModelSpec.load(args.checkpoint), count=4)
     if args.deepness and args.labels:
-        raise InputError("--deepness needs class probabilities: export logits (without --labels).")
+        raise UsageError("--deepness needs class probabilities: export logits (without --labels).")
     out, spec, agree = export_model(args.checkpoint, args.out, labels=args.labels, verify_tiles=real)
     print(f"exported {out} (ONNX Runtime vs PyTorch: max |diff| {agree.max_abs_diff:.2e}, "
           f"label agreement {agree.label_agreement:.4%} on {agree.tiles} tiles)")
@@ -451,19 +480,42 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from segbench.engines.registry import build, get_kind
 
     kinds = [get_kind(name) for name in args.engine]
-    calibration = None
-    if any(k.graph == "int8" for k in kinds) and args.calib:
-        from segbench.export.calibration import calibration_tiles
+    calibration, int8 = None, None
+    if any(k.graph in ("int8", "fp16") for k in kinds) and args.calib:  # fp16: its overflow check
+        from segbench.bench.int8 import int8_setup
         from segbench.spec import ModelSpec
 
-        calibration = calibration_tiles(args.calib, ModelSpec.load(args.model), args.calib_tiles)
-    remade: set[str] = set()  # with --force, each graph variant is remade once, not once per engine
+        target = _target(args.int8_target, 0.99)
+        calibration, int8 = int8_setup(ModelSpec.load(args.model), args.calib, args.calib_labels,
+                                       args.calib_tiles, target, args.explain)
+    remade: set[tuple] = set()  # with --force, each graph variant is remade once, not once per engine
     for kind in kinds:
+        def note(line: str, name: str = kind.name) -> None:
+            print(f"{name}: {line}", file=sys.stderr)
+
         artifact = build(args.model, kind.name, args.out, calibration, args.calib_method, args.force,
-                         force_graph=args.force and kind.graph not in remade)
-        remade.add(kind.graph)
+                         force_graph=args.force and (kind.graph, kind.runner.int8_formats) not in remade,
+                         int8=int8, note=note)
+        remade.add((kind.graph, kind.runner.int8_formats))
         print(f"{kind.name}: {artifact}")
+        if kind.graph == "int8":
+            _print_int8(artifact)
     return 0
+
+
+def _target(given: float | str | None, default: float) -> float | None:
+    """``--int8-target``: the ratio given, ``default`` when not given, None for ``off``."""
+    return default if given is None else None if given == "off" else float(given)
+
+
+def _print_int8(artifact: Path) -> None:
+    """What the int8 search of an engine did, and its worst layers where it explained them."""
+    from segbench.export.qualify import describe_int8
+    from segbench.spec import ModelSpec
+
+    build = ModelSpec.load(artifact).build
+    for line in describe_int8(build.options.get("int8") or {}):
+        print(f"  {line}")
 
 
 def _cmd_engines(args: argparse.Namespace) -> int:
@@ -493,9 +545,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     on_dask = bool(args.workers or args.scheduler)
     if (args.chunk or args.chunk_files) and not on_dask:
-        raise InputError("--chunk and --chunk-files apply with --workers or --scheduler only.")
+        raise UsageError("--chunk and --chunk-files apply with --workers or --scheduler only.")
     if (args.confidence or args.probabilities or args.resample) and on_dask:
-        raise InputError("--confidence, --probabilities and --resample are not available with "
+        raise UsageError("--confidence, --probabilities and --resample are not available with "
                          "--workers or --scheduler yet.")
     aoi_file = args.aoi
     if args.aoi:
@@ -604,11 +656,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from segbench.bench.run import BenchConfig, run_bench
 
     if args.labels and len(args.labels) != len(args.scenes):
-        raise InputError(
+        raise UsageError(
             f"Give one label raster per scene ({len(args.scenes)} scenes, {len(args.labels)} labels)."
         )
     config = BenchConfig(model=args.model, engines=args.engines, scenes=args.scenes,
-                         labels=args.labels, calib=args.calib, reference=args.reference,
+                         labels=args.labels, calib=args.calib, calib_labels=args.calib_labels,
+                         calib_tiles=args.calib_tiles, calib_method=args.calib_method,
+                         int8_target=_target(args.int8_target, args.min_ratio), explain=args.explain,
+                         reference=args.reference,
                          overlap=args.overlap, blend=args.blend, batch=args.batch, out=args.out,
                          isprs=args.isprs, min_ratio=args.min_ratio,
                          max_latency_ms=args.max_latency_ms, max_memory_mb=args.max_memory_mb,

@@ -135,3 +135,16 @@ class AgreementCounter:
     @property
     def value(self) -> float | None:
         return self.same / self.total if self.total else None
+
+
+def miou_score(class_names: Sequence[str], ignore_index: int = IGNORE_INDEX, exclude: Sequence[str] = ()):
+    """``score(pred, targets) -> mIoU`` over one set of tiles, as the bench scores scenes (classes in
+    ``exclude`` left out of the mean); what an int8 search checks its target with
+    (:mod:`segbench.export.qualify`)."""
+
+    def score(pred: np.ndarray, targets: np.ndarray) -> float | None:
+        cm = ConfusionMatrix(len(class_names), ignore_index)
+        cm.update(pred, targets)
+        return cm.metrics(class_names, exclude)["miou"]
+
+    return score

@@ -25,6 +25,7 @@ from segbench import __version__
 from segbench.bench.latency import P90_MIN_SAMPLES
 from segbench.bench.rank import RankRule, rank
 from segbench.errors import InputError
+from segbench.export.qualify import describe_int8
 from segbench.files import atomic_output, write_text
 from segbench.machine import cpu_model, nvidia_driver
 
@@ -241,6 +242,8 @@ def _rank(row: dict) -> str:
 COLUMNS: list[tuple[str, Callable[[dict], object], Callable[[object], str]]] = [
     ("engine", _g("name"), str),
     ("device", _g("device"), lambda v: v or ""),
+    # what ran: "int8 (2 fp32)" for an int8 engine with two layers kept in float
+    ("precision", lambda r: r.get("precision_label") or r.get("precision"), lambda v: v or ""),
     ("mIoU %", _g("accuracy", "miou"), _pct),
     ("OA %", _g("accuracy", "oa"), _pct),
     ("agree %", _g("accuracy", "agreement"), _pct),
@@ -281,7 +284,8 @@ def render_table(report: dict):
     table = Table(title="segbench: accuracy, latency and memory per engine" + _model_line(report),
                   caption=report.get("rule", ""), caption_justify="left")
     for name in header:
-        table.add_column(name, justify="left" if name in ("engine", "device", "machine") else "right")
+        table.add_column(name, justify="left" if name in ("engine", "device", "machine", "precision")
+                         else "right")
     for row in rows:
         table.add_row(*row)
     skipped = [r for r in report["engines"] if r.get("status") != "ok"]
@@ -310,7 +314,10 @@ def to_markdown(report: dict) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     notes = [f"- {r['name']}: {r.get('status')}: {r.get('reason')}"
              for r in report["engines"] if r.get("status") != "ok"]
-    return "\n".join(lines + ["", report.get("rule", "")] + ([""] + notes if notes else [])) + "\n"
+    int8 = [f"- {r['name']}: " + "; ".join(describe_int8(r["int8"]))
+            for r in report["engines"] if r.get("int8")]
+    return "\n".join(lines + ["", report.get("rule", "")] + ([""] + notes if notes else [])
+                     + (["", "int8 engines:", *int8] if int8 else [])) + "\n"
 
 
 def to_csv(report: dict) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from segbench.bench.int8 import int8_setup
 from segbench.bench.latency import P90_MIN_SAMPLES, time_callable
 from segbench.bench.memory import PeakMemory, describe, gpu_memory, run_in_child
 from segbench.bench.metrics import AgreementCounter, ConfusionMatrix
@@ -38,7 +39,7 @@ from segbench.bench.report import (
     write_json,
 )
 from segbench.errors import InputError, SegbenchError
-from segbench.export.calibration import calibration_tiles
+from segbench.export.qualify import precision_label
 from segbench.files import atomic_output, sha256_bytes
 from segbench.geo import style_labels
 from segbench.raster import LABEL_NODATA, label_targets, open_raster, sample_tiles, scene_info
@@ -56,8 +57,11 @@ class BenchConfig:
     scenes: list[Path]
     labels: list[Path] = field(default_factory=list)
     calib: list[Path] = field(default_factory=list)
+    calib_labels: list[Path] = field(default_factory=list)  # the int8 target as mIoU on held-out tiles
     calib_tiles: int = 32
     calib_method: str = "minmax"
+    int8_target: float | None = 0.99  # what int8 keeps of its float graph (None: plain int8)
+    explain: bool = False  # rank each int8 engine's layers by the damage they do
     reference: str = "torch-fp32"
     overlap: int | None = None
     blend: str = "cosine"
@@ -101,9 +105,10 @@ def run_bench(config: BenchConfig, console: Console | None = None, show_table: b
                        "params": options.get("params"), "gflops": options.get("gflops")}
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    calibration = None
-    if any(k.graph == "int8" for k in kinds) and config.calib:
-        calibration = calibration_tiles(config.calib, spec, config.calib_tiles)
+    calibration, int8 = None, None
+    if any(k.graph in ("int8", "fp16") for k in kinds) and config.calib:  # fp16: its overflow check
+        calibration, int8 = int8_setup(spec, config.calib, config.calib_labels, config.calib_tiles,
+                                       config.int8_target, config.explain, _excluded(config, spec))
     # The reference runs first, so the others can be compared with its labels.
     order = sorted(kinds, key=lambda k: k.name != config.reference)
     reference_labels: list[str] | None = None
@@ -127,10 +132,14 @@ def run_bench(config: BenchConfig, console: Console | None = None, show_table: b
             try:
                 with console.status(f"building {kind.name}"):
                     artifact = build(config.model, kind.name, out / "engines", calibration,
-                                     config.calib_method)
+                                     config.calib_method, int8=int8,
+                                     note=lambda line, n=kind.name: console.print(f"{n}: {line}"))
                 built = ModelSpec.load(artifact)
                 row.update(artifact=str(artifact), artifact_bytes=built.build.artifact_bytes,
                            build_seconds=built.build.build_seconds)
+                if search := built.build.options.get("int8"):
+                    row["int8"] = search
+                    row["precision_label"] = precision_label(built.build.options)
                 batch = config.batch
                 if batch == "auto":  # in its own process: the sweep's engines stay out of the peak
                     with console.status(f"choosing {kind.name}'s batch size"):
@@ -182,7 +191,8 @@ def _inputs_key(config: BenchConfig) -> str:
     for key in ("out", "engines", "resume"):
         fields.pop(key)
     fields.update(model=sha256_file(config.model), scenes=stamp(config.scenes),
-                  labels=stamp(config.labels), calib=stamp(config.calib))
+                  labels=stamp(config.labels), calib=stamp(config.calib),
+                  calib_labels=stamp(config.calib_labels))
     return sha256_bytes(json.dumps(fields, sort_keys=True).encode())[:16]
 
 
@@ -198,6 +208,11 @@ def _reusable(row: dict | None, inputs: str) -> bool:
     """An earlier row measured on the same inputs, whose label rasters are still there."""
     return bool(row and row.get("status") == "ok" and row.get("inputs") == inputs
                 and all(Path(p).is_file() for p in row.get("scene", {}).get("outputs", [])))
+
+
+def _excluded(config: BenchConfig, spec: ModelSpec) -> tuple[str, ...]:
+    """Classes left out of the mean IoU: clutter under the ISPRS convention."""
+    return ("clutter",) if config.isprs and "clutter" in spec.classes else ()
 
 
 def _error_log(out: Path, name: str, exc: Exception) -> Path:
@@ -257,7 +272,7 @@ def _refuse_replacing_inputs(config: BenchConfig, engines: list[str]) -> None:
     from segbench.protect import Inputs
 
     inputs = Inputs().add_artifact(config.model)
-    for raster in (*config.scenes, *config.labels, *config.calib):
+    for raster in (*config.scenes, *config.labels, *config.calib, *config.calib_labels):
         inputs.add_raster(raster)
     out = Path(config.out)
     inputs.refuse([out, *(out / f"report{s}" for s in REPORT_SUFFIXES),
@@ -403,7 +418,7 @@ def _score(job: _Job, spec: ModelSpec, outputs: list[str]) -> dict | None:
                         ds.close()
     if not job.labels:
         return {"agreement": agree.value}
-    exclude = ("clutter",) if job.isprs and "clutter" in spec.classes else ()
+    exclude = ("clutter",) if job.isprs and "clutter" in spec.classes else ()  # as _excluded
     metrics = cm.metrics(spec.classes, exclude)
     metrics["agreement"] = agree.value
     metrics["confusion"] = cm.counts.tolist()

@@ -80,6 +80,9 @@ class Runner:
     #: True where the loaded engine has ``infer_tensor``: torch tensors on its device in and
     #: out, so the tiler can blend there (:mod:`segbench.tiler.device`)
     device_tensors: bool = False
+    #: whose int8 graph the runtime's int8 engine compiles (a key of
+    #: ``segbench.export.quantize.CANDIDATES``); None where it has no int8 engine
+    int8_formats: ClassVar[str | None] = None
 
     def __init__(self, artifact: Path, spec: ModelSpec, kind, device: str | None = None,
                  mode: str = "latency", batch: int | None = None, threads: int | None = None) -> None:
@@ -119,6 +122,14 @@ class Runner:
     def build_options(cls, kind) -> dict[str, Any]:
         """Settings recorded in the build record; a build with other settings is rebuilt."""
         return {}
+
+    @classmethod
+    def graph_runtime(cls, kind):
+        """Runs candidate int8 graphs as this runtime would, for the search that chooses among
+        them (a ``segbench.export.qualify.GraphRuntime``); ONNX Runtime on the CPU by default."""
+        from segbench.export.quantize import OrtGraphs
+
+        return OrtGraphs()
 
     @classmethod
     def compile(cls, graph: Path, kind, dest: Path, spec: ModelSpec) -> dict[str, Any]:

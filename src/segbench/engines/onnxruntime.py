@@ -81,6 +81,7 @@ class OrtRunner(Runner):
     """An ONNX Runtime session behind the Engine contract."""
 
     runtime = "onnxruntime"
+    int8_formats = "onnxruntime"
 
     @classmethod
     def check(cls, kind) -> None:

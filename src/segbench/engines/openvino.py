@@ -64,11 +64,31 @@ def _compile(xml: Path, precision: str, hint: str = "LATENCY", batch: int | None
         raise EngineError(f"OpenVINO cannot compile {Path(xml).name}: {first_line(exc)}") from exc
 
 
+class OpenVinoGraphs:
+    """Candidate int8 ONNX graphs compiled by OpenVINO for the CPU as openvino-int8 runs them
+    (f32 inference precision, latency hint), for the int8 search."""
+
+    name = "openvino"
+
+    def load(self, graph: Path):
+        ov = require("openvino", "openvino-int8")
+        compiled = ov.Core().compile_model(str(graph), "CPU", {"INFERENCE_PRECISION_HINT": _HINT["int8"],
+                                                               "PERFORMANCE_HINT": "LATENCY"})
+        request = compiled.create_infer_request()
+        output = compiled.outputs[0]
+        return lambda tiles: request.infer({0: tiles})[output].copy()
+
+
 class OpenVinoRunner(Runner):
     """A compiled OpenVINO model behind the Engine contract."""
 
     runtime = "openvino"
     tunes_for_throughput = True
+    int8_formats = "openvino"
+
+    @classmethod
+    def graph_runtime(cls, kind):
+        return OpenVinoGraphs()
 
     @classmethod
     def check(cls, kind) -> None:

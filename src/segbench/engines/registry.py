@@ -22,7 +22,8 @@ from segbench.engines.onnxruntime import OrtRunner
 from segbench.engines.openvino import OpenVinoRunner
 from segbench.engines.tensorrt import TensorRTRunner
 from segbench.engines.torch import TorchRunner
-from segbench.errors import InputError, RuntimeMissingError, SegbenchError, SpecError, first_line
+from segbench.errors import InputError, RuntimeMissingError, SegbenchError, SpecError, UsageError, first_line
+from segbench.export.qualify import Int8Options, Int8Request
 from segbench.export.variants import check_graph, prepare_graph
 from segbench.files import sha256_file
 from segbench.spec import BuildRecord, ModelSpec
@@ -50,12 +51,13 @@ class EngineKind:
 _KINDS = [
     EngineKind("ort-fp32", OrtRunner, "fp32", "fp32", "cpu", ".onnx", "ONNX Runtime, fp32"),
     EngineKind("ort-fp16", OrtRunner, "fp16", "fp16", "cpu", ".onnx", "ONNX Runtime, fp16 graph"),
-    EngineKind("ort-int8", OrtRunner, "int8", "int8", "cpu", ".onnx", "ONNX Runtime, int8 Q/DQ"),
+    EngineKind("ort-int8", OrtRunner, "int8", "int8", "cpu", ".onnx",
+               "ONNX Runtime, its fastest int8 (QOperator or Q/DQ, measured)"),
     EngineKind("openvino-fp32", OpenVinoRunner, "fp32", "fp32", "cpu", ".xml", "OpenVINO, fp32"),
     EngineKind("openvino-bf16", OpenVinoRunner, "bf16", "fp32", "cpu", ".xml",
                "OpenVINO, bf16 execution (CPUs with AVX512_BF16 or AMX)"),
     EngineKind("openvino-int8", OpenVinoRunner, "int8", "int8", "cpu", ".xml",
-               "OpenVINO, int8 from the Q/DQ graph"),
+               "OpenVINO, its fastest int8 (Q/DQ or NNCF, measured)"),
     EngineKind("torch-fp32", TorchRunner, "fp32", "pt2", "cpu", ".pt2", "PyTorch reference, fp32"),
     EngineKind("torch-cuda-fp32", TorchRunner, "fp32", "pt2", "cuda", ".pt2", "PyTorch on CUDA, fp32"),
     EngineKind("torch-fp16", TorchRunner, "fp16", "pt2", "cuda", ".pt2", "PyTorch on CUDA, fp16"),
@@ -84,7 +86,7 @@ def get_kind(name: str) -> EngineKind:
     try:
         return KINDS[name]
     except KeyError:
-        raise InputError(f"Unknown engine {name!r}; choose one of: {', '.join(KINDS)}.") from None
+        raise UsageError(f"Unknown engine {name!r}; choose one of: {', '.join(KINDS)}.") from None
 
 
 def availability(name: str, run: bool = True) -> str | None:
@@ -129,20 +131,29 @@ def build(
     method: str = "minmax",
     force: bool = False,
     force_graph: bool | None = None,
+    int8: Int8Options | None = None,
+    note=None,
 ) -> Path:
     """Build engine ``name`` from an exported model; reuse it when built from the same graph and options.
 
     ``force`` remakes the engine and its graph variant (``force_graph``, when
-    given, decides for the variant alone). Returns the artifact path; its
-    spec (with the build record) is saved beside it.
+    given, decides for the variant alone). ``int8`` sets an int8 engine's
+    accuracy target and held-out tiles (default: its runtime's first format,
+    unchecked); ``note`` receives one line per step of the int8 search.
+    Returns the artifact path; its spec (with the build record) is saved
+    beside it.
     """
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise InputError(f"Model {onnx_path} does not exist; export one with 'segbench export'.")
     kind = get_kind(name)
     _require(kind, run=False)
+    request = None
+    if kind.graph == "int8":
+        request = Int8Request(kind.runner.int8_formats, kind.runner.graph_runtime(kind),
+                              int8 or Int8Options(target=None))
     graph = prepare_graph(onnx_path, kind.graph, calibration, method,
-                          force=force if force_graph is None else force_graph)
+                          force=force if force_graph is None else force_graph, int8=request, note=note)
     spec = ModelSpec.load(graph)
     out_dir = Path(out_dir) if out_dir else onnx_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)

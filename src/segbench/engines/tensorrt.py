@@ -69,6 +69,9 @@ class TensorRTRunner(Runner):
     """A deserialised TensorRT plan behind the Engine contract."""
 
     runtime = "tensorrt"
+    # the symmetric signed Q/DQ graph with float biases, the one TensorRT's parser takes; its
+    # accuracy is checked with ONNX Runtime (the default graph runtime), as TensorRT does not run here
+    int8_formats = "tensorrt"
 
     @classmethod
     def check(cls, kind) -> None:

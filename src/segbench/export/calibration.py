@@ -11,6 +11,11 @@ overlapping those already drawn, and scenes take turns in a seeded order, so
 the same tiles. Calibration scenes must never be the evaluation scenes; the
 digest of the tiles identifies a calibration set in the spec of every engine
 built from it.
+
+:func:`calibration_set` also draws held-out tiles from the same scenes, after
+the calibration tiles and overlapping none of them (windows calibration never
+saw), with their labels where the scenes' label rasters are given: what an
+int8 graph's accuracy target is checked on (:mod:`segbench.export.qualify`).
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from segbench.errors import InputError
-from segbench.raster import check_bands, open_raster, read_window, scene_info, valid_mask
+from segbench.export.qualify import HeldOut
+from segbench.raster import check_bands, label_targets, open_raster, read_window, scene_info, valid_mask
 from segbench.spec import ModelSpec
 
 #: cells per tile side of the coarse validity mask that pre-selects windows
@@ -45,53 +52,115 @@ def calibration_tiles(
 
     Fewer when the scenes hold fewer distinct valid windows; one sentence when they hold none.
     """
+    return calibration_set(scenes, spec, count, held_out=0, seed=seed).tiles
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Calibration tiles, and held-out tiles from windows they do not overlap (None: none found);
+    ``windows`` and ``held_out_windows`` are their ``(scene index, row, col)``."""
+
+    tiles: np.ndarray
+    held_out: HeldOut | None
+    windows: tuple[tuple[int, int, int], ...] = ()
+    held_out_windows: tuple[tuple[int, int, int], ...] = ()
+
+
+def calibration_set(
+    scenes: Sequence[str | os.PathLike[str]],
+    spec: ModelSpec,
+    count: int = 32,
+    held_out: int = 16,
+    labels: Sequence[str | os.PathLike[str]] | None = None,
+    seed: int = 0,
+) -> CalibrationSet:
+    """``count`` calibration tiles and up to ``held_out`` held-out tiles of valid imagery from
+    ``scenes``; ``labels``, one label raster per scene, give the held-out tiles their labels."""
     if not scenes:
         raise InputError("Give at least one calibration scene.")
+    if labels and len(labels) != len(scenes):
+        raise InputError(f"Give one label raster per calibration scene ({len(scenes)} scenes, "
+                         f"{len(labels)} label rasters).")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(scenes))
-    draws = {int(i): _draw(Path(scenes[i]), spec, np.random.default_rng([seed, int(i)])) for i in order}
+    avoid: dict[int, list[tuple[int, int]]] = {int(i): [] for i in order}  # held-out windows per scene
+    draws = {int(i): _draw(Path(scenes[i]), spec, np.random.default_rng([seed, int(i)]), avoid[int(i)])
+             for i in order}
     tiles: list[np.ndarray] = []
-    while draws and len(tiles) < count:
+    windows: list[tuple[int, int, int]] = []
+    kept: list[tuple[int, int, int, np.ndarray]] = []  # (scene, row, col, pixels) held out
+    while draws and (len(tiles) < count or len(kept) < held_out):
         for i in list(draws):
-            if len(tiles) == count:
+            if len(tiles) == count and len(kept) == held_out:
                 break
-            tile = next(draws[i], None)
-            if tile is None:
+            drawn = next(draws[i], None)
+            if drawn is None:
                 del draws[i]
-            else:
-                tiles.append(tile)
+                continue
+            row, col, pixels, fresh = drawn
+            # fresh windows (overlapping none drawn before) are shared in proportion to the two counts;
+            # the others go to calibration only, and overlap no held-out window (_draw skips those)
+            behind = len(kept) * count < len(tiles) * held_out or len(tiles) == count
+            if fresh and len(kept) < held_out and behind:
+                kept.append((i, row, col, pixels))
+                avoid[i].append((row, col))
+            elif len(tiles) < count:
+                tiles.append(pixels)
+                windows.append((i, row, col))
+            elif not fresh:  # the scene's fresh windows are all drawn (they come first)
+                del draws[i]
     if not tiles:
         names = ", ".join(Path(s).name for s in scenes)
         raise InputError(
             f"No calibration scene ({names}) has a {spec.tile}x{spec.tile} window of valid pixels: "
             "they are smaller than a tile or mostly nodata; give larger training scenes."
         )
-    return np.stack(tiles)
+    if not kept:
+        return CalibrationSet(np.stack(tiles), None, tuple(windows))
+    targets = None
+    if labels:
+        targets = np.stack([_label_window(Path(labels[i]), spec, row, col) for i, row, col, _ in kept])
+    return CalibrationSet(np.stack(tiles), HeldOut(np.stack([k[3] for k in kept]), targets), tuple(windows),
+                          tuple((i, row, col) for i, row, col, _ in kept))
 
 
-def _draw(path: Path, spec: ModelSpec, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Tiles of valid pixels from one scene, lazily, in a seeded order preferring fresh ground."""
+def _label_window(path: Path, spec: ModelSpec, row: int, col: int) -> np.ndarray:
+    from rasterio.windows import Window
+
+    with open_raster(path) as ds:
+        window = ds.read(1, window=Window(col, row, spec.tile, spec.tile))
+        return label_targets(window, ds.nodata, None, spec.ignore_index, spec.reduce_zero_label)
+
+
+def _draw(path: Path, spec: ModelSpec, rng: np.random.Generator,
+          avoid: list[tuple[int, int]] = ()) -> Iterator[tuple[int, int, np.ndarray, bool]]:
+    """``(row, col, pixels, fresh)`` of windows of valid pixels of one scene, lazily, in a seeded order
+    preferring fresh ground: ``fresh`` windows overlap none drawn before them; the others overlap no
+    window in ``avoid`` (read when they are reached: the held-out windows drawn by then)."""
+    tile = spec.tile
     with open_raster(path) as ds:
         info = scene_info(ds)
         check_bands(info, spec)
-        origins = _candidate_origins(ds, spec.tile)
+        origins = _candidate_origins(ds, tile)
     if not len(origins):
         return
     origins = origins[rng.permutation(len(origins))]
     taken: list[tuple[int, int]] = []
     overlapping = []
     for row, col in origins:  # first pass: windows that overlap none drawn so far
-        if any(abs(row - r) < spec.tile and abs(col - c) < spec.tile for r, c in taken):
+        if any(abs(row - r) < tile and abs(col - c) < tile for r, c in taken):
             overlapping.append((row, col))
             continue
-        tile = _read_valid(path, spec, row, col)
-        if tile is not None:
+        pixels = _read_valid(path, spec, row, col)
+        if pixels is not None:
             taken.append((row, col))
-            yield tile
+            yield int(row), int(col), pixels, True
     for row, col in overlapping:  # then the rest
-        tile = _read_valid(path, spec, row, col)
-        if tile is not None:
-            yield tile
+        if any(abs(row - r) < tile and abs(col - c) < tile for r, c in avoid):
+            continue
+        pixels = _read_valid(path, spec, row, col)
+        if pixels is not None:
+            yield int(row), int(col), pixels, False
 
 
 def _candidate_origins(ds, tile: int) -> np.ndarray:

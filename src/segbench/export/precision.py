@@ -4,39 +4,46 @@ Both keep float32 inputs and outputs, so every engine has the same contract.
 
 * fp16: weights and activations in half precision, inputs/outputs float32
   (onnxconverter-common), with the final resize and argmax kept in float32.
-* int8: a Q/DQ graph from static calibration (ONNX Runtime's
-  ``quantize_static``) with symmetric signed int8 activations, per-channel
-  symmetric weights and **unquantized biases**: the one combination that
-  TensorRT's ONNX parser, ONNX Runtime and OpenVINO all accept (int32 biases
-  make TensorRT fail with "DequantizeLinear input has type Int32").
+* int8: the graph each runtime runs fastest at the accuracy target, from
+  static calibration (:mod:`.quantize` has the formats, :mod:`.qualify` the
+  search that chooses among them and keeps layers in float where needed).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from segbench.errors import ExportError, InputError, first_line
 from segbench.export.calibration import tiles_digest
+from segbench.export.probe import abs_max, float_tensors
+from segbench.export.qualify import Int8Options, Int8Request, qualify
+from segbench.export.quantize import CALIBRATION_METHODS, FORMATS, OrtGraphs, check_calibration
 from segbench.extras import require
 from segbench.files import atomic_output, sha256_file
-from segbench.logs import logger_level
 from segbench.spec import BuildRecord, ModelSpec
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-# Q/DQ pairs go on the inputs of the compute-heavy ops only, where TensorRT
-# places them too; quantizing element-wise constants (e.g. an attention scale)
-# gives quantized scalars that TensorRT's Q/DQ optimizer rejects.
-QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+__all__ = ["CALIBRATION_METHODS", "quantize_int8", "to_fp16"]
 
 
-def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> ModelSpec:
-    """Write the fp16 variant of ``src`` to ``dst``; returns its spec (also saved beside it)."""
+#: an activation as large as this on the checked tiles stays float32: fp16's largest finite value is
+#: 65504, and half of it leaves room for tiles the check did not see
+FP16_LIMIT = 65504 / 2
+
+
+def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str],
+            tiles: np.ndarray | None = None) -> ModelSpec:
+    """Write the fp16 variant of ``src`` to ``dst``; returns its spec (also saved beside it).
+
+    Layers whose activations would overflow half precision stay float32: every float tensor's
+    largest magnitude is measured on ``tiles`` (calibration tiles; without them, tiles drawn from
+    the spec's band statistics), and the nodes that make or read one reaching :data:`FP16_LIMIT`
+    are kept out of the conversion.
+    """
     import onnx
 
     float16 = require("onnxconverter_common.float16", f"the fp16 graph of {Path(src).name}")
@@ -44,21 +51,45 @@ def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> ModelSp
     source = _source(src)
     start = time.perf_counter()
     model = onnx.load(str(src))
+    for i, node in enumerate(model.graph.node):  # nodes kept in float32 are named (as exports name them)
+        node.name = node.name or f"{node.op_type}_{i}"
     # Keep the tail in float32: the full-resolution resize and the argmax.
     tail = [n.name for n in model.graph.node if n.op_type in ("Resize", "ArgMax")][-1:]
+    checked = tiles if tiles is not None else _statistics_tiles(spec)
+    hot = _overflowing_nodes(model, checked)
     with warnings.catch_warnings():
         # One warning per weight below fp16's range, clamped to +-1e-7 (any trained
         # network has many); the engines' agreement with torch is what tells.
         warnings.filterwarnings("ignore", "the float32 number", UserWarning)
-        half = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=tail)
+        half = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=tail + hot)
     with atomic_output(dst) as tmp:
         onnx.save(half, str(tmp))
+    check = {"tiles": len(checked), "from": "calibration" if tiles is not None else "spec statistics",
+             "digest": tiles_digest(tiles) if tiles is not None else None, "limit": FP16_LIMIT}
     record = BuildRecord(backend="onnx", precision="fp16", versions=_versions(),
                          build_seconds=time.perf_counter() - start,
-                         artifact_bytes=Path(dst).stat().st_size, **source)
+                         artifact_bytes=Path(dst).stat().st_size, **source,
+                         options={"float32_nodes": hot, "overflow_check": check})
     out = spec.replace(build=record)
     out.save(dst)
     return out
+
+
+def _overflowing_nodes(model, tiles: np.ndarray) -> list[str]:
+    """Nodes that make or read a tensor reaching :data:`FP16_LIMIT` in magnitude on ``tiles``."""
+    maxima = abs_max(model, float_tensors(model), tiles)
+    hot = {name for name, value in maxima.items() if not np.isfinite(value) or value >= FP16_LIMIT}
+    return [n.name for n in model.graph.node if hot & {*n.input, *n.output}]
+
+
+def _statistics_tiles(spec: ModelSpec, count: int = 4) -> np.ndarray:
+    """Tiles of normal noise with the spec's per-band mean and std (clipped at 0): a stand-in for
+    imagery when no calibration scene is given."""
+    rng = np.random.default_rng(0)
+    mean = np.array(spec.mean, np.float32)[None, :, None, None]
+    std = np.array(spec.std, np.float32)[None, :, None, None]
+    noise = rng.standard_normal((count, spec.num_bands, spec.tile, spec.tile), dtype=np.float32)
+    return np.maximum(mean + std * noise, 0).astype(np.float32)
 
 
 def quantize_int8(
@@ -66,69 +97,31 @@ def quantize_int8(
     dst: str | os.PathLike[str],
     calibration: np.ndarray,
     method: str = "minmax",
-    exclude_tail: bool = True,
+    request: Int8Request | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> ModelSpec:
-    """Write the int8 Q/DQ variant of ``src`` calibrated on ``calibration`` tiles."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
+    """Write the int8 variant of ``src`` for ``request``'s runtime (default: ONNX Runtime, unchecked),
+    calibrated on ``calibration`` tiles; the search's record goes into its build record (``int8``)."""
     spec = ModelSpec.load(src)
-    if method not in CALIBRATION_METHODS:
-        raise InputError(
-            f"Unknown calibration method {method!r}; use one of {', '.join(CALIBRATION_METHODS)}."
-        )
-    if calibration.ndim != 4 or calibration.shape[1] != spec.num_bands or not len(calibration):
-        raise InputError(
-            f"Calibration tiles must be (N, {spec.num_bands}, {spec.tile}, {spec.tile}); "
-            f"got {calibration.shape}."
-        )
+    check_calibration(calibration, spec.num_bands, method)
+    request = request or Int8Request("onnxruntime", OrtGraphs(), Int8Options(target=None))
     source = _source(src)
     start = time.perf_counter()
-    name = onnx.load(str(src), load_external_data=False).graph.input[0].name
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = iter(calibration)
-
-        def get_next(self):
-            tile = next(self._it, None)
-            return None if tile is None else {name: tile[None].astype(np.float32)}
-
-    model = onnx.load(str(src))
-    exclude = []
-    if exclude_tail:  # the full-resolution resize and argmax stay in float
-        exclude = [n.name for n in model.graph.node if n.op_type in ("Resize", "ArgMax")][-1:]
-    calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-             "percentile": CalibrationMethod.Percentile}[method]
-    # ONNX Runtime's quantizer logs advice on the root logger; keep errors only.
-    with atomic_output(dst) as tmp, logger_level(logging.getLogger(), logging.ERROR):
-        try:
-            quantize_static(
-                str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                per_channel=True, calibrate_method=calib, nodes_to_exclude=exclude,
-                op_types_to_quantize=list(QUANTIZED_OPS),
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                               "QuantizeBias": False, "CalibTensorRangeSymmetric": True},
-                calibration_providers=["CPUExecutionProvider"],
-            )
-        except (RuntimeError, ValueError) as exc:
-            raise ExportError(f"int8 quantization failed: {first_line(exc)}") from exc
-    record = BuildRecord(
+    with atomic_output(dst) as tmp:
+        record = qualify(src, tmp, request.graph_runtime, request.runtime, calibration, method,
+                         request.options, note or (lambda line: None))
+    fmt = FORMATS[record["format"]]
+    record["key"] = request.options.key(request.runtime)
+    built = BuildRecord(
         backend="onnx", precision="int8", versions=_versions(),
         build_seconds=time.perf_counter() - start, artifact_bytes=Path(dst).stat().st_size,
         calibration_digest=tiles_digest(calibration), **source,
         options={"calibration_method": method, "calibration_tiles": len(calibration),
-                 "activations": "int8 symmetric", "weights": "int8 per-channel symmetric",
-                 "bias": "float"},
+                 "activations": "int8 symmetric" if fmt.signed_activations else "uint8 asymmetric",
+                 "weights": "int8 per-channel symmetric",
+                 "bias": "int32" if fmt.qoperator else "float", "int8": record},
     )
-    out = spec.replace(build=record)
+    out = spec.replace(build=built)
     out.save(dst)
     return out
 

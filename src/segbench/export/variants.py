@@ -1,18 +1,22 @@
 """Graph variants of an exported model, made once and kept beside it.
 
 ``fp32`` is the exported ONNX file itself and ``pt2`` the ``torch.export``
-program written with it by ``segbench export``. ``fp16`` and ``int8`` (Q/DQ)
-are derived from the ONNX file here and cached beside it
-(``model.fp16.onnx``, ``model.int8-minmax.onnx``). A cached variant is reused
-only when its spec names what it was made from and that still matches: the
-SHA-256 of the ONNX file (``build.source_digest``, with ``build.source``),
-and for int8 also the calibration set's digest and method. A missing digest
+program written with it by ``segbench export``. ``fp16`` and ``int8`` are
+derived from the ONNX file here and cached beside it (``model.fp16.onnx``;
+one int8 graph per runtime, ``model.int8-onnxruntime-minmax.onnx``,
+``model.int8-openvino-minmax.onnx``, ``model.int8-tensorrt-minmax.onnx``). A
+cached variant is reused only when its spec names what it was made from and
+that still matches: the SHA-256 of the ONNX file (``build.source_digest``,
+with ``build.source``), and for int8 also the calibration set's digest and
+method and the search's key (runtime, formats, accuracy target, held-out
+tiles: :meth:`~segbench.export.qualify.Int8Options.key`). A missing digest
 never matches, and ``force`` remakes the variant whatever its record says.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,7 @@ import numpy as np
 from segbench.errors import InputError, SegbenchError
 from segbench.export.calibration import tiles_digest
 from segbench.export.precision import quantize_int8, to_fp16
+from segbench.export.qualify import Int8Request
 from segbench.extras import require
 from segbench.files import sha256_file
 from segbench.spec import BuildRecord, ModelSpec
@@ -35,14 +40,15 @@ def check_graph(graph: str, purpose: str) -> None:
         require(NEEDS[graph], purpose)
 
 
-def graph_path(onnx_path: str | os.PathLike[str], graph: str, method: str = "minmax") -> Path:
-    """Where the variant ``graph`` of ``onnx_path`` lives (beside it)."""
+def graph_path(onnx_path: str | os.PathLike[str], graph: str, method: str = "minmax",
+               runtime: str = "onnxruntime") -> Path:
+    """Where the variant ``graph`` of ``onnx_path`` lives (beside it); int8 graphs per ``runtime``."""
     onnx_path = Path(onnx_path)
     stem = onnx_path.with_suffix("")
     return {
         "fp32": onnx_path,
         "fp16": Path(f"{stem}.fp16.onnx"),
-        "int8": Path(f"{stem}.int8-{method}.onnx"),
+        "int8": Path(f"{stem}.int8-{runtime}-{method}.onnx"),
         "pt2": onnx_path.with_suffix(".pt2"),
     }[graph]
 
@@ -53,14 +59,19 @@ def prepare_graph(
     calibration: np.ndarray | None = None,
     method: str = "minmax",
     force: bool = False,
+    int8: Int8Request | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> Path:
     """The variant ``graph`` of ``onnx_path``, made unless a current one is cached (or ``force``).
 
     int8 needs ``calibration`` tiles, except to reuse a current variant
-    calibrated earlier (its spec names that calibration set).
+    calibrated earlier (its spec names that calibration set); ``int8`` says
+    for which runtime and to which target (default: ONNX Runtime's, plain);
+    ``note`` receives one line per step of its search.
     """
     onnx_path = Path(onnx_path)
-    path = graph_path(onnx_path, graph, method)
+    runtime = int8.runtime if int8 is not None else "onnxruntime"
+    path = graph_path(onnx_path, graph, method, runtime)
     if graph == "fp32":
         return path
     if graph == "pt2":
@@ -71,19 +82,22 @@ def prepare_graph(
             )
         return path
     source = sha256_file(onnx_path)
-    if graph == "fp16":
-        if force or not is_current(path, source):
-            to_fp16(onnx_path, path)
+    if graph == "fp16":  # overflow checked on the calibration tiles where given
+        if force or not is_current(path, source) or (
+                calibration is not None and _fp16_check(path) != tiles_digest(calibration)):
+            to_fp16(onnx_path, path, calibration)
         return path
+    key = int8.options.key(runtime) if int8 is not None else None
+    explain = int8 is not None and int8.options.explain
     if calibration is None:
-        if not force and is_current(path, source, method=method):
+        if not force and is_current(path, source, method=method, key=key, explain=explain):
             return path
         raise InputError(
             "int8 engines need calibration scenes (--calib); give training scenes, "
             "never the evaluation scenes."
         )
-    if force or not is_current(path, source, tiles_digest(calibration), method):
-        quantize_int8(onnx_path, path, calibration, method)
+    if force or not is_current(path, source, tiles_digest(calibration), method, key, explain):
+        quantize_int8(onnx_path, path, calibration, method, int8, note)
     return path
 
 
@@ -92,16 +106,28 @@ def is_current(
     source_digest: str,
     calibration_digest: str | None = None,
     method: str | None = None,
+    key: dict | None = None,
+    explain: bool = False,
 ) -> bool:
-    """True when the variant at ``path`` was made from ``source_digest`` (and this calibration)."""
+    """True when the variant at ``path`` was made from ``source_digest`` (and this calibration, and
+    for int8 the same search ``key``; with ``explain``, one that measured its layers' sensitivity)."""
     record = _record(path)
     if record is None or not record.source_digest or record.source_digest != source_digest:
         return False
     if method is None:
         return True
     # int8: made with this method, from a calibration set it names (and this one when given)
+    search = record.options.get("int8") or {}
     return (record.options.get("calibration_method") == method and bool(record.calibration_digest)
-            and calibration_digest in (None, record.calibration_digest))
+            and calibration_digest in (None, record.calibration_digest)
+            and (key is None or search.get("key") == key)
+            and (not explain or "sensitivity" in search))
+
+
+def _fp16_check(path: Path) -> str | None:
+    """The digest of the tiles an fp16 variant's overflow check ran on (None: the spec's statistics)."""
+    record = _record(path)
+    return (record.options.get("overflow_check") or {}).get("digest") if record else None
 
 
 def _record(path: Path) -> BuildRecord | None:

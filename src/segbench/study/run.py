@@ -177,7 +177,10 @@ def _bench_cell(study: Study, dataset: DatasetEntry, info, model: dict, folder: 
     config = BenchConfig(
         model=Path(model["onnx"]), engines=list(study.engines), scenes=[p[0] for p in pairs],
         labels=[p[1] for p in pairs], calib=[p[0] for p in info.pairs("train")],
-        calib_tiles=b.calib_tiles, calib_method=b.calib_method, reference=b.reference,
+        calib_labels=[p[1] for p in info.pairs("train")], calib_tiles=b.calib_tiles,
+        calib_method=b.calib_method, explain=b.explain,
+        int8_target=b.min_ratio if b.int8_target is None else (b.int8_target or None),  # false: plain
+        reference=b.reference,
         overlap=b.overlap, blend=b.blend, batch=b.batch, out=folder, isprs=dataset.isprs,
         min_ratio=b.min_ratio, max_latency_ms=b.max_latency_ms, max_memory_mb=b.max_memory_mb,
         quick=b.quick, resume=True,

@@ -90,6 +90,9 @@ class BenchOptions:
     max_memory_mb: float | None = None
     calib_tiles: int = 32
     calib_method: str = "minmax"
+    int8_target: float | bool | None = None  # what int8 keeps of its float mIoU (None: min_ratio;
+    # false: plain int8, no search)
+    explain: bool = False  # rank each int8 engine's layers by the damage they do
     quick: bool = False  # fewer latency iterations (tests, the demo)
 
 
@@ -225,6 +228,8 @@ def _bench(t: dict) -> BenchOptions:
         max_memory_mb=_float(t, "max_memory_mb", "[bench]"),
         calib_tiles=_int(t, "calib_tiles", "[bench]", BenchOptions.calib_tiles),
         calib_method=str(t.get("calib_method", BenchOptions.calib_method)),
+        int8_target=False if t.get("int8_target") is False else _float(t, "int8_target", "[bench]"),
+        explain=bool(t.get("explain", False)),
         quick=bool(t.get("quick", False)),
     )
 

@@ -1,0 +1,200 @@
+"""int8 that qualifies: each runtime's formats, the accuracy target on held-out tiles, outlier
+smoothing and float fallback, the sensitivity ranking, and variants keyed by all of it.
+
+The model with outliers is a small conv net whose conv2 -> conv3 activation has two channels 100 times
+larger than the rest (a function-preserving rescale): identical in float, and per-tensor int8 of that
+activation loses most of the other channels.
+"""
+
+import numpy as np
+import pytest
+
+from segbench.bench.int8 import int8_setup
+from segbench.engines.registry import availability, build, load
+from segbench.export.calibration import calibration_set
+from segbench.export.qualify import Int8Options, Int8Target, describe_int8, precision_label
+from segbench.export.quantize import Calibrated, ort_session
+from segbench.export.sensitivity import measure_gains, rank_layers
+from segbench.export.smoothing import smooth
+from segbench.export.variants import graph_path
+from segbench.files import sha256_file
+from segbench.spec import ModelSpec
+from tests.conftest import blob_scene, make_spec, outlier_conv_onnx
+
+SPEC = make_spec(classes=4, tile=32)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calibration")
+    return [blob_scene(root / f"train{i}.tif", size=192, seed=i) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def drawn(scenes):
+    return calibration_set(scenes, SPEC, count=16, held_out=12)
+
+
+def _labels(graph, tiles):
+    session = ort_session(graph)
+    return session.run(None, {"pixels": tiles})[0].argmax(1)
+
+
+def test_held_out_tiles_come_from_windows_calibration_never_saw(scenes, drawn):
+    assert len(drawn.tiles) == 16 and len(drawn.held_out.tiles) == 12
+    for scene, row, col in drawn.held_out_windows:
+        for s, r, c in drawn.windows:
+            assert s != scene or abs(r - row) >= SPEC.tile or abs(c - col) >= SPEC.tile
+    again = calibration_set(scenes, SPEC, count=16, held_out=12)  # deterministic
+    assert again.held_out.digest == drawn.held_out.digest and np.array_equal(again.tiles, drawn.tiles)
+
+
+def test_the_outliers_defeat_plain_int8_but_not_float(tmp_path, drawn):
+    plain = outlier_conv_onnx(tmp_path / "plain.onnx", SPEC)
+    outliers = outlier_conv_onnx(tmp_path / "outliers.onnx", SPEC, scale=100)
+    tiles = drawn.held_out.tiles
+    assert np.mean(_labels(plain, tiles) == _labels(outliers, tiles)) > 0.9999  # the same function
+    for graph, worst in ((plain, 0.99), (outliers, 0.0)):
+        reference = _labels(graph, tiles)
+        with Calibrated(graph, drawn.tiles) as c:
+            for fmt in ("qdq-s8", "qdq-u8", "qop-u8"):
+                agreement = np.mean(_labels(c.quantize(fmt, tmp_path / f"{fmt}.onnx"), tiles) == reference)
+                assert agreement >= worst if worst else agreement < 0.95, (graph.name, fmt, agreement)
+
+
+def test_the_ranking_puts_the_layers_carrying_the_outliers_first(tmp_path, drawn):
+    graph = outlier_conv_onnx(tmp_path / "outliers.onnx", SPEC, scale=100)
+    reference = _labels(graph, drawn.held_out.tiles)
+    with Calibrated(graph, drawn.tiles) as c:
+        proxy = c.quantize("qdq-s8", tmp_path / "proxy.onnx")
+        ranked = rank_layers(proxy, c.layers, drawn.held_out.tiles)
+    # conv2 makes the outlier channels (ONNX Runtime quantizes its output too), conv3 reads them
+    assert ranked[0].name == "conv2" and ranked[0].sqnr_db < ranked[2].sqnr_db - 10, ranked
+    assert {e.name for e in ranked[:2]} == {"conv2", "conv3"}, ranked
+
+    def agreement(model: bytes) -> float:
+        return float(np.mean(_labels(model, drawn.held_out.tiles) == reference))
+
+    # each alone leaves the other's Q/DQ pair on the outliers, so gains little; the two gain most
+    measured = sorted(measure_gains(proxy, graph, ranked, agreement), key=lambda e: -e.gain)
+    assert {e.name for e in measured[:2]} == {"conv2", "conv3"} and measured[1].gain > 0, measured
+
+
+def test_smoothing_keeps_the_function_and_tames_the_outliers(tmp_path, drawn):
+    graph = outlier_conv_onnx(tmp_path / "outliers.onnx", SPEC, scale=100)
+    result = smooth(graph, tmp_path / "smoothed.onnx", drawn.tiles)
+    assert result.layers == ("conv3",) and result.folded == 1 and result.inserted == 0  # into conv2
+    tiles = drawn.held_out.tiles
+    a, b = (ort_session(g).run(None, {"pixels": tiles})[0] for g in (graph, result.path))
+    assert np.allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+    clean = outlier_conv_onnx(tmp_path / "clean.onnx", SPEC)
+    assert smooth(clean, tmp_path / "clean-smoothed.onnx", drawn.tiles).layers == ()  # nothing uneven
+
+
+@pytest.mark.parametrize("engine", ["ort-int8", "openvino-int8", "trtrtx-int8"])
+def test_the_search_meets_the_target_where_plain_int8_misses_it(tmp_path, scenes, engine):
+    if (reason := availability(engine, run=False)) is not None:
+        pytest.skip(reason)
+    model = outlier_conv_onnx(tmp_path / "model.onnx", SPEC, scale=100)
+    calibration, options = int8_setup(SPEC, scenes, tiles=16)
+    lines = []
+    artifact = build(model, engine, tmp_path / "engines", calibration, int8=options, note=lines.append)
+    record = ModelSpec.load(artifact).build.options["int8"]
+    assert record["met"] and record["final"]["agreement"] >= 0.99
+    assert all(f["agreement"] < 0.99 for f in record["formats"].values())  # plain int8 missed it
+    assert record["smoothing"] is not None or record["float_layers"]
+    assert record["runtime"] == {"ort-int8": "onnxruntime", "openvino-int8": "openvino",
+                                 "trtrtx-int8": "tensorrt"}[engine]
+    assert record["format"] == "qdq-s8" if engine == "trtrtx-int8" else True  # TensorRT's one graph
+    assert record["search_seconds"] > 0 and any("misses the target" in line for line in lines)
+    assert any(line.startswith("target 99.0%") and line.endswith("met") for line in describe_int8(record))
+    if availability(engine) is None:  # the built engine runs here: its labels agree as recorded
+        tiles = options.held_out.tiles
+        with load(artifact) as run:
+            labels = run.infer(tiles).argmax(1)
+        agreement = np.mean(labels == _labels(model, tiles))
+        assert abs(agreement - record["final"]["agreement"]) < 0.01
+
+
+def test_float_fallback_where_smoothing_cannot_help(tmp_path, scenes):
+    """Outliers into a depthwise conv3, whose inputs smoothing leaves alone: the search keeps the layers
+    that carry them (conv2 makes them and its output is quantized, conv3 reads them) in float."""
+    model = outlier_conv_onnx(tmp_path / "model.onnx", SPEC, scale=100, depthwise=True)
+    calibration, options = int8_setup(SPEC, scenes, tiles=16)
+    assert smooth(model, tmp_path / "smoothed.onnx", calibration).layers == ()
+    options = Int8Options(target=Int8Target(0.99, max_float=0.7), held_out=options.held_out)  # 2 of 3
+    lines = []
+    artifact = build(model, "ort-int8", tmp_path / "engines", calibration, int8=options, note=lines.append)
+    built = ModelSpec.load(artifact).build.options
+    record = built["int8"]
+    names = [k["name"] for k in record["float_layers"]]
+    assert record["met"] and record["smoothing"] is None, lines
+    assert 1 <= len(names) <= 2 and set(names) <= {"conv2", "conv3"}, names
+    assert precision_label(built) == f"int8 ({len(names)} fp32)"
+    assert record["quantized_layers"] == 3 - len(names)  # conv4, the classifier, is float anyway
+    with Calibrated(model, calibration) as c:  # and the same with fewer layers in float misses it
+        for fewer in ([], names[:-1]) if len(names) > 1 else ([],):
+            q = c.quantize(record["format"], tmp_path / "fewer.onnx", fewer)
+            tiles = options.held_out.tiles
+            assert np.mean(_labels(q, tiles) == _labels(model, tiles)) < 0.99
+
+
+def test_the_fastest_format_that_meets_the_target_is_kept(tmp_path, scenes):
+    model = outlier_conv_onnx(tmp_path / "model.onnx", SPEC)  # no outliers: every format meets it
+    calibration, options = int8_setup(SPEC, scenes, tiles=16)
+    artifact = build(model, "ort-int8", tmp_path / "engines", calibration, int8=options)
+    record = ModelSpec.load(artifact).build.options["int8"]
+    formats = record["formats"]
+    assert set(formats) == {"qop-u8", "qdq-u8"} and all(f["agreement"] >= 0.99 for f in formats.values())
+    assert formats[record["format"]]["p50_ms"] == min(f["p50_ms"] for f in formats.values())
+    assert record["float_layers"] == [] and record["smoothing"] is None
+    assert precision_label(ModelSpec.load(artifact).build.options) == "int8"
+
+
+def _ground_truth(scene, dest):
+    """The label raster of a blob scene: the colour each pixel is nearest to (what the net was fitted to)."""
+    import rasterio
+
+    from tests.conftest import colour_classes, write_scene
+
+    with rasterio.open(scene) as ds:
+        return write_scene(dest, colour_classes(ds.read().astype(float))[None].astype(np.uint8))
+
+
+def test_labelled_held_out_tiles_make_the_target_the_miou(tmp_path, scenes):
+    model = outlier_conv_onnx(tmp_path / "model.onnx", SPEC)
+    labels = [_ground_truth(s, tmp_path / f"labels{i}.tif") for i, s in enumerate(scenes)]
+    calibration, options = int8_setup(SPEC, scenes, labels, tiles=16)
+    assert options.held_out.labels is not None and options.score is not None
+    artifact = build(model, "ort-int8", tmp_path / "engines", calibration, int8=options)
+    record = ModelSpec.load(artifact).build.options["int8"]
+    assert record["target"]["metric"] == "miou" and record["met"]
+    assert record["reference"]["miou"] > 0.8  # the float model is good at its colours
+    assert record["final"]["miou"] >= 0.99 * record["reference"]["miou"]
+
+
+def test_variants_are_keyed_by_target_calibration_and_runtime(tmp_path, scenes):
+    model = outlier_conv_onnx(tmp_path / "model.onnx", SPEC)
+    calibration, options = int8_setup(SPEC, scenes, tiles=16)
+    ort_variant = graph_path(model, "int8", runtime="onnxruntime")
+    build(model, "ort-int8", tmp_path / "e", calibration, int8=options)
+    first = sha256_file(ort_variant)
+    stamp = ort_variant.stat().st_mtime_ns
+    build(model, "ort-int8", tmp_path / "e", calibration, int8=options)  # the same: reused
+    assert ort_variant.stat().st_mtime_ns == stamp
+    stricter = Int8Options(target=Int8Target(0.995), held_out=options.held_out)
+    build(model, "ort-int8", tmp_path / "e", calibration, int8=stricter)  # another target: remade
+    assert ort_variant.stat().st_mtime_ns != stamp
+    stamp = ort_variant.stat().st_mtime_ns
+    other, _ = int8_setup(SPEC, scenes, tiles=12)  # another calibration set: remade
+    build(model, "ort-int8", tmp_path / "e", other, int8=stricter)
+    assert ort_variant.stat().st_mtime_ns != stamp
+    # each runtime its own graph, beside the model
+    if availability("trtrtx-int8", run=False) is None:
+        build(model, "trtrtx-int8", tmp_path / "e", calibration, int8=options)
+        assert graph_path(model, "int8", runtime="tensorrt").is_file()
+        assert sha256_file(graph_path(model, "int8", runtime="tensorrt")) != first
+    explained = Int8Options(target=options.target, held_out=options.held_out, explain=True)
+    build(model, "ort-int8", tmp_path / "e", calibration, int8=explained)  # explain: measured once
+    record = ModelSpec.load(ort_variant).build.options["int8"]
+    assert [e["name"] for e in record["sensitivity"]][:1] and all("gain" in e for e in record["sensitivity"])
