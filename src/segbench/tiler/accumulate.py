@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from segbench import _native
+from segbench.errors import EngineError
 from segbench.raster import PROBABILITY_SCALE
 from segbench.spec import IGNORE_INDEX
 from segbench.tiler.windows import Window
@@ -28,8 +29,9 @@ class BandAccumulator:
 
     def __init__(self, height: int, width: int, classes: int, tile: int, nodata: int = IGNORE_INDEX,
                  confidence: bool = False, labels: bool = False, threads: int = 0,
-                 probabilities: bool = False) -> None:
+                 probabilities: bool = False, engine: str = "the engine") -> None:
         self.height, self.width, self.tile = height, width, tile
+        self.engine = engine  # named when its logits are NaN or infinite
         self.nodata, self.confidence, self.labels = nodata, confidence, labels
         self.probabilities = probabilities
         self.threads = threads  # OpenMP threads of the native loops (0: all)
@@ -53,8 +55,8 @@ class BandAccumulator:
             self._labels[y:y + h, x:x + w][take] = output[:h, :w][take]
             self._wsum[y:y + h, x:x + w] += weight
         else:
-            _native.accumulate(self._acc, self._wsum, output[:, :h, :w], wy[:h], wx[:w], y, x,
-                               self.threads)
+            blend(self._acc, self._wsum, output[:, :h, :w], wy[:h], wx[:w], y, x, self.threads,
+                  self.engine, window)
         self._valid[y:y + h, x:x + w] |= valid[:h, :w]
 
     def flush(self, upto: int) -> tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None] | None:
@@ -93,6 +95,24 @@ class BandAccumulator:
             return
         buf[..., : rows - n, :] = buf[..., n:, :]
         buf[..., rows - n:, :] = fill
+
+
+def blend(acc: np.ndarray, wsum: np.ndarray, logits: np.ndarray, wy: np.ndarray, wx: np.ndarray,
+          y: int, x: int, threads: int, engine: str, window: Window) -> None:
+    """``_native.accumulate``; NaN or infinite logits are one sentence naming the engine and the window
+    (argmax and softmax have no answer for them, and no label is guessed)."""
+    try:
+        _native.accumulate(acc, wsum, logits, wy, wx, y, x, threads)
+    except _native.NonFiniteError:
+        raise non_finite(engine, window) from None
+
+
+def non_finite(engine: str, window: Window, exact: bool = True) -> EngineError:
+    """The sentence for NaN or infinite logits in ``window`` (``exact=False``: in it or a later one)."""
+    where = "the window" if exact else "the windows from the one"
+    return EngineError(f"{engine} returned NaN or infinite logits for {where} at row {window.row}, "
+                       f"column {window.col}; the engine (or its graph) is broken there, so no labels "
+                       "were written.")
 
 
 def open_span(window: Window, top: int, rows: int, height: int, width: int) -> tuple[int, int, int, int]:

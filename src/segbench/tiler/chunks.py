@@ -36,8 +36,9 @@ from segbench.raster import (
     read_window,
     scene_info,
 )
+from segbench.tiler.accumulate import blend
 from segbench.tiler.blend import axis_weights
-from segbench.tiler.windows import axis_starts
+from segbench.tiler.windows import Window, axis_starts
 
 #: the default chunk side in pixels (a multiple of the label blocks)
 CHUNK = 4096
@@ -120,18 +121,19 @@ def segment_chunk(engine: Engine, scene: str | os.PathLike[str], chunk: Chunk, *
         for logits in infer_stream(engine, batches()):
             for (i, j, mask), out in zip(pending.popleft(), logits, strict=True):
                 _blend_into(chunk, info.height, info.width, rows[i], cols[j], tile, out, mask, wy[i], wx[j],
-                            acc, wsum, valid)
+                            acc, wsum, valid, engine.name)
     return _native.argmax_labels(acc, wsum, chunk.height, valid, LABEL_NODATA, False, 1)
 
 
 def _blend_into(chunk: Chunk, height: int, width: int, row: int, col: int, tile: int, out: np.ndarray,
                 mask: np.ndarray, wy: np.ndarray, wx: np.ndarray, acc: np.ndarray, wsum: np.ndarray,
-                valid: np.ndarray) -> None:
+                valid: np.ndarray, engine: str) -> None:
     """Blend the part of one window's logits that falls in ``chunk`` (the window clipped to the scene)."""
     y0, y1 = max(row, chunk.row), min(row + tile, height, chunk.row + chunk.height)
     x0, x1 = max(col, chunk.col), min(col + tile, width, chunk.col + chunk.width)
     if y1 <= y0 or x1 <= x0:
         return
     wr, wc = slice(y0 - row, y1 - row), slice(x0 - col, x1 - col)
-    _native.accumulate(acc, wsum, out[:, wr, wc], wy[wr], wx[wc], y0 - chunk.row, x0 - chunk.col, 1)
+    blend(acc, wsum, out[:, wr, wc], wy[wr], wx[wc], y0 - chunk.row, x0 - chunk.col, 1, engine,
+          Window(row, col, tile, tile))
     valid[y0 - chunk.row:y1 - chunk.row, x0 - chunk.col:x1 - chunk.col] |= mask[wr, wc]

@@ -27,7 +27,7 @@ import numpy as np
 from segbench.errors import InputError
 from segbench.extras import require
 from segbench.raster import PROBABILITY_SCALE
-from segbench.tiler.accumulate import open_span
+from segbench.tiler.accumulate import non_finite, open_span
 from segbench.tiler.windows import Window
 
 
@@ -101,9 +101,10 @@ class DeviceAccumulator:
     """
 
     def __init__(self, device: str, height: int, width: int, classes: int, tile: int, nodata: int,
-                 confidence: bool = False, probabilities: bool = False) -> None:
+                 confidence: bool = False, probabilities: bool = False, engine: str = "the engine") -> None:
         torch = require("torch", "the device tiler")
         self._torch = torch
+        self.engine = engine
         self.device = torch.device(device)
         self.height, self.width, self.nodata = height, width, nodata
         self.confidence, self.probabilities = confidence, probabilities
@@ -112,6 +113,10 @@ class DeviceAccumulator:
         self._wsum = torch.zeros((rows, width), dtype=torch.float32, device=self.device)
         self._valid = np.zeros((rows, width), bool)  # host: the reader made it there
         self._weights: dict[tuple[str, int], object] = {}  # axis weight vectors, copied once each
+        # windows with NaN or infinite logits, counted on the device (no sync per window) and checked
+        # at each flush, which waits for the device anyway; the first such window, for the sentence
+        self._non_finite = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._windows: list[Window] = []  # blended since the last flush
         self.top = 0
 
     def _on_device(self, axis: str, start: int, weights: np.ndarray):
@@ -128,6 +133,8 @@ class DeviceAccumulator:
         logits = output[:, :h, :w]
         if logits.dtype != self._torch.float32:
             logits = logits.float()
+        self._non_finite += (~self._torch.isfinite(logits)).any()
+        self._windows.append(window)
         self._acc[:, y:y + h, x:x + w].addcmul_(logits, weight)
         self._wsum[y:y + h, x:x + w] += weight
         self._valid[y:y + h, x:x + w] |= valid[:h, :w]
@@ -138,6 +145,9 @@ class DeviceAccumulator:
         n = min(upto, self.height) - self.top
         if n <= 0:
             return None
+        if self._non_finite.item():
+            raise non_finite(self.engine, self._windows[0], exact=False)
+        self._windows.clear()
         row0 = self.top
         acc, wsum = self._acc[:, :n], self._wsum[:n]
         blended = wsum > 0

@@ -41,6 +41,8 @@ from segbench.tiler.progress import Progress
 from segbench.tiler.stages import Inference, Reader, StageThread, Writer
 from segbench.tiler.windows import Window, axis_starts, stride_for
 
+#: classes a uint8 label raster holds besides its nodata value (255)
+MAX_CLASSES = 255
 # How long an aborting pipeline waits for its helper threads to end (each stops at its next
 # window or row band); one still running after that is left to remove its own temporaries.
 ABORT_WAIT_S = 30.0
@@ -139,6 +141,9 @@ def segment(
         raise InputError("This engine outputs labels, so it cannot give confidence or probability rasters.")
     if batch < 1:
         raise InputError("The batch size must be at least 1.")
+    if not labels_out and not 1 <= spec.num_classes <= MAX_CLASSES:
+        raise InputError(f"{engine.name} predicts {spec.num_classes} classes; label rasters are uint8 "
+                         f"with 255 for nodata, so segment takes 1 to {MAX_CLASSES} classes.")
     with open_raster(scene) as ds:
         info = scene_info(ds)
     check_bands(info, spec)
@@ -207,7 +212,8 @@ def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, bat
                     allocate=host_batches(device) if device else None, threads=read_threads)
     inference = Inference(engine, inbox, outbox, stream=device_stream if device else infer_stream)
     writer = Writer(outbox, stop, info, engine.spec, (wy, wx), out, confidence,
-                    threads=_blend_threads(engine), probabilities=probabilities, device=device)
+                    threads=_blend_threads(engine), probabilities=probabilities, device=device,
+                    engine=engine.name)
     threads = [StageThread("segbench-read", reader.run, stop),
                StageThread("segbench-write", writer.run, stop)]
     bar = Progress(len(windows), info.path.name, info.width * info.height / 1e6, enabled=progress)

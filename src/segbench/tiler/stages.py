@@ -235,8 +235,9 @@ class Writer:
                  weights: tuple[dict[int, np.ndarray], dict[int, np.ndarray]],
                  out: str | os.PathLike[str], confidence: str | os.PathLike[str] | None,
                  threads: int, probabilities: str | os.PathLike[str] | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, engine: str = "the engine") -> None:
         self.outbox, self.stop, self.info, self.spec = outbox, stop, info, spec
+        self.engine = engine  # its name, for a sentence about its outputs
         #: the torch device to blend on (outputs arrive there as tensors); None: on the host
         self.device = device
         self.wy, self.wx = weights
@@ -266,11 +267,11 @@ class Writer:
 
             return DeviceAccumulator(self.device, info.height, info.width, spec.num_classes, spec.tile,
                                      LABEL_NODATA, confidence=bool(self.confidence),
-                                     probabilities=bool(self.probabilities))
+                                     probabilities=bool(self.probabilities), engine=self.engine)
         return BandAccumulator(info.height, info.width, spec.num_classes, spec.tile,
                                LABEL_NODATA, confidence=bool(self.confidence),
                                labels=spec.output == "labels", threads=self.threads,
-                               probabilities=bool(self.probabilities))
+                               probabilities=bool(self.probabilities), engine=self.engine)
 
     def _blend_and_write(self) -> None:
         acc = self._accumulator()
