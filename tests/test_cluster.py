@@ -426,3 +426,29 @@ def test_options_that_do_not_go_together_fail_before_any_work(engine64, tmp_path
     assert done.returncode == 2 and done.stderr == f"segbench: error: {message}\n"
     assert not sidecar(engine64).exists()  # no batch sweep ran first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+
+
+def test_workers_with_two_threads_each_run_their_own_engine(tmp_path, engine64):
+    """``dask worker`` runs several tasks at once by default: each thread loads its own engine (none is
+    shared between two tasks, none loaded twice by one thread), sized for its share of the host's
+    cores, and the labels are one process's."""
+    distributed = pytest.importorskip("distributed")
+    import logging
+
+    from segbench.cluster import segment_on_cluster
+    from segbench.cluster.segment import check_workers
+    from segbench.cluster.worker import engines_loaded
+
+    scene = _scene(tmp_path / "scene.tif", 520, 530, seed=3)
+    want = _whole(engine64, scene, tmp_path / "whole.tif")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None,
+                                  silence_logs=logging.CRITICAL,
+                                  scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, \
+            distributed.Client(cluster) as client:
+        (host, threads), = check_workers(client, [str(engine64)]).items()
+        assert threads == max(1, (os.cpu_count() or 1) // 2)  # two engines share the cores
+        segment_on_cluster(client, [scene], engine64, tmp_path / "labels.tif", chunk=256, overlap=OVERLAP,
+                           batch=1, progress=False)
+        (loaded,) = client.run(engines_loaded).values()
+    assert np.array_equal(_labels(tmp_path / "labels.tif"), want)
+    assert 1 <= loaded <= 2  # at most one per thread, whatever the number of chunks (9 here)

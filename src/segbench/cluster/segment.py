@@ -95,8 +95,9 @@ def dask_client(workers: int | None = None, scheduler: str | None = None,
 
 
 def check_workers(client, paths: Sequence[str]) -> dict[str, int]:
-    """Every worker runs this segbench and reads ``paths``; returns the CPU threads each
-    worker of a host may use (the host's cores shared among its workers), by host."""
+    """Every worker runs this segbench and reads ``paths``; returns the CPU threads each worker
+    thread of a host may use (the host's cores shared among every worker thread there: each runs
+    its own engine), by host."""
     infos = client.run(describe_worker, [str(p) for p in paths])
     if not infos:
         raise InputError("The Dask cluster has no workers.")
@@ -108,9 +109,11 @@ def check_workers(client, paths: Sequence[str]) -> dict[str, int]:
             raise InputError(f"The Dask worker at {address} ({info['host']}) cannot read "
                              f"{info['unreadable'][0]}; put the engine and scenes on storage every "
                              "worker sees, at the same path.")
-    hosts = Counter(info["host"] for info in infos.values())
+    threads = Counter()
+    for info in infos.values():
+        threads[info["host"]] += info["threads"]
     cores = {info["host"]: info["cores"] for info in infos.values()}
-    return {host: max(1, cores[host] // n) for host, n in hosts.items()}
+    return {host: max(1, cores[host] // n) for host, n in threads.items()}
 
 
 def _worker_resources(dask_scheduler) -> dict[str, dict]:

@@ -1,8 +1,12 @@
-"""What runs in a Dask worker process: one loaded engine per process, and one chunk per task.
+"""What runs in a Dask worker: one loaded engine per worker thread, and one chunk per task.
 
-Tasks carry paths, never engines: a worker loads the engine the first time a
-task needs it and keeps it for every later chunk (a worker plugin's ``setup``
-would run on the worker's event loop, where a slow load misses heartbeats).
+Tasks carry paths, never engines: a worker thread loads the engine the first
+time a task needs it and keeps it for every later chunk it runs (a worker
+plugin's ``setup`` would run on the worker's event loop, where a slow load
+misses heartbeats). ``dask worker`` starts several threads by default, and
+two tasks may run at once: each thread has its own engine (runtimes' sessions
+are not all safe to share, and two threads must not load one at once), sized
+for its share of the host's cores (:func:`segbench.cluster.segment.check_workers`).
 Worker processes start with spawn, so everything here is importable at
 module level.
 """
@@ -11,26 +15,38 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from pathlib import Path
 
 import numpy as np
 
-#: this process's loaded engine: ((artifact, mtime, batch, threads), engine)
-_loaded: tuple[tuple, object] | None = None
+#: this thread's loaded engine: ``.loaded`` = ((artifact, mtime, batch, threads), engine)
+_local = threading.local()
+_count_lock = threading.Lock()
+#: engines this process has loaded, over all its threads (what a test or a curious user reads)
+loads = 0
 
 
 def engine_for(artifact: str, batch: int, threads: int | None = None):
-    """The engine at ``artifact``, loaded once per worker process (a rebuilt artifact is reloaded)."""
-    global _loaded
+    """The engine at ``artifact``, loaded once per worker thread (a rebuilt artifact is reloaded)."""
+    global loads
     from segbench.engines.registry import load
 
     key = (artifact, os.stat(artifact).st_mtime_ns, batch, threads)
-    if _loaded is None or _loaded[0] != key:
-        if _loaded is not None:
-            _loaded[1].close()
-            _loaded = None
-        _loaded = (key, load(artifact, mode="throughput", batch=batch, threads=threads))
-    return _loaded[1]
+    loaded = getattr(_local, "loaded", None)
+    if loaded is None or loaded[0] != key:
+        if loaded is not None:
+            loaded[1].close()
+            _local.loaded = None
+        _local.loaded = (key, load(artifact, mode="throughput", batch=batch, threads=threads))
+        with _count_lock:
+            loads += 1
+    return _local.loaded[1]
+
+
+def engines_loaded() -> int:
+    """How many engines this worker process has loaded (one per thread that ran a chunk)."""
+    return loads
 
 
 def segment_chunk_task(artifact: str, scene: str, chunk, step: int, blend: str, batch: int,
@@ -38,8 +54,9 @@ def segment_chunk_task(artifact: str, scene: str, chunk, step: int, blend: str, 
                        aoi: dict | None = None) -> np.ndarray:
     """One chunk's uint8 labels, on this worker's engine.
 
-    ``threads_by_host``: the CPU threads each worker of a host may use (its
-    cores shared among its workers), so that workers do not oversubscribe them.
+    ``threads_by_host``: the CPU threads each worker thread of a host may use
+    (its cores shared among every worker thread there), so that the engines do
+    not oversubscribe them.
     """
     from segbench.errors import SegbenchError
     from segbench.tiler.chunks import segment_chunk
@@ -99,10 +116,12 @@ def writable_folder(path: str) -> bool:
     return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
-def describe_worker(paths: list[str]) -> dict:
-    """What the client checks before submitting: this worker's segbench and the paths it cannot read."""
+def describe_worker(paths: list[str], dask_worker=None) -> dict:
+    """What the client checks before submitting: this worker's segbench, its threads and the paths
+    it cannot read (``dask_worker`` is passed by ``Client.run``)."""
     from segbench import __version__
 
     return {"version": __version__, "host": socket.gethostname(), "cores": os.cpu_count() or 1,
+            "threads": getattr(dask_worker, "state", dask_worker).nthreads if dask_worker else 1,
             "unreadable": [p for p in paths if not os.access(p, os.R_OK) or not Path(p).is_file()]}
 
