@@ -25,8 +25,10 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
     """A static file server that honours ``Range: bytes=a-b``, as COG readers need."""
 
     ranges: list[str] = []
+    paths: list[str] = []  # every path asked for
 
     def send_head(self):
+        RangeHandler.paths.append(self.path)
         wanted = self.headers.get("Range")
         if not wanted:
             return super().send_head()
@@ -95,3 +97,19 @@ def test_a_url_that_cannot_be_read_is_one_sentence(served, tmp_path, where):
     assert done.returncode == 1
     assert done.stderr.startswith(f"segbench: error: Could not read {url}: ") and done.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gdal_options_for_urls_stay_out_of_the_environment(served):
+    """GDAL_DISABLE_READDIR_ON_OPEN is set per open, in GDAL's thread-local configuration: never in
+    os.environ, which reader threads would write while GDAL's threads read it (a glibc race)."""
+    import os
+
+    from segbench.raster import open_raster
+
+    base, _, _ = served
+    before = dict(os.environ)
+    RangeHandler.paths.clear()
+    with open_raster(f"{base}/scene.tif") as ds:
+        assert ds.read(1, window=((0, 10), (0, 10))).shape == (10, 10)
+    assert dict(os.environ) == before
+    assert set(RangeHandler.paths) == {"/scene.tif"}  # no folder listing, no sidecar probed

@@ -139,16 +139,19 @@ def is_url(path: str | os.PathLike[str]) -> bool:
 def open_raster(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
     """Open a raster for reading (a file, or a URL of a COG), every failure one clear sentence."""
     url = is_url(path)
-    if url:  # a COG over HTTP: one request for its header, no listing of its "folder"
-        os.environ.setdefault("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
-    else:
+    if not url:
         path = Path(path)
         if not path.exists():
             raise InputError(f"Input {path} does not exist.")
         if path.is_dir():
             raise InputError(f"Input {path} is a folder; give a GeoTIFF file.")
+    # A COG over HTTP: one request for its header, no listing of its "folder" or probing for
+    # sidecars. Set for this open only and this thread only (rasterio.Env: GDAL's thread-local
+    # configuration), never in the process's environment, which reader threads would then be
+    # writing while GDAL's own threads read it (setenv and getenv race in glibc).
+    options = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"} if url else {}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), rasterio.Env(**options):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioIOError as exc:
