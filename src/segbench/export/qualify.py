@@ -182,11 +182,10 @@ class _Search:
 
     # -- the steps ---------------------------------------------------------------------------
     def run(self, formats: tuple[str, ...]) -> dict:
-        layers = len(self.plain.layers)
         if self.target is None or self.held_out is None:  # plain int8 of the first format, unchecked
             self.chosen = self._make(formats[0], self.plain, ())
             sensitivity = self._explain() if self.options.explain and self.held_out is not None else None
-            return self._record([self.chosen], [self.chosen], layers,
+            return self._record([self.chosen], [self.chosen],
                                 "no target" if self.target is None else "no held-out tiles", sensitivity)
         plains = [self._make(f, self.plain, ()) for f in formats]
         self._time(plains)
@@ -197,7 +196,7 @@ class _Search:
         fastest = min(plains, key=lambda c: c.p50_ms or 0.0)
         if not meeting:  # remedies for the fastest format, then for the most accurate if another
             for plain in dict.fromkeys([fastest, max(plains, key=self._merit)]):
-                found = self._remedy(plain, layers, tried)
+                found = self._remedy(plain, tried)
                 if found is not None:
                     meeting = [found]
                     break
@@ -206,9 +205,9 @@ class _Search:
         if self.chosen.p50_ms is None:
             self._time([self.chosen, *[c for c in plains if c.format == self.chosen.format]])
         sensitivity = self._explain() if self.options.explain else None
-        return self._record(plains, tried, layers, None, sensitivity)
+        return self._record(plains, tried, None, sensitivity)
 
-    def _remedy(self, plain: _Candidate, layers: int, tried: list[_Candidate]) -> _Candidate | None:
+    def _remedy(self, plain: _Candidate, tried: list[_Candidate]) -> _Candidate | None:
         """Smoothing, then float fallback, for one format; the first graph that meets the target."""
         fmt = plain.format
         smoothed = self._smoothed()
@@ -223,8 +222,9 @@ class _Search:
             if self._merit(c) > self._merit(plain):
                 base = c
         source = self.smoothed if base.smoothed else self.plain
-        order = self._fallback_order(source, layers)
-        limit = self.target.limit(layers)
+        layers = source.layers_of(fmt)
+        order = [name for name in self._fallback_order(source, len(layers)) if name in layers]
+        limit = self.target.limit(len(layers))
         keep: list[str] = []
         for name in order[:limit]:
             keep.append(name)
@@ -334,9 +334,10 @@ class _Search:
         parts.append("meets the target" if c.meets else "misses the target")
         return ", ".join(parts)
 
-    def _record(self, plains: list[_Candidate], tried: list[_Candidate], layers: int, unchecked: str | None,
+    def _record(self, plains: list[_Candidate], tried: list[_Candidate], unchecked: str | None,
                 sensitivity: list[dict] | None = None) -> dict:
         c = self.chosen
+        layers = len(self.plain.layers_of(c.format))
         plain = next((p for p in plains if p.format == c.format), c)
         scored = self.held_out is not None
         record = {

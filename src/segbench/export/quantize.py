@@ -9,7 +9,8 @@ one kind, so an int8 engine asks for its runtime's :data:`CANDIDATES` and
   "DequantizeLinear input has type Int32"); OpenVINO reads it as int8 too.
 * ``qdq-u8``: Q/DQ with asymmetric uint8 activations (ONNX Runtime's CPU
   kernels are u8s8; signed activations fall back to slower paths).
-* ``qop-u8``: QOperator (QLinearConv, QLinearMatMul) with uint8 activations.
+* ``qop-u8``: QOperator (QLinearConv, QLinearMatMul) with uint8 activations;
+  MatMuls of two activations (attention's) stay in float, where they run faster.
 * ``nncf``: NNCF's ``nncf.quantize``, OpenVINO's own quantizer.
 
 Weights are int8 per output channel in every format. Only the compute-heavy
@@ -52,6 +53,9 @@ class Int8Format:
     tool: str = "onnxruntime"  # or "nncf"
     qoperator: bool = False
     signed_activations: bool = True  # int8 symmetric; else uint8 asymmetric
+    #: MatMuls of two activations (attention's) stay in float: QLinearMatMul requantizes them
+    #: slower than float runs them (SegFormer-B0 at 256^2: 20.1 ms against 21.4 with them)
+    weight_matmuls_only: bool = False
 
     @property
     def tensorrt_compatible(self) -> bool:
@@ -61,7 +65,8 @@ class Int8Format:
 FORMATS = {f.name: f for f in (
     Int8Format("qdq-s8", "Q/DQ, int8 symmetric activations, float biases"),
     Int8Format("qdq-u8", "Q/DQ, uint8 asymmetric activations", signed_activations=False),
-    Int8Format("qop-u8", "QOperator, uint8 asymmetric activations", qoperator=True, signed_activations=False),
+    Int8Format("qop-u8", "QOperator, uint8 asymmetric activations, MatMuls with weights", qoperator=True,
+               signed_activations=False, weight_matmuls_only=True),
     Int8Format("nncf", "NNCF nncf.quantize", tool="nncf", signed_activations=False),
 )}
 #: the formats each runtime's int8 engine is chosen from (by measured speed at the accuracy target)
@@ -104,6 +109,10 @@ class Calibrated:
         model = onnx.load(str(self.graph), load_external_data=False)
         self.input_name = model.graph.input[0].name
         compute = [n for n in model.graph.node if n.op_type in QUANTIZED_OPS]
+        weights = {i.name for i in model.graph.initializer}
+        #: the MatMuls whose second input is an activation (attention's), which some formats leave
+        self.activation_matmuls = {n.name for n in compute
+                                   if n.op_type == "MatMul" and n.input[1] not in weights}
         # In float whatever the format: the classifier (the last compute layer), whose int8 output
         # would put the logits on a grid of 256 steps where near-ties become ties, and the
         # full-resolution resize and argmax after it.
@@ -121,6 +130,13 @@ class Calibrated:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def layers_of(self, fmt: Int8Format | str) -> dict[str, str]:
+        """The layers ``fmt`` quantizes (name -> op type)."""
+        fmt = FORMATS[fmt] if isinstance(fmt, str) else fmt
+        if not fmt.weight_matmuls_only:
+            return self.layers
+        return {n: op for n, op in self.layers.items() if n not in self.activation_matmuls}
 
     def quantize(self, fmt: Int8Format | str, dst: str | os.PathLike[str],
                  keep_float: tuple[str, ...] | list[str] = ()) -> Path:
@@ -157,7 +173,7 @@ class Calibrated:
 
         symmetric = fmt.signed_activations
         extra = {"QuantizeBias": False, "ActivationSymmetric": symmetric, "WeightSymmetric": True,
-                 "CalibTensorRangeSymmetric": symmetric}
+                 "CalibTensorRangeSymmetric": symmetric, "MatMulConstBOnly": fmt.weight_matmuls_only}
         cache = Path(self._cache.name) / f"ranges-{'symmetric' if symmetric else 'minmax'}.json"
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[self.method]
