@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from segbench.bench.memory import PeakMemory, run_in_child
+from segbench.engines.base import EngineBase
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_tiler_scale import make_scene  # noqa: E402  (the same synthetic scene)
@@ -217,7 +218,7 @@ def anchor(workdir: Path, scene: Path, size: int, int8: dict | None) -> None:
               f"{int8['peak'] / mm['peak']:.2f}x the peak memory")
 
 
-class InstantEngine:
+class InstantEngine(EngineBase):
     """Fixed logits at no cost: the tiler's own work (read, blend, write) with nothing to wait for."""
 
     def __init__(self, spec) -> None:

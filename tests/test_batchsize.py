@@ -42,10 +42,39 @@ def test_the_sweep_stops_once_past_the_peak():
         asked.append(batch)
         return curve[batch]
 
-    assert sweep(measure, CANDIDATES) == {1: 10.0, 2: 18.0, 4: 20.0, 8: 17.5}
+    assert sweep(measure, CANDIDATES) == ({1: 10.0, 2: 18.0, 4: 20.0, 8: 17.5}, "peak")
     assert asked == [1, 2, 4, 8]
     flat = {1: 10.0, 2: 9.5, 4: 9.2, 8: 9.3, 16: 9.1}  # within 10% of the best: all run
-    assert list(sweep(flat.__getitem__, CANDIDATES)) == list(CANDIDATES)
+    assert sweep(flat.__getitem__, CANDIDATES) == (flat, None)
+
+
+def test_the_sweep_stops_once_it_has_cost_what_the_run_can_pay_back():
+    """A budget of what the run's windows take: a small scene stops the sweep early, a large one does
+    not (each candidate here costs 1 s, as an engine compiled per batch may)."""
+    clock = [0.0]
+    rising = {1: 10.0, 2: 18.0, 4: 20.0, 8: 21.0, 16: 22.0}
+
+    def measure(batch):
+        clock[0] += 1.0
+        return rising[batch]
+
+    def budget(windows):  # as choose_batch: 10% of the windows' time at the best rate so far
+        return lambda rates: clock[0] > 0.1 * windows / max(rates.values())
+
+    clock[0] = 0.0
+    assert sweep(measure, CANDIDATES, budget(200)) == ({1: 10.0, 2: 18.0}, "budget")  # 2 s > 10% of 11 s
+    clock[0] = 0.0
+    assert sweep(measure, CANDIDATES, budget(100_000)) == (rising, None)  # a scene of 5,000 s pays for it
+
+
+def test_what_the_sweep_cost_is_said_and_kept(engine, tmp_path):
+    tiles = np.random.default_rng(0).uniform(0, 255, (16, 3, TILE, TILE)).astype(np.float32)
+    sidecar(engine).unlink(missing_ok=True)
+    small = choose_batch(engine, tiles, min_seconds=0.05, work=8)  # a run of 8 windows pays for little
+    assert small.stopped == "budget" and len(small.tiles_per_s) < len(CANDIDATES)
+    assert 0 < small.seconds and f"sweep {small.seconds:.1f} s, stopped at 10% of the run's time" \
+        in small.describe()
+    assert json.loads(sidecar(engine).read_text())["seconds"] == small.seconds
 
 
 def test_a_sweep_is_kept_for_this_artifact_and_machine(engine, tmp_path):
@@ -119,3 +148,39 @@ def test_an_engine_on_a_gpu_also_tries_larger_batches():
     cpu = spec.replace(build=BuildRecord(backend="onnxruntime", precision="fp32", engine="ort-fp32"))
     assert candidates_for(gpu) == GPU_CANDIDATES and max(GPU_CANDIDATES) == 64
     assert candidates_for(cpu) == candidates_for(spec) == CANDIDATES
+
+
+def test_one_maximum_batch_bounds_the_sweep_the_tiler_and_every_call(tmp_path, engine):
+    """A TensorRT plan's profile ends at 32 tiles: the sweep never tries 64 on it, the tiler refuses a
+    larger --batch before any work, and an engine refuses a larger call, each in one sentence."""
+    from segbench.engines.base import EngineBase
+    from segbench.engines.batchsize import GPU_CANDIDATES, candidates_for
+    from segbench.engines.registry import availability, build, load
+    from segbench.engines.tensorrt import MAX_BATCH
+    from segbench.errors import InputError
+    from segbench.spec import ModelSpec
+    from segbench.tiler import segment
+
+    assert 64 in GPU_CANDIDATES and MAX_BATCH == 32
+    if availability("trtrtx-fp32", run=False) is None:  # a real plan's build record
+        plan = build(tiny_conv_onnx(tmp_path / "m.onnx", make_spec(tile=TILE)), "trtrtx-fp32", tmp_path)
+        assert candidates_for(ModelSpec.load(plan)) == tuple(b for b in GPU_CANDIDATES if b <= 32)
+    assert candidates_for(ModelSpec.load(engine)) == CANDIDATES  # ONNX Runtime takes any batch
+
+    class Bounded(EngineBase):
+        name, device, max_batch = "bounded", "cpu", 2
+        spec = make_spec(tile=TILE)
+
+        def infer(self, tiles):
+            raise AssertionError("never called: the batch was refused first")
+
+    scene = _scene(tmp_path / "s.tif", 70)
+    with pytest.raises(InputError, match=r"^bounded takes at most 2 tiles per batch .* not 4; give --batch"):
+        segment(scene, Bounded(), tmp_path / "l.tif", batch=4)
+    assert not (tmp_path / "l.tif").exists()
+    with load(engine) as runner:
+        runner.max_batch = 2  # as a plan's profile sets it when loaded
+        tiles = np.zeros((3, 3, TILE, TILE), np.float32)
+        with pytest.raises(InputError, match="takes at most 2 tiles per batch"):
+            runner.infer(tiles)
+        assert runner.infer(tiles[:2]).shape[0] == 2

@@ -11,6 +11,7 @@ import rasterio
 
 torch = pytest.importorskip("torch", reason="the device tiler is written in torch (the train extra)")
 
+from segbench.engines.base import EngineBase  # noqa: E402
 from segbench.engines.registry import availability, build, load  # noqa: E402
 from segbench.errors import InputError, RuntimeMissingError  # noqa: E402
 from segbench.raster import LABEL_NODATA  # noqa: E402
@@ -125,7 +126,7 @@ def test_an_engine_without_device_tensors_blends_on_the_host(tmp_path):
     engine.close()
 
 
-class FailsOnThirdBatch:
+class FailsOnThirdBatch(EngineBase):
     """A real torch engine whose third device batch fails, as a GPU running out of memory would."""
 
     def __init__(self, engine) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from segbench.engines.base import EngineBase
 from segbench.errors import EngineError
 from segbench.spec import ModelSpec
 from segbench.tiler import segment
@@ -44,7 +45,7 @@ def _labels(path: Path) -> np.ndarray:
         return ds.read(1)
 
 
-class Synchronous:
+class Synchronous(EngineBase):
     """Only ``infer`` of another engine: the tiler then runs one batch after another."""
 
     def __init__(self, engine) -> None:
@@ -90,7 +91,7 @@ def test_throughput_mode_keeps_the_synchronous_labels(tmp_path, ov_artifact, fix
     assert streamed.batches == -(-streamed.windows // BATCH)
 
 
-class ShuffledEngine:
+class ShuffledEngine(EngineBase):
     """A numpy engine whose ``infer_stream`` runs batches on a thread pool, finishing out of order.
 
     Each batch sleeps a shuffled delay before computing, so later batches

@@ -131,11 +131,12 @@ def test_non_finite_logits_are_an_error_and_confidence_stays_defined(bad):
 
 
 def test_an_engine_with_nan_logits_is_one_sentence_naming_it(tmp_path):
+    from segbench.engines.base import EngineBase
     from segbench.errors import EngineError
     from segbench.tiler import segment
     from tests.conftest import make_spec, write_scene
 
-    class NanEngine:
+    class NanEngine(EngineBase):
         name, device = "nan-engine", "cpu"
         spec = make_spec(tile=32)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from segbench.engines.base import EngineBase
 from segbench.errors import InputError, OutputError
 from segbench.peak import current_rss_bytes, reset_peak
 from segbench.tiler import plan_windows, reference, segment, segment_many, stride_for
@@ -89,7 +90,7 @@ def test_streaming_accumulator_equals_whole_scene(blend):
     np.testing.assert_array_equal(out, full.argmax(0))
 
 
-class PixelEngine:
+class PixelEngine(EngineBase):
     """A real (tiny) engine: per-pixel linear class scores of the raw pixels."""
 
     def __init__(self, spec, fail_after=None, labels=False):
@@ -120,7 +121,7 @@ def _scene(tmp_path, h=150, w=170, nodata=None):
     return write_scene(tmp_path / "scene.tif", data, nodata=nodata), data
 
 
-class PositionEngine:
+class PositionEngine(EngineBase):
     """A real (tiny) engine whose logits depend on where a pixel lies in its window, as a CNN's do.
 
     Class scores of the pixels plus a fixed bias per window position: the same

@@ -9,6 +9,7 @@ import pytest
 import rasterio
 import rasterio.shutil
 
+from segbench.engines.base import EngineBase
 from segbench.engines.registry import build, load
 from segbench.errors import InputError
 from segbench.spec import ModelSpec
@@ -61,7 +62,7 @@ def test_corrupt_geotiff_stops_with_input_error(tmp_path):
     assert not (tmp_path / "l.tif").exists()
 
 
-class _Interrupting:
+class _Interrupting(EngineBase):
     def __init__(self, engine):
         self.spec, self.name, self.device, self._engine, self.calls = engine.spec, "x", "cpu", engine, 0
 

@@ -345,8 +345,8 @@ def measure_engine(job: _Job) -> dict:
                                    batch=job.batch))
             style_labels(dest, spec.classes, spec.palette)
         gpu = gpu_memory()
-        device_memory = getattr(engine, "device_memory_bytes", None)
-        inference_precision = getattr(engine, "inference_precision", None)
+        device_memory = engine.device_memory_bytes
+        inference_precision = engine.inference_precision
         scene_config = engine.config
         engine.close()
     accuracy = _score(job, spec, [r.output for r in results])

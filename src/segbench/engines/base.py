@@ -16,7 +16,10 @@ Runner(...) as engine:`` closes it on exit. ``infer_stream`` runs batches back
 to back (the tiler): one by one here, several in flight where a backend can
 (OpenVINO loaded in ``"throughput"`` mode), the outputs always in input order.
 A backend whose engines set ``device_tensors`` also has ``infer_tensor``:
-torch tensors on the engine's device in and out, no host round trip.
+torch tensors on the engine's device in and out, no host round trip. An
+engine whose runtime bounds the batch (a TensorRT plan) sets ``max_batch``;
+the base refuses a larger batch in one sentence, and the batch sweep and the
+tiler never send one.
 """
 
 from __future__ import annotations
@@ -34,20 +37,57 @@ from segbench.spec import ModelSpec
 
 @runtime_checkable
 class Engine(Protocol):
-    """A loaded, ready-to-run segmentation engine.
+    """A loaded, ready-to-run segmentation engine: everything the tiler, the batch sweep and the
+    bench use of one, declared (as Polygraphy's ``BaseRunner`` does), never probed for.
 
     ``infer`` takes raw pixels ``(N, bands, tile, tile)`` float32 (normalization
     is baked into the graph) and returns ``(N, classes, tile, tile)`` float32
     logits, or ``(N, tile, tile)`` uint8 labels when ``spec.output == "labels"``.
+    :class:`EngineBase` gives every member but ``infer`` its default.
     """
 
     name: str  # "ort-fp32", "openvino-int8", "torch-fp32", "trt-fp16", ...
     spec: ModelSpec
     device: str  # "cpu", "cuda:0"
+    max_batch: int | None  # the most tiles one call takes (a TensorRT plan's profile); None: any
+    inflight: int  # batches infer_stream keeps in flight
+    device_tensors: bool  # has infer_tensor: torch tensors on its device in and out
+    device_memory_bytes: int | None  # the device memory it holds, where it measures it
+    inference_precision: str | None  # the precision that really runs, where the runtime says
 
     def infer(self, tiles: np.ndarray) -> np.ndarray: ...
 
+    def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]: ...
+
     def close(self) -> None: ...
+
+
+class EngineBase:
+    """The defaults of :class:`Engine`'s members: one batch at a time, on the host, any batch size.
+    :class:`Runner` builds on it; so can any engine-like object (tests, benchmarks)."""
+
+    max_batch: int | None = None
+    inflight: int = 1
+    device_tensors: bool = False
+    device_memory_bytes: int | None = None
+    inference_precision: str | None = None
+
+    def infer(self, tiles: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """The outputs of ``batches`` in their order: here one ``infer`` call after another."""
+        for tiles in batches:
+            yield self.infer(tiles)
+
+    def close(self) -> None:
+        """Release what the engine holds."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
 
 
 #: how a caller means to run an engine: one call at a time (latency), or batches back to back
@@ -55,11 +95,9 @@ MODES = ("latency", "throughput")
 
 
 def infer_stream(engine: Engine, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    """The outputs of ``batches``, in their order: ``engine.infer_stream`` where it has one."""
-    stream = getattr(engine, "infer_stream", None)
-    if stream is not None:
-        return stream(batches)
-    return (engine.infer(tiles) for tiles in batches)
+    """The outputs of ``batches``, in their order (the engine's own stream: several in flight where
+    it can)."""
+    return engine.infer_stream(batches)
 
 
 def describe_failure(name: str, tiles: np.ndarray, exc: BaseException) -> str:
@@ -69,7 +107,7 @@ def describe_failure(name: str, tiles: np.ndarray, exc: BaseException) -> str:
     return f"{name} failed on a batch of shape {tuple(tiles.shape)}: {why.rstrip('.')}."
 
 
-class Runner:
+class Runner(EngineBase):
     """A loaded engine of one backend; subclasses implement the ``*_impl`` methods."""
 
     #: the runtime's import name, for messages and availability
@@ -77,9 +115,6 @@ class Runner:
     #: True where ``mode="throughput"`` compiles the engine differently (then a latency
     #: figure and a throughput figure need two loads)
     tunes_for_throughput: ClassVar[bool] = False
-    #: True where the loaded engine has ``infer_tensor``: torch tensors on its device in and
-    #: out, so the tiler can blend there (:mod:`segbench.tiler.device`)
-    device_tensors: bool = False
     #: whose int8 graph the runtime's int8 engine compiles (a key of
     #: ``segbench.export.quantize.CANDIDATES``); None where it has no int8 engine
     int8_formats: ClassVar[str | None] = None
@@ -154,7 +189,7 @@ class Runner:
         """Raw pixels ``(N, bands, tile, tile)`` float32 -> logits (or labels); see :class:`Engine`."""
         if self._closed:
             raise InputError(f"{self.name} is closed; load the engine again to run it.")
-        check_tiles(tiles, self.spec, self.name)
+        check_tiles(tiles, self.spec, self.name, self.max_batch)
         start = time.perf_counter()
         out = self.infer_impl(np.ascontiguousarray(tiles))
         self.last_inference_time = time.perf_counter() - start
@@ -167,8 +202,14 @@ class Runner:
         requests overrides it. Pulling the next batch may raise (the caller's
         feed stopping): an override still waits for its requests then.
         """
-        for tiles in batches:
-            yield self.infer(tiles)
+        yield from super().infer_stream(batches)
+
+    @classmethod
+    def batch_limit(cls, spec: ModelSpec) -> int | None:
+        """The most tiles per call an engine of this build takes, from its build record, before it
+        is loaded (the batch sweep's bound); None: any."""
+        limit = (spec.build.options if spec.build else {}).get("max_batch")
+        return int(limit) if limit else None
 
     @property
     def config(self) -> str:
@@ -180,25 +221,29 @@ class Runner:
             self._closed = True
             self.close_impl()
 
-    def __enter__(self) -> Runner:
-        return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close()
-
-
-def check_tiles(tiles: Any, spec: ModelSpec, name: str) -> None:
-    """Refuse a batch that is not ``(N >= 1, bands, tile, tile)`` float32, in one sentence."""
+def check_tiles(tiles: Any, spec: ModelSpec, name: str, max_batch: int | None = None) -> None:
+    """Refuse a batch that is not ``(N >= 1, bands, tile, tile)`` float32, or larger than
+    ``max_batch``, in one sentence."""
     want = (spec.num_bands, spec.tile, spec.tile)
     if not isinstance(tiles, np.ndarray) or tiles.dtype != np.float32 or tiles.ndim != 4 \
             or tiles.shape[1:] != want or not len(tiles):
         got = f"{tiles.dtype} {tiles.shape}" if isinstance(tiles, np.ndarray) else type(tiles).__name__
         raise InputError(f"{name} takes float32 tiles of shape (N, {', '.join(map(str, want))}), "
                          f"not {got}.")
+    check_batch(len(tiles), name, max_batch)
 
 
-def check_tensor(x: Any, spec: ModelSpec, name: str, device: str) -> None:
-    """Refuse a tensor batch that is not ``(N >= 1, bands, tile, tile)`` float32 on ``device``."""
+def check_batch(batch: int, name: str, max_batch: int | None) -> None:
+    """One sentence for a batch larger than the engine takes."""
+    if max_batch is not None and batch > max_batch:
+        raise InputError(f"{name} takes at most {max_batch} tiles per batch (it was built for that), "
+                         f"not {batch}; give --batch {max_batch} or less.")
+
+
+def check_tensor(x: Any, spec: ModelSpec, name: str, device: str, max_batch: int | None = None) -> None:
+    """Refuse a tensor batch that is not ``(N >= 1, bands, tile, tile)`` float32 on ``device``, or
+    larger than ``max_batch``."""
     want = (spec.num_bands, spec.tile, spec.tile)
     shape = tuple(getattr(x, "shape", ()))
     dtype, where = str(getattr(x, "dtype", type(x).__name__)), str(getattr(x, "device", "?"))
@@ -206,6 +251,7 @@ def check_tensor(x: Any, spec: ModelSpec, name: str, device: str) -> None:
             or where.split(":")[0] != device.split(":")[0]:
         raise InputError(f"{name} takes float32 tensors of shape (N, {', '.join(map(str, want))}) on "
                          f"{device}, not {dtype} {shape} on {where}.")
+    check_batch(shape[0], name, max_batch)
 
 
 def check_input_shape(shape: Sequence, spec: ModelSpec, artifact: Path) -> None:

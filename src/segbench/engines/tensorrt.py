@@ -157,6 +157,8 @@ class TensorRTRunner(Runner):
         mode = trt.TensorIOMode.INPUT
         self._input = next(n for n in names if self._engine.get_tensor_mode(n) == mode)
         self._output = next(n for n in names if self._engine.get_tensor_mode(n) != mode)
+        #: the plan's own limit: the largest batch of its optimization profile
+        self.max_batch = int(self._engine.get_tensor_profile_shape(self._input, 0)[2][0])
         self._out_dtype = torch.uint8 if self.spec.output == "labels" else torch.float32
         self._stream = torch.cuda.Stream(device=self.device)
         self.device_tensors = self.spec.output == "logits"
@@ -167,10 +169,12 @@ class TensorRTRunner(Runner):
     def infer_tensor(self, tiles):
         """Float32 tiles as a CUDA tensor on the engine's GPU -> its output there (queued on the
         engine's stream, which the caller's current stream then waits for)."""
-        check_tensor(tiles, self.spec, self.name, self.device)
+        check_tensor(tiles, self.spec, self.name, self.device, self.max_batch)
         tiles = tiles.contiguous()
         ctx = self._context
-        ctx.set_input_shape(self._input, tuple(tiles.shape))
+        if not ctx.set_input_shape(self._input, tuple(tiles.shape)):
+            raise EngineError(f"{self.name} refuses a batch of shape {tuple(tiles.shape)}: its plan's "
+                              f"profile takes 1 to {self.max_batch} tiles.")
         out = self._torch.empty(tuple(ctx.get_tensor_shape(self._output)), dtype=self._out_dtype,
                                 device=self.device)
         ctx.set_tensor_address(self._input, tiles.data_ptr())

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from segbench import _native
-from segbench.engines.base import Engine, infer_stream
+from segbench.engines.base import Engine
 from segbench.errors import InputError
 from segbench.raster import (
     LABEL_BLOCK,
@@ -118,7 +118,7 @@ def segment_chunk(engine: Engine, scene: str | os.PathLike[str], chunk: Chunk, *
                 pending.append(entries)
                 yield pixels[:len(entries)]
 
-        for logits in infer_stream(engine, batches()):
+        for logits in engine.infer_stream(batches()):
             for (i, j, mask), out in zip(pending.popleft(), logits, strict=True):
                 _blend_into(chunk, info.height, info.width, rows[i], cols[j], tile, out, mask, wy[i], wx[j],
                             acc, wsum, valid, engine.name)

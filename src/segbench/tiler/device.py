@@ -34,7 +34,7 @@ from segbench.tiler.windows import Window
 def runs_on_device(engine, on_device: bool | None) -> bool:
     """Whether the tiler blends on the engine's device: by default for an engine off the CPU that
     returns device tensors; ``on_device=True`` asks for it (e.g. a torch engine on ``cpu``)."""
-    able = bool(getattr(engine, "device_tensors", False)) and engine.spec.output == "logits"
+    able = engine.device_tensors and engine.spec.output == "logits"
     if on_device and not able:
         raise InputError(f"{engine.name} cannot return logits as tensors on its device, so the tiler "
                          "cannot blend there; run it without on_device.")

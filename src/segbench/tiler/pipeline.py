@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from segbench.engines.base import Engine, infer_stream
+from segbench.engines.base import Engine, check_batch, infer_stream
 from segbench.errors import InputError, OutputError
 from segbench.files import check_output_folder
 from segbench.peak import peak_rss_bytes
@@ -141,6 +141,7 @@ def segment(
         raise InputError("This engine outputs labels, so it cannot give confidence or probability rasters.")
     if batch < 1:
         raise InputError("The batch size must be at least 1.")
+    check_batch(batch, engine.name, engine.max_batch)
     if not labels_out and not 1 <= spec.num_classes <= MAX_CLASSES:
         raise InputError(f"{engine.name} predicts {spec.num_classes} classes; label rasters are uint8 "
                          f"with 255 for nodata, so segment takes 1 to {MAX_CLASSES} classes.")

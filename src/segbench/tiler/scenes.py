@@ -123,15 +123,20 @@ def auto_batch(artifact: str | os.PathLike[str], scenes: Sequence[str | os.PathL
 
     Measured on real windows of the first scene, as many as the largest
     candidate, with no candidate larger than that scene's window count (a
-    batch the scene cannot fill would only run padding).
+    batch the scene cannot fill would only run padding), and for no longer
+    than a share of the time all the scenes' windows take
+    (:data:`segbench.engines.batchsize.SWEEP_SHARE`).
     """
     spec = ModelSpec.load(artifact)
-    first = expand_scenes(scenes)[0]
-    with open_raster(first) as ds:
-        info = scene_info(ds)
-    check_bands(info, spec)
-    windows = plan_windows(info.height, info.width, spec.tile,
-                           stride_for(spec.tile, overlap, stride, default=spec.stride))
+    paths = expand_scenes(scenes)
+    step = stride_for(spec.tile, overlap, stride, default=spec.stride)
+    counts = []
+    for path in paths:
+        with open_raster(path) as ds:
+            info = scene_info(ds)
+        if not counts:
+            check_bands(info, spec)
+        counts.append(len(plan_windows(info.height, info.width, spec.tile, step)))
     candidates = candidates_for(spec)
-    tiles = sample_tiles([first], spec, count=max(candidates), seed=0)
-    return choose_batch(artifact, tiles, max_batch=len(windows), candidates=candidates)
+    tiles = sample_tiles([paths[0]], spec, count=max(candidates), seed=0)
+    return choose_batch(artifact, tiles, max_batch=counts[0], candidates=candidates, work=sum(counts))
