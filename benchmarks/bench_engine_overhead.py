@@ -38,10 +38,10 @@ def raw_runner(artifact: Path, name: str):
         input_name = session.get_inputs()[0].name
         return lambda x: session.run(None, {input_name: x})[0]
     if name.startswith("openvino-"):
-        import openvino as ov
+        from segbench.engines.openvino import core
 
         hint = "bf16" if name.endswith("bf16") else "f32"
-        compiled = ov.Core().compile_model(str(artifact), "CPU", {
+        compiled = core().compile_model(str(artifact), "CPU", {
             "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
         request = compiled.create_infer_request()
 

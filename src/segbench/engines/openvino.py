@@ -27,6 +27,7 @@ mode, and are identical between ``infer`` and ``infer_stream`` in each.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -45,21 +46,36 @@ from segbench.spec import ModelSpec
 _HINT = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
 
 
+@functools.lru_cache(maxsize=1)
+def core():
+    """The process's one ``ov.Core``, made once and never dropped.
+
+    OpenVINO's CPU plugin gives the thread that makes a Core a signal stack of its own (for AMX's
+    larger signal frames) and unmaps it when the Core goes, restoring the previous one only if its
+    own is still current. Cores made and dropped out of order (garbage collection does) leave the
+    thread with a freed signal stack; the next signal there whose handler runs on it (Python's
+    Ctrl-C handler does: CPython installs handlers with SA_ONSTACK) kills the process with SIGSEGV,
+    as the kernel cannot write the signal frame. That was the random crash of single-process test
+    runs; with one Core there is nothing to drop out of order. The Core is thread-safe.
+    """
+    return require("openvino", "the OpenVINO engines").Core()
+
+
 def _compile(xml: Path, precision: str, hint: str = "LATENCY", batch: int | None = None,
              threads: int | None = None):
     """The compiled model; with ``batch``, a dynamic batch dimension is fixed to it first."""
-    ov = require("openvino", f"openvino-{precision}")
-    core = ov.Core()
+    require("openvino", f"openvino-{precision}")
+    core_ = core()
     config = {"INFERENCE_PRECISION_HINT": _HINT[precision], "PERFORMANCE_HINT": hint}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     try:
-        model = core.read_model(str(xml), str(Path(xml).with_suffix(".bin")))
+        model = core_.read_model(str(xml), str(Path(xml).with_suffix(".bin")))
         shape = model.inputs[0].get_partial_shape()
         if batch and shape.rank.is_static and shape[0].is_dynamic:
             shape[0] = batch
             model.reshape({model.inputs[0].get_any_name(): shape})
-        return core.compile_model(model, "CPU", config)
+        return core_.compile_model(model, "CPU", config)
     except Exception as exc:
         raise EngineError(f"OpenVINO cannot compile {Path(xml).name}: {first_line(exc)}") from exc
 
@@ -71,9 +87,9 @@ class OpenVinoGraphs:
     name = "openvino"
 
     def load(self, graph: Path):
-        ov = require("openvino", "openvino-int8")
-        compiled = ov.Core().compile_model(str(graph), "CPU", {"INFERENCE_PRECISION_HINT": _HINT["int8"],
-                                                               "PERFORMANCE_HINT": "LATENCY"})
+        require("openvino", "openvino-int8")
+        compiled = core().compile_model(str(graph), "CPU", {"INFERENCE_PRECISION_HINT": _HINT["int8"],
+                                                            "PERFORMANCE_HINT": "LATENCY"})
         request = compiled.create_infer_request()
         output = compiled.outputs[0]
         return lambda tiles: request.infer({0: tiles})[output].copy()
@@ -92,9 +108,9 @@ class OpenVinoRunner(Runner):
 
     @classmethod
     def check(cls, kind) -> None:
-        ov = require("openvino", kind.name)
+        require("openvino", kind.name)
         if kind.precision == "bf16":
-            caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            caps = core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
             if "BF16" not in caps:
                 raise RuntimeMissingError(
                     "openvino-bf16 needs a CPU with bf16 support (AVX512_BF16 or AMX); "
