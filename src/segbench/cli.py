@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "local Dask workers (the 'cluster' extra)")
     be.add_argument("--resume", action="store_true",
                     help="keep engines the report in -o already measured on the same inputs")
+    be.add_argument("--maps", action="store_true",
+                    help="write where each engine's labels differ from the reference's, beside its labels "
+                         "(<scene>.disagreement.tif, styled for QGIS)")
     _int8_args(be, target_default="the --min-ratio")
     _tiling_args(be)
     be.set_defaults(func=_cmd_bench)
@@ -667,7 +670,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                          overlap=args.overlap, blend=args.blend, batch=args.batch, out=args.out,
                          isprs=args.isprs, min_ratio=args.min_ratio,
                          max_latency_ms=args.max_latency_ms, max_memory_mb=args.max_memory_mb,
-                         resume=args.resume, workers=args.workers)
+                         resume=args.resume, workers=args.workers, maps=args.maps)
     run_bench(config)
     return 0
 

@@ -232,6 +232,13 @@ def _p90(latency) -> str:
     return f"{p90:.1f} (n={n})"
 
 
+def _seam(seam: dict | None) -> str:
+    """``2.1 / 0.8``: the error rate in the seam band and elsewhere (percent)."""
+    if not seam or seam.get("error_in_band") is None:
+        return ""
+    return f"{100 * seam['error_in_band']:.1f} / {100 * seam['error_elsewhere']:.1f}"
+
+
 def _rank(row: dict) -> str:
     mark = "*" if row.get("pareto") else ""
     if row.get("status") != "ok":
@@ -247,6 +254,10 @@ COLUMNS: list[tuple[str, Callable[[dict], object], Callable[[object], str]]] = [
     ("mIoU %", _g("accuracy", "miou"), _pct),
     ("OA %", _g("accuracy", "oa"), _pct),
     ("agree %", _g("accuracy", "agreement"), _pct),
+    # the pixels whose label differs from the reference engine's (bench.disagreement)
+    ("differ %", _g("disagreement", "share"), _pct),
+    # the error against the ground truth within a few pixels of the window borders, and elsewhere
+    ("seam err %", _g("disagreement", "seam"), lambda v: _seam(v)),
     ("p50 ms", _g("latency", "batch1", "p50"), _num(".1f")),
     ("p90 ms", _g("latency", "batch1"), _p90),
     ("MP/s", _g("scene", "megapixels_per_s"), _num(".2f")),
@@ -258,15 +269,19 @@ COLUMNS: list[tuple[str, Callable[[dict], object], Callable[[object], str]]] = [
 ]
 
 
+#: columns shown only where some engine has a value (a GPU; a reference to differ from; labels)
+OPTIONAL_COLUMNS = ("GPU MiB", "differ %", "seam err %")
+
+
 def _has_machines(report: dict) -> bool:
     return any("machine" in r for r in report["engines"])
 
 
 def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted cells, one row per engine (machine column when merged; GPU memory when
-    some engine ran on a GPU)."""
-    columns = [c for c in COLUMNS if c[0] != "GPU MiB"
-               or any(c[1](r) is not None for r in report["engines"])]
+    """Header and formatted cells, one row per engine (machine column when merged; the optional
+    columns where some engine has a value)."""
+    columns = [c for c in COLUMNS if c[0] not in OPTIONAL_COLUMNS
+               or any(c[2](c[1](r)) for r in report["engines"])]
     header = [c[0] for c in columns]
     rows = [[fmt(get(r)) for _, get, fmt in columns] for r in report["engines"]]
     if _has_machines(report):
@@ -329,19 +344,41 @@ def to_csv(report: dict) -> str:
     return buf.getvalue()
 
 
-def plot(report: dict, path: str | os.PathLike[str]) -> Path:
-    """PNG of p50 tile latency (log x) against mIoU, one point per engine, Pareto front drawn."""
+#: the least span of the accuracy axis, in mIoU points: differences of a few hundredths of a point
+#: (fp32 engines among themselves) stay flat instead of filling the plot
+MIN_SPAN = 2.0
+
+
+def honest_limits(values: Sequence[float], reference: float | None = None,
+                  min_span: float = MIN_SPAN) -> tuple[float, float]:
+    """An accuracy axis that holds every value and the reference's and spans at least ``min_span``
+    (values in percent), padded by a tenth of its span."""
+    values = [v for v in [*values, reference] if v is not None]
+    if not values:
+        return 0.0, 100.0
+    low, high = min(values), max(values)
+    if high - low < min_span:
+        middle = (low + high) / 2
+        low, high = middle - min_span / 2, middle + min_span / 2
+    pad = (high - low) / 10
+    return max(low - pad, 0.0), min(high + pad, 100.0)
+
+
+def latency_accuracy_figure(report: dict):
+    """A matplotlib figure of p50 tile latency (log x) against mIoU, one point per engine, the Pareto
+    front drawn, the accuracy axis honest (:func:`honest_limits`, the reference always in range)."""
     from segbench.extras import require
 
     matplotlib = require("matplotlib", "the report's latency-accuracy plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     pts = [(r, _g("latency", "batch1", "p50")(r), _g("accuracy", "miou")(r))
            for r in report["engines"] if r.get("status") == "ok"]
     pts = [(r, x, 100 * y) for r, x, y in pts if x is not None and y is not None]
-    from matplotlib.ticker import ScalarFormatter
-
+    named = (report.get("ranking") or {}).get("reference")
+    reference = next((y for r, _, y in pts if r["name"] == named), None)
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     markers = "osD^vP<>Xh"
     for i, (r, x, y) in enumerate(pts):
@@ -353,12 +390,15 @@ def plot(report: dict, path: str | os.PathLike[str]) -> Path:
     if front:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="grey",
                 linestyle="--", label="Pareto front (*)")
+    if reference is not None:
+        ax.axhline(reference, color="0.6", linewidth=0.8, zorder=1, label="reference mIoU")
     if pts:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(ScalarFormatter())
         ax.tick_params(axis="x", which="minor", labelsize=7)
-        ax.margins(x=0.1, y=0.15)
+        ax.margins(x=0.1)
+        ax.set_ylim(*honest_limits([y for _, _, y in pts], reference))
         # A legend beside the axes: engine names never overlap one another.
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     ax.set_xlabel("p50 latency per tile, batch 1 (ms, log scale)")
@@ -366,6 +406,14 @@ def plot(report: dict, path: str | os.PathLike[str]) -> Path:
     ax.set_title("segbench: latency against accuracy")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot(report: dict, path: str | os.PathLike[str]) -> Path:
+    """PNG of :func:`latency_accuracy_figure`."""
+    import matplotlib.pyplot as plt
+
+    fig = latency_accuracy_figure(report)
     path = Path(path)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -374,11 +422,14 @@ def plot(report: dict, path: str | os.PathLike[str]) -> Path:
 
 
 def write_all(report: dict, out_dir: str | os.PathLike[str], stem: str = "report") -> list[Path]:
-    """The JSON report and its Markdown, CSV and PNG renderings in ``out_dir``."""
+    """The JSON report and its Markdown, CSV, PNG and HTML renderings in ``out_dir``."""
+    from segbench.bench.page import bench_page
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [write_json(report, out_dir / f"{stem}.json")]
     for suffix, text in ((".md", to_markdown(report)), (".csv", to_csv(report))):
         paths.append(write_text(out_dir / f"{stem}{suffix}", text))
     paths.append(plot(report, out_dir / f"{stem}.png"))
+    paths.append(write_text(out_dir / f"{stem}.html", bench_page(report)))
     return paths

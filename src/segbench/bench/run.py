@@ -21,6 +21,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from segbench.bench.disagreement import AGREE_COLOUR, map_categories
 from segbench.bench.int8 import int8_setup
 from segbench.bench.latency import P90_MIN_SAMPLES, time_callable
 from segbench.bench.memory import PeakMemory, describe, gpu_memory, run_in_child
@@ -62,6 +63,7 @@ class BenchConfig:
     calib_method: str = "minmax"
     int8_target: float | None = 0.99  # what int8 keeps of its float graph (None: plain int8)
     explain: bool = False  # rank each int8 engine's layers by the damage they do
+    maps: bool = False  # each engine's disagreement with the reference, as rasters beside its labels
     reference: str = "torch-fp32"
     overlap: int | None = None
     blend: str = "cosine"
@@ -100,7 +102,8 @@ def run_bench(config: BenchConfig, console: Console | None = None, show_table: b
     report["ranking"] = rule.to_dict()
     options = spec.build.options if spec.build else {}
     report["model"] = {"architecture": spec.architecture, "classes": spec.num_classes,
-                       "class_names": list(spec.classes), "checkpoint_digest": spec.checkpoint_digest,
+                       "class_names": list(spec.classes), "palette": [list(c) for c in spec.palette],
+                       "checkpoint_digest": spec.checkpoint_digest,
                        "bands": spec.num_bands, "tile": spec.tile,
                        "params": options.get("params"), "gflops": options.get("gflops")}
     out = Path(config.out)
@@ -152,7 +155,7 @@ def run_bench(config: BenchConfig, console: Console | None = None, show_table: b
                            labels=[str(p) for p in config.labels],
                            reference_labels=reference_labels, out_dir=str(out / kind.name),
                            overlap=config.overlap, blend=config.blend, batch=batch,
-                           isprs=config.isprs, quick=config.quick)
+                           isprs=config.isprs, quick=config.quick, maps=config.maps)
                 with console.status(f"measuring {kind.name} (in a fresh process)"):
                     row.update(run_in_child(measure_engine, job))
                 if config.workers:
@@ -263,7 +266,7 @@ def _scaling_summary(scaling: dict) -> str:
 
 
 #: the renderings of report.json that the bench writes beside it
-REPORT_SUFFIXES = (".json", ".md", ".csv", ".png")
+REPORT_SUFFIXES = (".json", ".md", ".csv", ".png", ".html")
 
 
 def _refuse_replacing_inputs(config: BenchConfig, engines: list[str]) -> None:
@@ -316,6 +319,7 @@ class _Job:
     batch: int
     isprs: bool
     quick: bool
+    maps: bool = False  # write where it differs from the reference beside its labels
 
 
 def measure_engine(job: _Job) -> dict:
@@ -350,6 +354,7 @@ def measure_engine(job: _Job) -> dict:
         scene_config = engine.config
         engine.close()
     accuracy = _score(job, spec, [r.output for r in results])
+    differ = _disagreement(job, spec, [r.output for r in results])
     seconds = sum(r.seconds for r in results)
     megapixels = sum(r.megapixels for r in results)
     area = _area_km2(job.scenes)
@@ -373,7 +378,32 @@ def measure_engine(job: _Job) -> dict:
     }
     if inference_precision:
         row["inference_precision"] = inference_precision
+    if differ is not None:
+        row["disagreement"] = differ
     return row
+
+
+def _disagreement(job: _Job, spec: ModelSpec, outputs: list[str]) -> dict | None:
+    """Where this engine's labels differ from the reference's (maps with ``job.maps``), the
+    confusion and the seam band (:mod:`segbench.bench.disagreement`); the reference itself gets its
+    seam band against the ground truth (None without labels)."""
+    reference = job.reference_labels
+    if not reference and not job.labels:
+        return None
+    from segbench.bench.disagreement import Disagreement, compare_scene
+    from segbench.tiler import stride_for
+
+    found = Disagreement(spec.classes)
+    step = stride_for(spec.tile, job.overlap, default=spec.stride)
+    for i, mine in enumerate(outputs):
+        truth = job.labels[i] if job.labels else None
+        theirs = reference[i] if reference else mine  # the reference against itself: the seams only
+        compare_scene(found, mine, theirs, spec, spec.tile, step, truth,
+                      write_map=job.maps and bool(reference))
+    if job.maps:
+        for path in found.maps:
+            style_labels(path, map_categories(spec.classes), [AGREE_COLOUR, *spec.palette])
+    return found.to_dict()
 
 
 def _for_scenes(engine, artifact: Path, batch: int):

@@ -8,7 +8,9 @@ is kept. Where none does, the remedies follow, cheapest first, on the fastest
 format (then on the most accurate, if that is another): outlier smoothing
 (:mod:`.smoothing`), then the most sensitive layers back in float
 (:mod:`.sensitivity`), greedily and as few as possible, up to
-:attr:`Int8Target.max_float` of the quantized layers. Where that still misses
+:attr:`Int8Target.max_float` of the quantized layers. Where a slower format
+meets the target and a faster one misses it, the faster one is tried
+smoothed too, and the fastest of them that meets it is kept. Where that still misses
 the target, the fastest plain graph is built, as plain int8 would be, and its
 record says so.
 
@@ -200,6 +202,13 @@ class _Search:
                 if found is not None:
                     meeting = [found]
                     break
+        else:  # a faster format that misses may meet it smoothed, and stay the faster
+            best = min(c.p50_ms or 0.0 for c in meeting)
+            for plain in sorted((c for c in plains if not c.meets and (c.p50_ms or 0.0) < best),
+                                key=lambda c: c.p50_ms or 0.0):
+                found = self._remedy(plain, tried, smoothing_only=True)
+                if found is not None:
+                    meeting.append(found)
         # missed even so: the fastest plain graph, as plain int8 would be built and ranked
         self.chosen = min(meeting, key=lambda c: c.p50_ms or 0.0) if meeting else fastest
         if self.chosen.p50_ms is None:
@@ -207,8 +216,10 @@ class _Search:
         sensitivity = self._explain() if self.options.explain else None
         return self._record(plains, tried, None, sensitivity)
 
-    def _remedy(self, plain: _Candidate, tried: list[_Candidate]) -> _Candidate | None:
-        """Smoothing, then float fallback, for one format; the first graph that meets the target."""
+    def _remedy(self, plain: _Candidate, tried: list[_Candidate],
+                smoothing_only: bool = False) -> _Candidate | None:
+        """Smoothing, then float fallback (unless ``smoothing_only``), for one format; the first graph
+        that meets the target."""
         fmt = plain.format
         smoothed = self._smoothed()
         base = plain
@@ -221,6 +232,8 @@ class _Search:
                 return c
             if self._merit(c) > self._merit(plain):
                 base = c
+        if smoothing_only:
+            return None
         source = self.smoothed if base.smoothed else self.plain
         layers = source.layers_of(fmt)
         order = [name for name in self._fallback_order(source, len(layers)) if name in layers]

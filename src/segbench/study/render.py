@@ -577,7 +577,7 @@ def plot_iou(dataset: dict, path: str | os.PathLike[str]) -> Path:
 
     classes = list(dataset.get("classes", []))
     excluded = set(dataset.get("excluded_classes") or [])
-    labels, grid = _iou_grid(dataset)
+    labels, grid = iou_grid(dataset)
     cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
     finite = grid[np.isfinite(grid)]
     low, high = ((math.floor(finite.min() / 10) * 10, math.ceil(finite.max() / 10) * 10)
@@ -609,7 +609,7 @@ def plot_iou(dataset: dict, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _iou_grid(dataset: dict):
+def iou_grid(dataset: dict):
     """Row labels and IoU (%) per network x (classes, mIoU), NaN where undefined (a row when none)."""
     import numpy as np
 
@@ -642,7 +642,8 @@ def _network_label(network: dict) -> str:
 
 def write_study(report: dict, out_dir: str | os.PathLike[str]) -> list[Path]:
     """Write study.md, study-networks.csv, study-engines.csv, study.tex, one tabular per table
-    (<dataset>-networks.tex, <dataset>-engines.tex) and each dataset's Pareto plot and IoU heat map."""
+    (<dataset>-networks.tex, <dataset>-engines.tex), each dataset's Pareto plot and IoU heat map,
+    and study.html (:mod:`segbench.study.page`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     texts = {"study.md": to_markdown(report), "study.tex": to_latex_document(report)}
@@ -652,5 +653,8 @@ def write_study(report: dict, out_dir: str | os.PathLike[str]) -> list[Path]:
     for dataset in report.get("datasets", []):
         paths.append(plot_pareto(dataset, out / f"{slug(dataset['name'])}-pareto.png"))
         paths.append(plot_iou(dataset, out / f"{slug(dataset['name'])}-iou.png"))
+    from segbench.study.page import study_page
+
+    paths.append(write_text(out / "study.html", study_page(report)))
     return paths
 

@@ -178,7 +178,7 @@ def _bench_cell(study: Study, dataset: DatasetEntry, info, model: dict, folder: 
         model=Path(model["onnx"]), engines=list(study.engines), scenes=[p[0] for p in pairs],
         labels=[p[1] for p in pairs], calib=[p[0] for p in info.pairs("train")],
         calib_labels=[p[1] for p in info.pairs("train")], calib_tiles=b.calib_tiles,
-        calib_method=b.calib_method, explain=b.explain,
+        calib_method=b.calib_method, explain=b.explain, maps=b.maps,
         int8_target=b.min_ratio if b.int8_target is None else (b.int8_target or None),  # false: plain
         reference=b.reference,
         overlap=b.overlap, blend=b.blend, batch=b.batch, out=folder, isprs=dataset.isprs,

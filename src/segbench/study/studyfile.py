@@ -93,6 +93,7 @@ class BenchOptions:
     int8_target: float | bool | None = None  # what int8 keeps of its float mIoU (None: min_ratio;
     # false: plain int8, no search)
     explain: bool = False  # rank each int8 engine's layers by the damage they do
+    maps: bool = True  # where each engine differs from the reference, as rasters beside its labels
     quick: bool = False  # fewer latency iterations (tests, the demo)
 
 
@@ -230,6 +231,7 @@ def _bench(t: dict) -> BenchOptions:
         calib_method=str(t.get("calib_method", BenchOptions.calib_method)),
         int8_target=False if t.get("int8_target") is False else _float(t, "int8_target", "[bench]"),
         explain=bool(t.get("explain", False)),
+        maps=bool(t.get("maps", True)),
         quick=bool(t.get("quick", False)),
     )
 
