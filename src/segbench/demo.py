@@ -113,10 +113,12 @@ def run_demo(
         batch=size.batch,
         out=out / "bench",
         quick=quick,
+        maps=True,
     ), console=console)
     console.print(f"\n[bold]Demo finished in {time.perf_counter() - started:.0f} s.[/bold] "
                   f"Every output is in [bold]{out}[/bold]: data/, train/, model/, bench/ "
-                  "(label GeoTIFFs per engine, report.json, report.md, report.csv, report.png).")
+                  "(label GeoTIFFs and disagreement maps per engine, report.json, .md, .csv, .png).\n"
+                  f"Open the report in a browser: [bold]{out / 'bench' / 'report.html'}[/bold]")
     return report
 
 

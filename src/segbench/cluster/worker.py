@@ -95,7 +95,6 @@ def write_chunk_file(dest: str | os.PathLike[str], labels: np.ndarray, chunk, cr
 
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
-    from rasterio.windows import Window
     from rasterio.windows import transform as window_transform
 
     from segbench.files import atomic_output
@@ -105,8 +104,7 @@ def write_chunk_file(dest: str | os.PathLike[str], labels: np.ndarray, chunk, cr
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(tmp, "w", driver="GTiff", width=chunk.width, height=chunk.height, count=1,
                            dtype="uint8", crs=crs, nodata=LABEL_NODATA, compress="lzw", tiled=True,
-                           transform=window_transform(Window(chunk.col, chunk.row, chunk.width, chunk.height),
-                                                      transform),
+                           transform=window_transform(chunk.to_rasterio(), transform),
                            blockxsize=LABEL_BLOCK, blockysize=LABEL_BLOCK) as ds:
             ds.write(labels, 1)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -44,17 +43,8 @@ from segbench.tiler.windows import Window, axis_starts
 CHUNK = 4096
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """A rectangle of a scene, in scene pixels."""
-
-    row: int
-    col: int
-    height: int
-    width: int
-
-    def __str__(self) -> str:
-        return f"rows {self.row}-{self.row + self.height}, columns {self.col}-{self.col + self.width}"
+#: a chunk is a window of the scene (one value type: segbench.tiler.windows.Window)
+Chunk = Window
 
 
 def chunk_side(size: int = CHUNK) -> int:
@@ -129,11 +119,12 @@ def _blend_into(chunk: Chunk, height: int, width: int, row: int, col: int, tile:
                 mask: np.ndarray, wy: np.ndarray, wx: np.ndarray, acc: np.ndarray, wsum: np.ndarray,
                 valid: np.ndarray, engine: str) -> None:
     """Blend the part of one window's logits that falls in ``chunk`` (the window clipped to the scene)."""
-    y0, y1 = max(row, chunk.row), min(row + tile, height, chunk.row + chunk.height)
-    x0, x1 = max(col, chunk.col), min(col + tile, width, chunk.col + chunk.width)
-    if y1 <= y0 or x1 <= x0:
+    window = Window(row, col, tile, tile)
+    part = window.intersection(chunk)
+    part = part.intersection(Window(0, 0, height, width)) if part is not None else None
+    if part is None:
         return
-    wr, wc = slice(y0 - row, y1 - row), slice(x0 - col, x1 - col)
-    blend(acc, wsum, out[:, wr, wc], wy[wr], wx[wc], y0 - chunk.row, x0 - chunk.col, 1, engine,
-          Window(row, col, tile, tile))
-    valid[y0 - chunk.row:y1 - chunk.row, x0 - chunk.col:x1 - chunk.col] |= mask[wr, wc]
+    wr, wc = slice(part.row - row, part.bottom - row), slice(part.col - col, part.right - col)
+    y, x = part.row - chunk.row, part.col - chunk.col
+    blend(acc, wsum, out[:, wr, wc], wy[wr], wx[wc], y, x, 1, engine, window)
+    valid[y:y + part.height, x:x + part.width] |= mask[wr, wc]

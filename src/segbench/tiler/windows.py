@@ -16,12 +16,40 @@ from segbench.errors import InputError
 
 @dataclass(frozen=True)
 class Window:
-    """A tile-sized window in scene pixel coordinates (may overhang small scenes)."""
+    """A rectangle of a scene in pixels, rows first: a window of the tiler's plan (tile-sized; it may
+    overhang a scene smaller than a tile) or a chunk of a scene on Dask. rasterio's own ``Window``
+    takes columns first (``col_off, row_off, width, height``); :meth:`to_rasterio` converts, so
+    that the two orders never meet elsewhere."""
 
     row: int
     col: int
     height: int
     width: int
+
+    @property
+    def bottom(self) -> int:
+        return self.row + self.height
+
+    @property
+    def right(self) -> int:
+        return self.col + self.width
+
+    def intersection(self, other: Window) -> Window | None:
+        """The part of this rectangle inside ``other``; None where they do not overlap."""
+        row, col = max(self.row, other.row), max(self.col, other.col)
+        bottom, right = min(self.bottom, other.bottom), min(self.right, other.right)
+        if bottom <= row or right <= col:
+            return None
+        return Window(row, col, bottom - row, right - col)
+
+    def to_rasterio(self):
+        """The same rectangle as a ``rasterio.windows.Window``."""
+        from rasterio.windows import Window as RasterioWindow
+
+        return RasterioWindow(self.col, self.row, self.width, self.height)
+
+    def __str__(self) -> str:
+        return f"rows {self.row}-{self.bottom}, columns {self.col}-{self.right}"
 
 
 def axis_starts(size: int, tile: int, stride: int) -> list[int]:
