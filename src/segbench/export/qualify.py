@@ -226,7 +226,8 @@ class _Search:
         if smoothed is not None:
             c = self._make(fmt, smoothed, ())
             tried.append(c)
-            self.note(f"{fmt} after smoothing {len(self.smoothing['layers'])} layers: {self._describe(c)}")
+            n = len(self.smoothing["layers"])
+            self.note(f"{fmt} after smoothing {n} layer{'' if n == 1 else 's'}: {self._describe(c)}")
             if c.meets:
                 self._time([c, plain])
                 return c
