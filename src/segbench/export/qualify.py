@@ -209,6 +209,8 @@ class _Search:
                 found = self._remedy(plain, tried, smoothing_only=True)
                 if found is not None:
                     meeting.append(found)
+            if len(meeting) > len([c for c in plains if c.meets]):  # timed in other rounds: again, together
+                self._time(meeting)
         # missed even so: the fastest plain graph, as plain int8 would be built and ranked
         self.chosen = min(meeting, key=lambda c: c.p50_ms or 0.0) if meeting else fastest
         if self.chosen.p50_ms is None:
