@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segbench.errors import InputError
+from segbench.errors import InputError, UsageError
 from segbench.tiler.blend import BLENDS
 
 SPLITS_TO_SCORE = ("test", "val")  # the first split a dataset has scenes in is scored
@@ -181,7 +181,10 @@ def parse_study(data: dict, base: Path, path: Path | None = None) -> Study:
     if not engines or not all(isinstance(e, str) for e in engines):
         raise InputError("The study names no engine; add engines = [\"torch-fp32\", \"ort-fp32\", ...].")
     for e in engines:
-        get_kind(e)
+        try:
+            get_kind(e)
+        except UsageError as exc:  # in a file, not on the command line: the input is wrong
+            raise InputError(f"The study file names an unknown engine: {exc}") from None
     _unique(engines, "engine")
 
     recipe = _recipe(_table(data, "recipe"), base)
