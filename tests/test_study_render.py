@@ -433,3 +433,27 @@ def test_cli_report_merges_studies_and_keeps_bench_reports_as_they_were(tmp_path
     (tmp_path / "bad.json").write_text("{}")
     assert main(["report", str(tmp_path / "bad.json")]) != 0
     assert "neither a segbench study report nor a bench report" in capsys.readouterr().err
+
+
+def test_the_study_page_has_a_section_per_dataset_and_renders_in_chromium(study, tmp_path):
+    import re
+    import shutil
+    import subprocess
+
+    write_study(study, tmp_path)
+    page = (tmp_path / "study.html").read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # self-contained
+    for dataset in study["datasets"]:
+        assert f"<h2>{dataset['name']}</h2>" in page
+    networks = sum(len(d["networks"]) for d in study["datasets"])
+    engines = sum(len(n.get("engines") or []) for d in study["datasets"] for n in d["networks"])
+    assert page.count("<tr>") == len(study["datasets"]) * 2 + networks + engines  # headers and rows
+    assert page.count("<svg") >= 2 * len(study["datasets"])  # a heat map and a plot per dataset
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    shot = tmp_path / "study.png"
+    args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+            "--window-size=1400,3000", f"--screenshot={shot}", (tmp_path / "study.html").as_uri()]
+    done = subprocess.run([chromium, *args], capture_output=True, text=True, timeout=120)
+    assert shot.is_file() and not [x for x in done.stderr.splitlines() if "CONSOLE" in x or "Uncaught" in x]

@@ -23,6 +23,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import rasterio
@@ -194,14 +195,14 @@ def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifac
             sizes.append((len(plan_chunks(ds.height, ds.width, chunk)), ds.width * ds.height / 1e6))
     name = Path(str(outputs[0][0])).name if len(outputs) == 1 else f"{len(outputs)} scenes"
     bar = Progress(sum(n for n, _ in sizes), name, sum(mp for _, mp in sizes), enabled=progress)
+    step = stride_for(spec.tile, overlap, stride, default=spec.stride)
+    job = _Job(client, artifact, spec, threads, chunk, step, blend, batch, nodata, aoi, resources, folder)
     results = []
     try:
         befores = itertools.accumulate((n for n, _ in sizes), initial=0)  # chunks of earlier scenes
         for (scene, dest), before in zip(outputs, befores, strict=False):
             with rasterio.Env(GDAL_CACHEMAX=CLIENT_CACHE_BYTES):
-                results.append(_one_scene(client, threads, scene, artifact, spec, dest, chunk, overlap,
-                                          stride, blend, batch, nodata, aoi, resources, bar, before,
-                                          on_chunk, folder))
+                results.append(_SceneRun(job, scene, dest).run(bar, before, on_chunk))
             if on_scene is not None:
                 on_scene(results[-1])
     finally:
@@ -209,113 +210,160 @@ def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifac
     return results
 
 
-def _one_scene(client, threads: dict[str, int], scene: Path | str, artifact: Path, spec: ModelSpec,
-               dest: Path, chunk: int, overlap, stride, blend: str, batch: int, nodata, aoi, resources,
-               bar: Progress, before: int, on_chunk, chunk_files: Path | None) -> SegmentResult:
-    """One scene of :func:`segment_on_cluster`; ``bar`` is the job's, ``before`` chunks into it."""
-    from distributed import as_completed
+@dataclass(frozen=True)
+class _Job:
+    """What every scene of one :func:`segment_on_cluster` call shares."""
 
-    with open_raster(scene) as ds:
-        info = scene_info(ds)
-    check_bands(info, spec)
-    area = aoi.for_scene(info) if aoi is not None else None
-    step = stride_for(spec.tile, overlap, stride, default=spec.stride)
-    chunks = plan_chunks(info.height, info.width, chunk)
-    windows = len(axis_starts(info.height, spec.tile, step)) * len(axis_starts(info.width, spec.tile, step))
-    folder = chunk_folder(chunk_files, dest) if chunk_files is not None else None
-    key = run_key(scene, artifact, spec, info, chunk=chunk, stride=step, blend=blend, batch=batch,
-                  nodata=nodata, aoi=area, folder=folder)
-    state = RunState.start(dest, key, chunks)
-    writer = _staged_writer(dest, info, spec, state) if folder is None else None
-    try:
-        state.begin()
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        state.discard()
-        raise
-    if state.finished:
-        note(f"resuming {dest.name}: {len(state.finished)} of {len(chunks)} chunks were finished by an "
-             "interrupted run.")
-    todo = iter([c for c in chunks if (c.row, c.col) not in state.finished])
-    running = as_completed()
-    where = {}  # future -> its chunk
-    in_flight = 2 * sum(client.nthreads().values())  # twice the tasks the workers run at once
+    client: object
+    artifact: Path
+    spec: ModelSpec
+    threads: dict[str, int]  # CPU threads per worker thread, by host
+    chunk: int
+    step: int
+    blend: str
+    batch: int
+    nodata: float | None
+    aoi: AreaOfInterest | None
+    resources: dict[str, float] | None
+    chunk_files: Path | None
 
-    def submit() -> bool:
-        c = next(todo, None)
+
+class _SceneRun:
+    """One scene on the cluster, in named steps: plan its chunks and what an interrupted run left
+    (:meth:`__init__`), keep twice as many chunk tasks in flight as the workers run (:meth:`_submit`),
+    write each chunk as it lands and note it (:meth:`_land`), then finish the COG (:meth:`_finish`),
+    or keep what is done when interrupted (:meth:`_keep`) and drop it on any failure (:meth:`_drop`)."""
+
+    def __init__(self, job: _Job, scene: Path | str, dest: Path) -> None:
+        self.job, self.scene, self.dest = job, scene, dest
+        with open_raster(scene) as ds:
+            self.info = scene_info(ds)
+        check_bands(self.info, job.spec)
+        self.area = job.aoi.for_scene(self.info) if job.aoi is not None else None
+        self.chunks = plan_chunks(self.info.height, self.info.width, job.chunk)
+        self.folder = chunk_folder(job.chunk_files, dest) if job.chunk_files is not None else None
+        key = run_key(scene, job.artifact, job.spec, self.info, chunk=job.chunk, stride=job.step,
+                      blend=job.blend, batch=job.batch, nodata=job.nodata, aoi=self.area, folder=self.folder)
+        self.state = RunState.start(dest, key, self.chunks)
+        self.writer = _staged_writer(dest, self.info, job.spec, self.state) if self.folder is None else None
+        self.where: dict = {}  # future -> its chunk
+        self.todo: Iterator = iter(())
+        self.running = None
+
+    def run(self, bar: Progress, before: int, on_chunk) -> SegmentResult:
+        """Every chunk not finished yet; ``bar`` is the job's, ``before`` chunks into it."""
+        from distributed import as_completed
+
+        try:
+            self.state.begin()
+        except BaseException:
+            self._drop()
+            raise
+        if self.state.finished:
+            note(f"resuming {self.dest.name}: {len(self.state.finished)} of {len(self.chunks)} chunks "
+                 "were finished by an interrupted run.")
+        self.todo = iter([c for c in self.chunks if (c.row, c.col) not in self.state.finished])
+        self.running = as_completed()
+        done = len(self.state.finished)
+        if done:
+            bar.update(before + done)  # rich leaves a first jump out of the rate
+        start = time.perf_counter()
+        complete = False
+        try:
+            for _ in range(2 * sum(self.job.client.nthreads().values())):  # twice what the workers run
+                self._submit()
+            for future in self.running:
+                self._land(future)
+                done += 1
+                bar.update(before + done)
+                if on_chunk is not None:
+                    on_chunk(done, len(self.chunks))
+                self._submit()
+            self._finish()
+            complete = True
+            self.state.finish()
+        except KeyboardInterrupt:
+            self._cancel()
+            if complete:
+                self.state.finish()
+                raise
+            self._keep(bar)
+            raise
+        except BaseException:
+            self._cancel()
+            self._drop()
+            raise
+        return self._result(time.perf_counter() - start)
+
+    def _submit(self) -> bool:
+        """One more chunk's task, if any is left."""
+        job, c = self.job, next(self.todo, None)
         if c is None:
             return False
-        args = (str(artifact), str(scene), c, step, blend, batch, nodata, threads, area)
-        if folder is None:
-            future = client.submit(segment_chunk_task, *args, resources=resources, pure=False)
+        args = (str(job.artifact), str(self.scene), c, job.step, job.blend, job.batch, job.nodata,
+                job.threads, self.area)
+        if self.folder is None:
+            future = job.client.submit(segment_chunk_task, *args, resources=job.resources, pure=False)
         else:
-            future = client.submit(segment_chunk_file_task, *args, str(chunk_path(folder, c)), info.crs,
-                                   info.transform, resources=resources, pure=False)
-        where[future] = c
-        running.add(future)
+            future = job.client.submit(segment_chunk_file_task, *args, str(chunk_path(self.folder, c)),
+                                       self.info.crs, self.info.transform, resources=job.resources,
+                                       pure=False)
+        self.where[future] = c
+        self.running.add(future)
         return True
 
-    name = info.path.name
-    done = len(state.finished)
-    if done:
-        bar.update(before + done)  # rich leaves a first jump out of the rate
-    start = time.perf_counter()
-    complete = False
-    try:
-        for _ in range(in_flight):
-            submit()
-        for future in running:
-            c = where.pop(future)
-            try:
-                labels = future.result()
-            except SegbenchError as exc:
-                raise type(exc)(f"Chunk {c} of {name} failed: {exc}") from exc
-            except Exception as exc:
-                raise InputError(f"Chunk {c} of {name} failed: {type(exc).__name__}: "
-                                 f"{first_line(exc)}.") from exc
-            if writer is not None:
-                writer.write_rows(c.row, labels, c.col)
-            state.finished.add((c.row, c.col))
-            done += 1
-            bar.update(before + done)
-            if on_chunk is not None:
-                on_chunk(done, len(chunks))
-            if writer is not None and state.due():
-                writer.flush()  # the chunks listed are on disk before the manifest lists them
-                state.save()
-            submit()
-        if writer is not None:
-            writer.close()
+    def _land(self, future) -> None:
+        """A finished chunk: its labels into the staged raster (or its file, written by the worker),
+        and into the resume state (saved now and then, after what it lists is on disk)."""
+        c = self.where.pop(future)
+        name = self.info.path.name
+        try:
+            labels = future.result()
+        except SegbenchError as exc:
+            raise type(exc)(f"Chunk {c} of {name} failed: {exc}") from exc
+        except Exception as exc:
+            raise InputError(f"Chunk {c} of {name} failed: {type(exc).__name__}: {first_line(exc)}.") from exc
+        if self.writer is not None:
+            self.writer.write_rows(c.row, labels, c.col)
+        self.state.finished.add((c.row, c.col))
+        if self.writer is not None and self.state.due():
+            self.writer.flush()  # the chunks listed are on disk before the manifest lists them
+            self.state.save()
+
+    def _finish(self) -> None:
+        """The COG under its final name: from the staged raster, or from the chunk files."""
+        spec = self.job.spec
+        if self.writer is not None:
+            self.writer.close()
         else:
-            write_label_mosaic(dest, info, [(chunk_path(folder, c), c.row, c.col, c.height, c.width)
-                                            for c in chunks], classes=spec.classes, palette=spec.palette)
-        complete = True
-        state.finish()
-    except KeyboardInterrupt:
-        for future in where:
+            parts = [(chunk_path(self.folder, c), c.row, c.col, c.height, c.width) for c in self.chunks]
+            write_label_mosaic(self.dest, self.info, parts, classes=spec.classes, palette=spec.palette)
+
+    def _cancel(self) -> None:
+        for future in self.where:
             future.cancel()
-        if complete:
-            state.finish()
-            raise
-        if writer is not None:
-            writer.suspend()
-        state.save()
+
+    def _keep(self, bar: Progress) -> None:
+        """Interrupted: the finished chunks stay beside the output for the same command to resume."""
+        if self.writer is not None:
+            self.writer.suspend()
+        self.state.save()
         bar.close()
-        note(f"{dest.name}: {len(state.finished)} of {len(chunks)} chunks kept in {state.where()}; run the "
-             "same command again to resume.")
-        raise
-    except BaseException:
-        for future in where:
-            future.cancel()
-        if writer is not None:
-            writer.abort()
-        state.discard()
-        raise
-    seconds = time.perf_counter() - start
-    return SegmentResult(scene=str(scene), output=str(dest), confidence=None, width=info.width,
-                         height=info.height, windows=windows, skipped=0, batches=0, seconds=seconds,
-                         stages=StageTimes(), peak_rss_bytes=peak_rss_bytes())
+        note(f"{self.dest.name}: {len(self.state.finished)} of {len(self.chunks)} chunks kept in "
+             f"{self.state.where()}; run the same command again to resume.")
+
+    def _drop(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+        self.state.discard()
+
+    def _result(self, seconds: float) -> SegmentResult:
+        info, spec, step = self.info, self.job.spec, self.job.step
+        windows = (len(axis_starts(info.height, spec.tile, step))
+                   * len(axis_starts(info.width, spec.tile, step)))
+        return SegmentResult(scene=str(self.scene), output=str(self.dest), confidence=None, width=info.width,
+                             height=info.height, windows=windows, skipped=0, batches=0, seconds=seconds,
+                             stages=StageTimes(), peak_rss_bytes=peak_rss_bytes())
 
 
 def _staged_writer(dest: Path, info: SceneInfo, spec: ModelSpec, state: RunState) -> LabelWriter:
