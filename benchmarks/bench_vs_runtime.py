@@ -102,11 +102,11 @@ def openvino_best(artifact: str, seconds: int, batch: int = BATCH) -> dict:
     iterations = int(_find(r"Count:\s+(\d+) iterations", text))
     duration_s = float(_find(r"Duration:\s+([\d.]+) ms", text)) / 1000
     requests = _find(r"(\d+) inference requests", text)
-    batch = _find(r"Model batch size: (\d+)", text)
+    model_batch = _find(r"Model batch size: (\d+)", text)
     return {"tiles_per_s": iterations * batch / duration_s,
             "fps_printed": float(_find(r"Throughput:\s+([\d.]+) FPS", text)),
             "how": f"benchmark_app -hint throughput, {requests} requests, "
-                   f"model batch size {batch}"}
+                   f"model batch size {model_batch}"}
 
 
 def _ov_precision(artifact: str) -> str:
