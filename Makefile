@@ -15,7 +15,7 @@ demo: $(STAMP)
 	$(BIN)/segbench demo
 
 test: $(STAMP)
-	$(BIN)/python tests/run_modules.py
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/
 
 install: $(STAMP)
 
