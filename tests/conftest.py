@@ -33,7 +33,6 @@ def tiny_conv_onnx(path: Path, spec: ModelSpec, seed: int = 0) -> Path:
 
     pixels -> (x - mean) / std -> 3x3 conv -> ReLU -> 1x1 conv -> logits, same size.
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -60,6 +59,14 @@ def tiny_conv_onnx(path: Path, spec: ModelSpec, seed: int = 0) -> Path:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", c, t, t])],
         inits,
     )
+    return _save_graph(graph, path, spec)
+
+
+def _save_graph(graph, path: Path, spec: ModelSpec) -> Path:
+    """An fp32 graph as an ONNX file at IR 9, opset 18, with its spec."""
+    import onnx
+    from onnx import helper
+
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     onnx.checker.check_model(model)
@@ -135,7 +142,6 @@ def outlier_conv_onnx(path: Path, spec: ModelSpec, scale: float = 1.0, seed: int
     much: the same function in float (a function-preserving rescale, as trained networks have outlier
     channels), and activations int8 cannot hold per tensor. ``depthwise``: conv3 is a depthwise
     1x1 convolution (a per-channel scale), whose inputs smoothing leaves alone."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -171,12 +177,7 @@ def outlier_conv_onnx(path: Path, spec: ModelSpec, scale: float = 1.0, seed: int
         nodes, "outliers",
         [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", b, t, t])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", c, t, t])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    spec.replace(build=BuildRecord(backend="onnx", precision="fp32")).save(path)
-    return path
+    return _save_graph(graph, path, spec)
 
 
 def _forward(w: dict, x: np.ndarray, layers: int) -> np.ndarray:

@@ -84,25 +84,30 @@ def _has_qgis() -> bool:
     return subprocess.run([str(QGIS_PYTHON), "-c", "import qgis.core"], capture_output=True).returncode == 0
 
 
+def _in_qgis(classes: list[str], body: str):
+    """Run ``body`` (which prints one JSON line last) in Debian's Python with a headless QGIS
+    application and ``classes`` of qgis.core imported; its process and what it printed."""
+    preamble = ("import json, os\nos.environ['QT_QPA_PLATFORM'] = 'offscreen'\n"
+                f"from qgis.core import QgsApplication, {', '.join(classes)}\n"
+                "app = QgsApplication([], False)\napp.initQgis()\n")
+    done = subprocess.run([str(QGIS_PYTHON), "-c", preamble + textwrap.dedent(body)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done, json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_qgis_shows_a_legend_of_the_class_names(segmented):
     if not _has_qgis():
         pytest.skip("QGIS is not installed (apt-get install python3-qgis)")
     labels, _, spec = segmented
-    code = textwrap.dedent(f"""
-        import json, os
-        os.environ["QT_QPA_PLATFORM"] = "offscreen"
-        from qgis.core import QgsApplication, QgsRasterLayer
-        app = QgsApplication([], False)
-        app.initQgis()
+    done, shown = _in_qgis(["QgsRasterLayer"], f"""
         layer = QgsRasterLayer({str(labels)!r}, "labels")
         assert layer.isValid()
         layer.loadDefaultStyle()  # what QGIS does when a layer is added: the .qml beside it
         legend = [label for label, _ in layer.legendSymbologyItems()]
         print(json.dumps([layer.renderer().type(), legend]))
     """)
-    done = subprocess.run([str(QGIS_PYTHON), "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    kind, legend = json.loads(done.stdout.strip().splitlines()[-1])
+    kind, legend = shown
     assert kind == "paletted" and legend == list(spec.classes)
 
 
@@ -113,12 +118,7 @@ def test_qgis_colours_the_polygons_by_class(segmented):
     regions = labels.with_name("regions.gpkg")
     if not regions.exists():
         pytest.skip("the 'gis' extra is not installed")
-    code = textwrap.dedent(f"""
-        import json, os
-        os.environ["QT_QPA_PLATFORM"] = "offscreen"
-        from qgis.core import QgsApplication, QgsVectorLayer
-        app = QgsApplication([], False)
-        app.initQgis()
+    done, shown = _in_qgis(["QgsVectorLayer"], f"""
         layer = QgsVectorLayer({str(regions)!r}, "regions", "ogr")
         assert layer.isValid()
         layer.loadDefaultStyle()
@@ -127,10 +127,8 @@ def test_qgis_colours_the_polygons_by_class(segmented):
         print(json.dumps([renderer.type(), [c.label() for c in renderer.categories()], colours,
                           layer.featureCount()]))
     """)
-    done = subprocess.run([str(QGIS_PYTHON), "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
     assert "partially supported" not in done.stderr  # a GeoPackage version QGIS 3.22 reads fully
-    kind, labels_shown, colours, count = json.loads(done.stdout.strip().splitlines()[-1])
+    kind, labels_shown, colours, count = shown
     assert kind == "categorizedSymbol" and labels_shown == list(spec.classes) and count > 0
     assert colours == ["#" + bytes(c).hex() for c in spec.palette]
 
@@ -178,12 +176,7 @@ def test_qgis_opens_a_raster_and_its_polygons_of_one_name_each_with_its_style(sa
     if not _has_qgis():
         pytest.skip("QGIS is not installed (apt-get install python3-qgis)")
     labels, regions, spec = same_name
-    code = textwrap.dedent(f"""
-        import json, os
-        os.environ["QT_QPA_PLATFORM"] = "offscreen"
-        from qgis.core import QgsApplication, QgsRasterLayer, QgsVectorLayer
-        app = QgsApplication([], False)
-        app.initQgis()
+    done, shown = _in_qgis(["QgsRasterLayer", "QgsVectorLayer"], f"""
         raster = QgsRasterLayer({str(labels)!r}, "labels")
         vector = QgsVectorLayer({str(regions)!r}, "regions", "ogr")
         assert raster.isValid() and vector.isValid()
@@ -193,8 +186,6 @@ def test_qgis_opens_a_raster_and_its_polygons_of_one_name_each_with_its_style(sa
         categories = [c.label() for c in vector.renderer().categories()]
         print(json.dumps([raster.renderer().type(), legend, vector.renderer().type(), categories]))
     """)
-    done = subprocess.run([str(QGIS_PYTHON), "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    raster_kind, legend, vector_kind, categories = json.loads(done.stdout.strip().splitlines()[-1])
+    raster_kind, legend, vector_kind, categories = shown
     assert raster_kind == "paletted" and legend == list(spec.classes)  # not 256 numbered entries
     assert vector_kind == "categorizedSymbol" and categories == list(spec.classes)

@@ -154,22 +154,11 @@ class Calibrated:
 
     def _onnxruntime(self, fmt: Int8Format, dst: Path, exclude: list[str]) -> None:
         from onnxruntime.quantization import (
-            CalibrationDataReader,
             CalibrationMethod,
             QuantFormat,
             QuantType,
             quantize_static,
         )
-
-        tiles, name = self.calibration, self.input_name
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self._it = iter(tiles)
-
-            def get_next(self):
-                tile = next(self._it, None)
-                return None if tile is None else {name: tile[None].astype(np.float32)}
 
         symmetric = fmt.signed_activations
         extra = {"QuantizeBias": False, "ActivationSymmetric": symmetric, "WeightSymmetric": True,
@@ -180,7 +169,7 @@ class Calibrated:
         # ONNX Runtime's quantizer logs advice on the root logger; keep errors only.
         with logger_level(logging.getLogger(), logging.ERROR):
             quantize_static(
-                str(self.graph), str(dst), Reader(),
+                str(self.graph), str(dst), tile_reader(self.input_name, self.calibration),
                 quant_format=QuantFormat.QOperator if fmt.qoperator else QuantFormat.QDQ,
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8, per_channel=True, calibrate_method=method,
@@ -199,6 +188,21 @@ class Calibrated:
             model = nncf.quantize(onnx.load(str(self.graph)), dataset, subset_size=len(self.calibration),
                                   ignored_scope=nncf.IgnoredScope(names=exclude, validate=False))
         onnx.save(model, str(dst))
+
+
+def tile_reader(name: str, tiles: np.ndarray):
+    """ONNX Runtime's calibration reader over ``tiles``, one at a time, as the input ``name``."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(tiles)
+
+        def get_next(self):
+            tile = next(self._it, None)
+            return None if tile is None else {name: tile[None].astype(np.float32)}
+
+    return Reader()
 
 
 def ort_session(graph: str | os.PathLike[str] | bytes):

@@ -47,32 +47,23 @@ def rank_layers(qdq_graph: str | os.PathLike[str], layers: dict[str, str],
                 tiles: np.ndarray) -> list[LayerError]:
     """The quantized ``layers`` (name -> op) of a Q/DQ graph, noisiest inputs first."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         create_activation_matching,
         modify_model_output_intermediate_tensors,
     )
 
+    from segbench.export.quantize import tile_reader
+
     model = onnx.load(str(qdq_graph))
     inputs = _activation_inputs(model, layers)
     shapes = _shapes(model)
-    name = model.graph.input[0].name
-    sample = tiles[:RANK_TILES]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = iter(sample)
-
-        def get_next(self):
-            tile = next(self._it, None)
-            return None if tile is None else {name: tile[None].astype(np.float32)}
-
+    reader = tile_reader(model.graph.input[0].name, tiles[:RANK_TILES])
     with tempfile.TemporaryDirectory(prefix="segbench-sensitivity-") as tmp:
         augmented = Path(tmp) / "augmented.onnx"
         modify_model_output_intermediate_tensors(str(qdq_graph), str(augmented),
                                                  op_types_for_saving=["QuantizeLinear", "DequantizeLinear"])
-        activations = collect_activations(str(augmented), Reader())
+        activations = collect_activations(str(augmented), reader)
     matching = create_activation_matching(activations)  # tensor -> its values before and after Q/DQ
     wanted = {x for xs in inputs.values() for x in xs}
     errors = {x: channel_sqnr_db(m["pre_qdq"], m["post_qdq"], shapes.get(x))
