@@ -107,6 +107,32 @@ def test_a_signal_whose_exception_was_swallowed_is_raised_again():
     """)
 
 
+def test_a_signal_a_library_turned_into_its_own_error_is_still_the_signal():
+    _in_fresh_interpreter('''
+        import os, signal, time
+        from segbench.signals import Terminated, terminate_as_interrupt
+
+        def format_config():  # as mmengine's Config.pretty_text does around yapf
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            except:  # noqa: E722
+                raise SyntaxError("Failed to format the config file")
+
+        try:
+            with terminate_as_interrupt():
+                format_config()
+            raise SystemExit("the block ended normally")
+        except Terminated as caught:
+            assert caught.exit_code == 143 and isinstance(caught.__cause__, SyntaxError)
+        try:
+            with terminate_as_interrupt():
+                raise SyntaxError("a real one")  # with no signal, errors stay what they are
+        except SyntaxError:
+            pass
+    ''')
+
+
 def test_ignored_signals_stay_ignored_and_other_threads_install_nothing():
     _in_fresh_interpreter("""
         import os, signal, threading, time

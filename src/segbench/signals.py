@@ -9,10 +9,12 @@ them too.
 
 A raise from a signal handler can be lost: Python prints "Exception ignored"
 and goes on when it lands in a ``__del__``, a weakref callback or Python code
-called back from a C library. So the signal is also remembered:
-:func:`raise_if_pending` (called between units of work: a study's cells, a
-bench's engines, the tiler's batches) raises it again, and the block itself
-raises it at its end if it was swallowed.
+called back from a C library; and a library's bare ``except:`` may turn it into
+an error of its own (mmengine's config formatter raises ``SyntaxError``). So the
+signal is also remembered: :func:`raise_if_pending` (called between units of
+work: a study's cells, a bench's engines, the tiler's batches) raises it again,
+and the block itself raises it at its end if it was swallowed, or in place of
+any error that leaves the block once the signal came.
 """
 
 from __future__ import annotations
@@ -66,7 +68,12 @@ def terminate_as_interrupt() -> Iterator[None]:
         for signum in SIGNALS:
             if signal.getsignal(signum) is signal.SIG_DFL:
                 previous[signum] = signal.signal(signum, handler)
-        yield
+        try:
+            yield
+        except Exception as exc:
+            if _pending is not None:  # a library's bare except made its own error of the signal's
+                raise Terminated(_pending) from exc
+            raise
         raise_if_pending()  # the block ended normally, yet a signal came: its exception was lost
     finally:
         for signum, old in previous.items():
