@@ -229,3 +229,153 @@ def test_the_shipped_study_files_load():
     assert {"danet-r50", "nonlocal-r50", "upernet-swin-t", "deeplabv3plus-r50"} <= {
         n.name for n in seed.networks}
     assert os.path.isabs(seed.datasets[0].path)
+
+
+# -- the study on a Dask cluster ---------------------------------------------------------------
+
+def _keys(out: Path) -> dict:
+    """Every cell's key, by its folder within the study."""
+    return {str(p.parent.relative_to(out)): json.loads(p.read_text())["key"] for p in out.rglob("cell.json")}
+
+
+def test_an_interrupted_study_on_two_workers_resumes_and_equals_the_sequential_one(finished, tmp_path,
+                                                                                  data):
+    pytest.importorskip("distributed")
+    study, report = finished
+    path = _write_study(tmp_path, data, "cluster")
+    out = tmp_path / "cluster"
+    proc = subprocess.Popen([str(SEGBENCH), "study", str(path), "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = [out / "synthetic" / n / "model" / "cell.json" for n in ("fcn-hrnet18s", "segformer-b0")]
+    deadline = time.monotonic() + 300
+    while not any(p.is_file() for p in first) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert any(p.is_file() for p in first), proc.stderr.read() if proc.poll() is not None else "timed out"
+    proc.send_signal(signal.SIGTERM)  # the client: its cluster goes, finished cells stay
+    assert proc.wait(60) == 128 + signal.SIGTERM, proc.stderr.read()
+    kept = {p: p.read_text() for p in first if p.is_file()}
+
+    resumed = run_study(load_study(path), workers=2)
+    assert {p: p.read_text() for p in kept} == kept  # finished before the interruption: not redone
+    assert _cells(resumed) == _cells(report)  # the sequential run's figures
+    assert _keys(out) == _keys(study.out)  # and its cells, with the same keys
+    rows = {n["name"]: n["accuracy"] for n in resumed["datasets"][0]["networks"]}
+    assert rows == {n["name"]: n["accuracy"] for n in report["datasets"][0]["networks"]}
+    assert not [p for p in out.rglob("*") if ".part-" in p.name or ".stage-" in p.name]
+
+
+def test_a_worker_killed_during_a_training_has_it_resumed_elsewhere(tmp_path, data):
+    pytest.importorskip("distributed")
+    psutil = pytest.importorskip("psutil")
+    from segbench.train.resume import STATE_NAME, load_state
+
+    path = tmp_path / "kill.toml"
+    path.write_text(f"""
+networks = ["fcn-hrnet18s"]
+engines = ["ort-fp32"]
+[study]
+name = "kill"
+out = "kill"
+[[datasets]]
+name = "synthetic"
+path = "{data}"
+[recipe]
+iters = 40
+crop = 64
+batch = 2
+lr = 0.01
+[bench]
+reference = "ort-fp32"
+batch = 2
+quick = true
+""")
+    train = tmp_path / "kill" / "synthetic" / "fcn-hrnet18s" / "model" / "train"
+    proc = subprocess.Popen([str(SEGBENCH), "study", str(path), "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (train / STATE_NAME).is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (train / STATE_NAME).is_file(), proc.stderr.read() if proc.poll() is not None else "timed out"
+        trainer = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                   if any(Path(f.path).is_relative_to(train) for f in c.open_files())]
+        assert len(trainer) == 1, trainer  # the worker process that writes the training's log
+        trainer[0].kill()
+        saved = load_state(train / STATE_NAME)["iter"]
+        assert proc.wait(300) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    report = json.loads((tmp_path / "kill" / "study.json").read_text())
+    (network,) = report["datasets"][0]["networks"]
+    assert network["status"] == "ok" and network["engines"][0]["status"] == "ok"
+    logs = sorted(train.rglob("scalars.json"))  # mmengine's, one per run
+    assert len(logs) == 2  # trained twice: the killed run, then the one elsewhere
+    logged = [json.loads(line)["iter"] for line in logs[-1].read_text().splitlines() if '"iter"' in line]
+    assert logged[0] > saved >= 4  # which went on from the saved state, not from the start
+
+
+def test_a_second_client_on_the_same_study_folder_is_refused(tmp_path, data):
+    from segbench.study.lock import study_lock
+
+    path = _write_study(tmp_path, data, "locked")
+    with study_lock(tmp_path / "locked"):
+        done = subprocess.run([str(SEGBENCH), "study", str(path)], capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.startswith("segbench: error: Another segbench study runs on") and \
+        done.stderr.count("\n") == 1, done.stderr
+    assert not (tmp_path / "locked" / "synthetic").exists()  # nothing ran
+
+
+def test_a_lock_whose_client_is_gone_is_taken_over(tmp_path):
+    from segbench.study.lock import LOCK_NAME, StudyBusyError, study_lock
+
+    lock = tmp_path / LOCK_NAME
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    lock.write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead), "since": "then"}))
+    with study_lock(tmp_path):  # its process is gone on this host
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+    lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": "then"}))
+    with pytest.raises(StudyBusyError, match="host elsewhere"):  # another host's, alive: its heartbeat
+        with study_lock(tmp_path):
+            pass
+    old = time.time() - 600
+    os.utime(lock, (old, old))  # ... stopped ten minutes ago
+    with study_lock(tmp_path, heartbeat_s=0.05):
+        time.sleep(0.2)
+        assert time.time() - lock.stat().st_mtime < 1  # kept alive while held
+    assert not lock.exists()
+
+
+def test_a_gpu_study_on_a_cluster_without_gpu_workers_is_one_sentence(tmp_path, data):
+    pytest.importorskip("distributed")
+    path = _write_study(tmp_path, data, "gpu")
+    path.write_text(path.read_text().replace("batch = 2\nlr", 'batch = 2\ndevice = "cuda"\nlr'))
+    with pytest.raises(InputError, match=r"No Dask worker offers GPU=1"):
+        run_study(load_study(path), workers=1)
+    assert not (tmp_path / "gpu" / "synthetic").exists()
+
+
+def test_the_plan_lists_every_cell_and_estimates_from_the_measured_rates(finished, tmp_path, data):
+    from segbench.study.plan import plan_study, render_plan
+
+    study, report = finished
+    done = plan_study(study)
+    assert [(c.network, c.state, c.bench_done) for c in done.cells] == [
+        ("fcn-hrnet18s", "done", True), ("segformer-b0", "done", True)]
+    assert done.wall_seconds(1) == 0
+    longer = _write_study(tmp_path, data, "planned")
+    longer.write_text(longer.read_text().replace("iters = 2", "iters = 200"))
+    plan = plan_study(load_study(longer), rates_from=[study.out / "study.json"])
+    rates = {n["name"]: 2 / n["train_seconds"] for n in report["datasets"][0]["networks"]}
+    for cell in plan.cells:
+        assert cell.state == "to run" and cell.rate == pytest.approx(rates[cell.network])
+        assert cell.model_s == pytest.approx(200 / rates[cell.network])
+    one, two = plan.wall_seconds(1), plan.wall_seconds(2)
+    assert one == pytest.approx(sum(c.seconds for c in plan.cells))
+    assert two == pytest.approx(max(c.seconds for c in plan.cells))
+    text = render_plan(plan, workers=2)
+    assert "synthetic / fcn-hrnet18s" in text and "on 2 workers" in text

@@ -75,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "study file on every dataset and engine; re-run it to resume. Writes study.json "
                         "and its tables (markdown, CSV, LaTeX) and plots.")
     st.add_argument("file", type=Path, help="study file (TOML), e.g. studies/demo.toml")
+    where = st.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive, default=None,
+                       help="run the cells on a local Dask cluster of this many worker processes")
+    where.add_argument("--scheduler", default=None,
+                       help="run the cells on a running Dask cluster, e.g. tcp://host:8786 (the study "
+                            "folder and datasets at the same paths on every worker; GPU workers started "
+                            "with --resources GPU=1)")
+    st.add_argument("--plan", action="store_true",
+                    help="print the cells, what each needs, which are done and an estimate of the time "
+                         "left (on --workers N, default 1), and run nothing")
+    st.add_argument("--rates-from", type=Path, nargs="+", default=[], metavar="STUDY_JSON",
+                    help="with --plan: training rates measured by other studies (e.g. a short pilot study "
+                         "on the target GPU), for networks this study has not trained yet")
     st.set_defaults(func=_cmd_study)
 
     # data ---------------------------------------------------------------
@@ -333,7 +346,15 @@ def _cmd_study(args: argparse.Namespace) -> int:
     from segbench.study.run import run_study
     from segbench.study.studyfile import load_study
 
-    run_study(load_study(args.file))
+    study = load_study(args.file)
+    if args.plan:
+        from segbench.study.plan import plan_study, render_plan
+
+        if args.scheduler:
+            raise UsageError("--plan estimates for --workers N; it does not connect to a scheduler.")
+        print(render_plan(plan_study(study, args.rates_from), workers=args.workers or 1))
+        return 0
+    run_study(study, workers=args.workers, scheduler=args.scheduler)
     return 0
 
 

@@ -11,6 +11,7 @@ finished.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -89,98 +90,164 @@ def run_bench(config: BenchConfig, console: Console | None = None, show_table: b
     ``on_engine`` is called with each engine's row as it is done (a study's
     progress); ``show_table`` prints the ranked table at the end.
     """
-    from segbench.engines.registry import availability, build, get_kind
-
-    console = console or make_console()
-    spec = ModelSpec.load(config.model)
-    kinds = [get_kind(name) for name in config.engines]
-    _check_scenes(config, spec)
-    _refuse_replacing_inputs(config, [k.name for k in kinds])
-    rule = RankRule(config.reference, config.min_ratio, config.max_latency_ms,
-                    int(config.max_memory_mb * 2**20) if config.max_memory_mb else None)
-    report = new_report(config.to_dict(), rule.text())
-    report["ranking"] = rule.to_dict()
-    options = spec.build.options if spec.build else {}
-    report["model"] = {"architecture": spec.architecture, "classes": spec.num_classes,
-                       "class_names": list(spec.classes), "palette": [list(c) for c in spec.palette],
-                       "checkpoint_digest": spec.checkpoint_digest,
-                       "bands": spec.num_bands, "tile": spec.tile,
-                       "params": options.get("params"), "gflops": options.get("gflops")}
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    calibration, int8 = None, None
-    if any(k.graph in ("int8", "fp16") for k in kinds) and config.calib:  # fp16: its overflow check
-        calibration, int8 = int8_setup(spec, config.calib, config.calib_labels, config.calib_tiles,
-                                       config.int8_target, config.explain, _excluded(config, spec))
-    # The reference runs first, so the others can be compared with its labels.
-    order = sorted(kinds, key=lambda k: k.name != config.reference)
+    run = BenchRun(config, console)
+    rows: list[dict] = []
     reference_labels: list[str] | None = None
-    previous = _previous_rows(out / "report.json") if config.resume else {}
-    inputs = _inputs_key(config)
-    for kind in order:
+    for name in run.order:  # the reference first, so the others can be compared with its labels
         raise_if_pending()
-        row = {"name": kind.name, "backend": kind.backend, "precision": kind.precision,
-               "device": kind.device, "status": "ok", "reason": None, "inputs": inputs}
-        reason = availability(kind.name)
-        kept = previous.get(kind.name)
-        if _reusable(kept, inputs):
-            row = kept
-            if kind.name == config.reference:
-                reference_labels = row["scene"]["outputs"]
-            console.print(f"[green]{kind.name}[/green]: kept from the earlier run: {_summary(row)}")
-        elif reason is not None:
-            row.update(status="skipped", reason=reason)
-            console.print(f"[yellow]{kind.name}: skipped: {reason}[/yellow]")
-        else:
-            try:
-                with console.status(f"building {kind.name}"):
-                    artifact = build(config.model, kind.name, out / "engines", calibration,
-                                     config.calib_method, int8=int8,
-                                     note=lambda line, n=kind.name: console.print(f"{n}: {line}"))
-                built = ModelSpec.load(artifact)
-                row.update(artifact=str(artifact), artifact_bytes=built.build.artifact_bytes,
-                           build_seconds=built.build.build_seconds)
-                if search := built.build.options.get("int8"):
-                    row["int8"] = search
-                    row["precision_label"] = precision_label(built.build.options)
-                batch = config.batch
-                if batch == "auto":  # in its own process: the sweep's engines stay out of the peak
-                    with console.status(f"choosing {kind.name}'s batch size"):
-                        choice = run_in_child(auto_batch, str(artifact), [str(s) for s in config.scenes],
-                                              config.overlap)
-                    row["batch_choice"] = choice.to_dict()
-                    batch = choice.batch
-                    console.print(f"{kind.name}: {choice.describe()}")
-                job = _Job(artifact=str(artifact), scenes=[str(s) for s in config.scenes],
-                           labels=[str(p) for p in config.labels],
-                           reference_labels=reference_labels, out_dir=str(out / kind.name),
-                           overlap=config.overlap, blend=config.blend, batch=batch,
-                           isprs=config.isprs, quick=config.quick, maps=config.maps)
-                with console.status(f"measuring {kind.name} (in a fresh process)"):
-                    row.update(run_in_child(measure_engine, job))
-                if config.workers:
-                    with console.status(f"scaling {kind.name} on 1 and {config.workers} Dask workers"):
-                        row["scaling"] = measure_scaling(artifact, config, batch, out / kind.name)
-                    console.print(f"{kind.name}: {_scaling_summary(row['scaling'])}")
-                if kind.name == config.reference:
-                    reference_labels = row["scene"]["outputs"]
-                console.print(f"[green]{kind.name}[/green]: {_summary(row)}")
-                if row["latency"]["noisy"]:
-                    console.print(f"[yellow]{kind.name}: latency varies by more than 10% between "
-                                  "runs (coefficient of variation); the machine may be busy.[/yellow]")
-            except Exception as exc:  # noqa: BLE001  (one engine's failure is one failed row)
-                row.update(status="failed", reason=describe(exc), log=str(_error_log(out, kind.name, exc)))
-                console.print(f"[red]{kind.name}: failed: {row['reason']} (log: {row['log']})[/red]")
-        report["engines"].append(row)
-        rank_report(report)
-        write_json(report, out / "report.json")
+        row = run.kept(name) or run.measure(name, reference_labels)
+        if name == config.reference and row["status"] == "ok":
+            reference_labels = row["scene"]["outputs"]
+        rows.append(row)
+        run.write(rows)
         if on_engine is not None:
             on_engine(row)
-    paths = write_all(report, out)
-    if show_table:
-        console.print(render_table(report))
-        console.print(f"Report: {', '.join(str(p) for p in paths)}")
-    return report
+    return run.finish(rows, show_table)
+
+
+class BenchRun:
+    """One bench in named steps: the checks (at creation), an engine's row kept from an earlier run
+    or measured, the report of the rows so far, and its renderings at the end.
+
+    A study on a Dask cluster measures each engine as its own task
+    (:func:`measure_engine_task`), the reference first, and gathers the rows
+    into the same report as :func:`run_bench` writes.
+    """
+
+    def __init__(self, config: BenchConfig, console: Console | None = None) -> None:
+        from segbench.engines.registry import get_kind
+
+        self.config = config
+        self.console = console or make_console()
+        self.spec = ModelSpec.load(config.model)
+        self.kinds = {name: get_kind(name) for name in config.engines}
+        _check_scenes(config, self.spec)
+        _refuse_replacing_inputs(config, [k.name for k in self.kinds.values()])
+        self.rule = RankRule(config.reference, config.min_ratio, config.max_latency_ms,
+                             int(config.max_memory_mb * 2**20) if config.max_memory_mb else None)
+        self.out = Path(config.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.inputs = _inputs_key(config)
+        self.previous = _previous_rows(self.out / "report.json") if config.resume else {}
+        self.order = sorted((k.name for k in self.kinds.values()), key=lambda n: n != config.reference)
+        self._int8: tuple | None = None
+        self._header: dict | None = None
+
+    def kept(self, name: str) -> dict | None:
+        """``name``'s row from an earlier run on the same inputs, if its labels are still there."""
+        row = self.previous.get(name)
+        if not _reusable(row, self.inputs):
+            return None
+        self.console.print(f"[green]{name}[/green]: kept from the earlier run: {_summary(row)}")
+        return row
+
+    def measure(self, name: str, reference_labels: list[str] | None) -> dict:
+        """Build ``name`` and measure it in a fresh process; a failure is a failed row."""
+        from segbench.engines.registry import availability
+
+        kind, console = self.kinds[name], self.console
+        row = {"name": name, "backend": kind.backend, "precision": kind.precision,
+               "device": kind.device, "status": "ok", "reason": None, "inputs": self.inputs}
+        if (reason := availability(name)) is not None:
+            row.update(status="skipped", reason=reason)
+            console.print(f"[yellow]{name}: skipped: {reason}[/yellow]")
+            return row
+        try:
+            row.update(self._measure(name, reference_labels))
+        except Exception as exc:  # noqa: BLE001  (one engine's failure is one failed row)
+            row.update(status="failed", reason=describe(exc), log=str(_error_log(self.out, name, exc)))
+            console.print(f"[red]{name}: failed: {row['reason']} (log: {row['log']})[/red]")
+        return row
+
+    def _measure(self, name: str, reference_labels: list[str] | None) -> dict:
+        from segbench.engines.registry import build
+
+        config, console, out, row = self.config, self.console, self.out, {}
+        calibration, int8 = self._calibration(self.kinds[name])
+        with console.status(f"building {name}"):
+            artifact = build(config.model, name, out / "engines", calibration, config.calib_method,
+                             int8=int8, note=lambda line: console.print(f"{name}: {line}"))
+        built = ModelSpec.load(artifact)
+        row.update(artifact=str(artifact), artifact_bytes=built.build.artifact_bytes,
+                   build_seconds=built.build.build_seconds)
+        if search := built.build.options.get("int8"):
+            row["int8"] = search
+            row["precision_label"] = precision_label(built.build.options)
+        batch = config.batch
+        if batch == "auto":  # in its own process: the sweep's engines stay out of the peak
+            with console.status(f"choosing {name}'s batch size"):
+                choice = run_in_child(auto_batch, str(artifact), [str(s) for s in config.scenes],
+                                      config.overlap)
+            row["batch_choice"] = choice.to_dict()
+            batch = choice.batch
+            console.print(f"{name}: {choice.describe()}")
+        job = _Job(artifact=str(artifact), scenes=[str(s) for s in config.scenes],
+                   labels=[str(p) for p in config.labels], reference_labels=reference_labels,
+                   out_dir=str(out / name), overlap=config.overlap, blend=config.blend, batch=batch,
+                   isprs=config.isprs, quick=config.quick, maps=config.maps)
+        with console.status(f"measuring {name} (in a fresh process)"):
+            row.update(run_in_child(measure_engine, job))
+        if config.workers:
+            with console.status(f"scaling {name} on 1 and {config.workers} Dask workers"):
+                row["scaling"] = measure_scaling(artifact, config, batch, out / name)
+            console.print(f"{name}: {_scaling_summary(row['scaling'])}")
+        console.print(f"[green]{name}[/green]: {_summary(row)}")
+        if row["latency"]["noisy"]:
+            console.print(f"[yellow]{name}: latency varies by more than 10% between runs (coefficient "
+                          "of variation); the machine may be busy.[/yellow]")
+        return row
+
+    def _calibration(self, kind) -> tuple:
+        """The calibration tiles and int8 request, made once for the first engine that needs them
+        (int8 graphs, and fp16's overflow check)."""
+        config = self.config
+        if kind.graph not in ("int8", "fp16") or not config.calib:
+            return None, None
+        if self._int8 is None:
+            self._int8 = int8_setup(self.spec, config.calib, config.calib_labels, config.calib_tiles,
+                                    config.int8_target, config.explain, _excluded(config, self.spec))
+        return self._int8
+
+    def report(self, rows: list[dict]) -> dict:
+        """The ranked report of ``rows`` (in :attr:`order`)."""
+        if self._header is None:  # the machine, versions, options and model, described once
+            spec, config = self.spec, self.config
+            header = new_report(config.to_dict(), self.rule.text())
+            header["ranking"] = self.rule.to_dict()
+            options = spec.build.options if spec.build else {}
+            header["model"] = {"architecture": spec.architecture, "classes": spec.num_classes,
+                               "class_names": list(spec.classes),
+                               "palette": [list(c) for c in spec.palette],
+                               "checkpoint_digest": spec.checkpoint_digest,
+                               "bands": spec.num_bands, "tile": spec.tile,
+                               "params": options.get("params"), "gflops": options.get("gflops")}
+            self._header = header
+        report = {**copy.deepcopy(self._header), "engines": list(rows)}
+        rank_report(report)
+        return report
+
+    def write(self, rows: list[dict]) -> dict:
+        """``report.json`` of the rows so far (rewritten after each engine: an interrupted bench keeps
+        what it finished)."""
+        report = self.report(rows)
+        write_json(report, self.out / "report.json")
+        return report
+
+    def finish(self, rows: list[dict], show_table: bool = True) -> dict:
+        """The report and its renderings (table, page); the table printed when ``show_table``."""
+        report = self.write(rows)
+        paths = write_all(report, self.out)
+        if show_table:
+            self.console.print(render_table(report))
+            self.console.print(f"Report: {', '.join(str(p) for p in paths)}")
+        return report
+
+
+def measure_engine_task(config: BenchConfig, name: str, reference: dict | None) -> dict:
+    """One engine's row, measured where this runs (a Dask worker), compared with the ``reference``
+    engine's row when it is given and ok; quiet, its failure a failed row."""
+    labels = reference["scene"]["outputs"] if reference and reference.get("status") == "ok" else None
+    return BenchRun(config, Console(quiet=True)).measure(name, labels)
 
 
 def _inputs_key(config: BenchConfig) -> str:

@@ -7,7 +7,7 @@ accuracy axis) and the machines that ran it. The pieces are the bench page's
 from __future__ import annotations
 
 from segbench.bench.page import esc, figure, iou_figure, machine, page, table
-from segbench.study.render import iou_grid, ordered_networks, study_tables
+from segbench.study.render import iou_grid, pareto_figure, study_tables
 
 
 def study_page(report: dict) -> str:
@@ -29,37 +29,18 @@ def study_page(report: dict) -> str:
                           f"{dataset['name']}: per-class IoU (%)")
         if heat is not None:
             parts += ["<h3>Per-class IoU</h3>", heat]
-        parts += ["<h3>Latency against accuracy</h3>", figure(_latency_accuracy(dataset))]
+        parts += ["<h3>Latency against accuracy</h3>", figure(_pareto(dataset))]
     machines = report.get("machines") or ([report["machine"]] if report.get("machine") else [])
     parts += ["<h2>Machines</h2>", *(machine({"machine": m}) for m in machines if isinstance(m, dict))]
     return page(f"segbench study {name}", parts)
 
 
-def _latency_accuracy(dataset: dict):
-    """Every network on every engine of the dataset: p50 latency (log) against mIoU, honest axis."""
+def _pareto(dataset: dict):
+    """The study's latency-accuracy figure (:func:`segbench.study.render.pareto_figure`), as it is
+    in the PNG."""
     import matplotlib.pyplot as plt
 
-    from segbench.bench.report import _g, honest_limits
+    from segbench.study.render import FIGURE_RC
 
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    markers = "osD^vP<>Xh"
-    ys = []
-    for i, network in enumerate(n for n in ordered_networks(dataset) if n.get("engines")):
-        points = [(_g("latency", "batch1", "p50")(r), _g("accuracy", "miou")(r)) for r in network["engines"]
-                  if r.get("status") == "ok"]
-        points = [(x, 100 * y) for x, y in points if x and y is not None]
-        if points:
-            ax.scatter(*zip(*points, strict=True), marker=markers[i % len(markers)], s=44,
-                       label=network["name"], zorder=3)
-            ys += [y for _, y in points]
-    if ys:
-        ax.set_xscale("log")
-        ax.set_ylim(*honest_limits(ys))
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
-    else:
-        ax.text(0.5, 0.5, "no engine measured", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("p50 latency per tile, batch 1 (ms, log scale)")
-    ax.set_ylabel("mIoU (%)")
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    return fig
+    with plt.rc_context(FIGURE_RC):
+        return pareto_figure(dataset)

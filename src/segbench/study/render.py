@@ -28,7 +28,7 @@ from pathlib import Path
 
 from segbench import __version__
 from segbench.bench.rank import pareto_front
-from segbench.bench.report import _g, _num, _p90
+from segbench.bench.report import _g, _num, _p90, honest_limits
 from segbench.files import atomic_output, write_text
 from segbench.train.catalogue import ATTENTION, CNN, FAST, TRANSFORMER
 
@@ -499,8 +499,19 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_pareto(dataset: dict, path: str | os.PathLike[str]) -> Path:
-    """PNG of mIoU (%) against p50 latency at batch 1 (log x): a marker per network, a colour per
-    engine, the Pareto front as a step line and ringed points, legends beside the axes."""
+    """PNG of :func:`pareto_figure`."""
+    plt = _pyplot()
+    with plt.rc_context(FIGURE_RC):
+        fig = pareto_figure(dataset)
+        path = _save(fig, Path(path))
+    plt.close(fig)
+    return path
+
+
+def pareto_figure(dataset: dict):
+    """mIoU (%) against p50 latency at batch 1 (log x): a marker per network, a colour per engine,
+    the Pareto front as a step line and ringed points, legends beside the axes, and an accuracy axis
+    that shows real differences only (:func:`segbench.bench.report.honest_limits`)."""
     plt = _pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -513,40 +524,38 @@ def plot_pareto(dataset: dict, path: str | os.PathLike[str]) -> Path:
     engines = list(dict.fromkeys(_engine_key(r) for _, r, _, _ in points))
     cmap = plt.get_cmap("tab10" if len(engines) <= 10 else "tab20")
     colour = {e: cmap(i % cmap.N) for i, e in enumerate(engines)}
-    with plt.rc_context(FIGURE_RC):
-        fig, ax = plt.subplots(figsize=(5.0, 3.3), dpi=200)  # with its legends, about a text width
-        for n, r, x, y in points:
-            front = bool(r.get("study_pareto"))
-            ax.scatter(x, y, s=46 if front else 36, marker=marker[n["name"]], c=[colour[_engine_key(r)]],
-                       edgecolors="black" if front else "white", linewidths=1.3 if front else 0.6, zorder=3)
-        front = sorted((x, y) for _, r, x, y in points if r.get("study_pareto"))
-        if len(front) > 1:
-            ax.step(*zip(*front, strict=True), where="post", color="0.35", linestyle="--", linewidth=1,
-                    zorder=2)
-        if points:
-            ax.set_xscale("log")
-            xs = [x for _, _, x, _ in points]
-            subs = (1.0, 2.0, 5.0) if max(xs) / min(xs) >= 10 else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
-            ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))  # labelled ticks within a decade
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.margins(x=0.12, y=0.15)
-        else:
-            ax.text(0.5, 0.5, "no engine measured", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel("p50 latency per tile, batch 1 (ms, log scale)")
-        ax.set_ylabel("mIoU (%)")
-        ax.set_title(f"{dataset['name']}: accuracy against latency")
-        ax.grid(True, which="major", alpha=0.3)
-        nets = [Line2D([], [], marker=marker[n["name"]], linestyle="", color="0.3", markersize=6,
-                       label=n["name"]) for n in networks]
-        nets.append(Line2D([], [], marker="o", linestyle="--", color="0.35", markerfacecolor="white",
-                           markeredgecolor="black", markeredgewidth=1.3, label="Pareto front"))
-        engs = [Line2D([], [], marker="o", linestyle="", color=colour[e], markersize=6, label=e)
-                for e in engines]
-        _legends_beside(fig, ax, [("network", nets), ("engine", engs)])
-        path = _save(fig, Path(path))
-    plt.close(fig)
-    return path
+    fig, ax = plt.subplots(figsize=(5.0, 3.3), dpi=200)  # with its legends, about a text width
+    for n, r, x, y in points:
+        front = bool(r.get("study_pareto"))
+        ax.scatter(x, y, s=46 if front else 36, marker=marker[n["name"]], c=[colour[_engine_key(r)]],
+                   edgecolors="black" if front else "white", linewidths=1.3 if front else 0.6, zorder=3)
+    front = sorted((x, y) for _, r, x, y in points if r.get("study_pareto"))
+    if len(front) > 1:
+        ax.step(*zip(*front, strict=True), where="post", color="0.35", linestyle="--", linewidth=1,
+                zorder=2)
+    if points:
+        ax.set_xscale("log")
+        xs = [x for _, _, x, _ in points]
+        subs = (1.0, 2.0, 5.0) if max(xs) / min(xs) >= 10 else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))  # labelled ticks within a decade
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.margins(x=0.12)
+        ax.set_ylim(*honest_limits([y for _, _, _, y in points]))
+    else:
+        ax.text(0.5, 0.5, "no engine measured", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("p50 latency per tile, batch 1 (ms, log scale)")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title(f"{dataset['name']}: accuracy against latency")
+    ax.grid(True, which="major", alpha=0.3)
+    nets = [Line2D([], [], marker=marker[n["name"]], linestyle="", color="0.3", markersize=6,
+                   label=n["name"]) for n in networks]
+    nets.append(Line2D([], [], marker="o", linestyle="--", color="0.35", markerfacecolor="white",
+                       markeredgecolor="black", markeredgewidth=1.3, label="Pareto front"))
+    engs = [Line2D([], [], marker="o", linestyle="", color=colour[e], markersize=6, label=e)
+            for e in engines]
+    _legends_beside(fig, ax, [("network", nets), ("engine", engs)])
+    return fig
 
 
 def _engine_key(row: dict) -> str:

@@ -39,70 +39,132 @@ CELL_FILE = "cell.json"
 STUDY_FILE = "study.json"
 
 
-def run_study(study: Study, console: Console | None = None) -> dict:
-    """Run (or resume) every cell of ``study``; returns the study report, also in ``out/study.json``."""
+def run_study(study: Study, console: Console | None = None, workers: int | None = None,
+              scheduler: str | None = None) -> dict:
+    """Run (or resume) every cell of ``study``; returns the study report, also in ``out/study.json``.
+
+    With ``workers`` (a LocalCluster of that many processes) or ``scheduler``
+    (a running Dask cluster's address) the cells run as tasks there
+    (:mod:`segbench.study.cluster`); otherwise one after another here. Either
+    way one client at a time holds the study folder (:mod:`segbench.study.lock`).
+    """
     from segbench.bench.report import console as make_console
+    from segbench.study.lock import study_lock
 
     console = console or make_console()
     out = Path(study.out)
     _refuse_replacing_inputs(study)
-    out.mkdir(parents=True, exist_ok=True)
-    datasets = [_dataset_info(d) for d in study.datasets]
-    cells = [(d, info, n) for d, info in zip(study.datasets, datasets, strict=True)
-             for n in study.networks]
-    per_cell = 1 + len(study.engines)  # the model, then each engine
-    progress = _StudyProgress(console, total=len(cells) * per_cell)
-    with progress:
-        for i, (dataset, info, network) in enumerate(cells):
-            folder = out / dataset.name / network.name
-            label = f"{dataset.name} / {network.name}"
-            model = _cell(folder / "model", _model_key(study, dataset, info, network), label, console,
-                          lambda f, d=dataset, i=info, n=network: _model_cell(study, d, i, n, f, progress))
-            progress.set(i * per_cell + 1)
-            if model["status"] == "ok":
-                _cell(folder / "bench", digest([model["key"], study.engines, study.bench]), label,
-                      console, lambda f, d=dataset, i=info, m=model: _bench_cell(study, d, i, m, f,
-                                                                                 progress, console),
-                      start_empty=False)
-            progress.set((i + 1) * per_cell)
-            write_study_json(study, out)
-    report = write_study_json(study, out)
+    with study_lock(out):
+        if workers or scheduler:
+            report = _run_on_cluster(study, console, workers, scheduler)
+        else:
+            report = _run_here(study, console)
     _render(report, out, console)
     return report
 
 
+def _run_on_cluster(study: Study, console: Console, workers: int | None, scheduler: str | None) -> dict:
+    import dask
+
+    from segbench.cluster.segment import dask_client
+    from segbench.study.cluster import run_study_on_cluster
+
+    # The bench measures each engine in a child process, which a daemonic worker may not start.
+    with dask.config.set({"distributed.worker.daemon": False}), dask_client(workers, scheduler) as client:
+        return run_study_on_cluster(study, client, console)
+
+
+def _run_here(study: Study, console: Console) -> dict:
+    out = Path(study.out)
+    datasets = [_dataset_info(d) for d in study.datasets]
+    cells = [(d, info, n) for d, info in zip(study.datasets, datasets, strict=True)
+             for n in study.networks]
+    per_cell = 1 + len(study.engines)  # the model, then each engine
+    progress = StudyProgress(console, total=len(cells) * per_cell)
+    with progress:
+        for i, (dataset, info, network) in enumerate(cells):
+            model = model_cell(study, dataset, info, network).run(
+                lambda f, d=dataset, i=info, n=network: _model_cell(study, d, i, n, f, progress), console)
+            progress.set(i * per_cell + 1)
+            if model["status"] == "ok":
+                bench_cell(study, dataset, network, model).run(
+                    lambda f, d=dataset, i=info, m=model: _bench_cell(study, d, i, m, f, progress, console),
+                    console)
+            progress.set((i + 1) * per_cell)
+            write_study_json(study, out)
+    return write_study_json(study, out)
+
+
 # -- cells -------------------------------------------------------------------------------------
 
-def _cell(folder: Path, key: str, label: str, console: Console, work, start_empty: bool = True) -> dict:
-    """Run ``work(folder)`` unless ``folder`` holds a finished cell with the same key.
+class Cell:
+    """One cell's folder and record: kept when it finished with the same key, else started afresh.
 
-    The cell's record (``cell.json``) is written when the work ends, ok or
-    failed. A cell whose key changed starts from an empty folder, unless its
-    work keeps what still holds itself (``start_empty=False``: the bench keeps
-    engines measured on the same inputs).
+    The record (``cell.json``) is written when the work ends, ok or failed. A
+    cell whose key changed starts from an empty folder, unless its work keeps
+    what still holds itself (``start_empty=False``: the bench keeps engines
+    measured on the same inputs).
     """
-    raise_if_pending()
-    record = _read_cell(folder)
-    if record and record.get("key") == key and record.get("status") == "ok":
-        console.print(f"[dim]{label}: {folder.name} done earlier, kept[/dim]")
-        return record
-    if start_empty and record and record.get("key") != key and folder.is_dir():
-        shutil.rmtree(folder)  # made from other inputs: nothing in it can be reused
-    folder.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    try:
-        result = {"status": "ok", "reason": None, **work(folder)}
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # noqa: BLE001  (one cell's failure is recorded; the study goes on)
-        log = write_text(folder / "error.log", "".join(traceback.format_exception(exc)))
-        result = {"status": "failed", "reason": describe(exc), "log": str(log)}
-        console.print(f"[red]{label}: {folder.name} failed: {result['reason']}[/red]")
-    result.update(key=key, seconds=time.perf_counter() - start)
-    write_json(result, folder / CELL_FILE)
-    if result["status"] == "ok":
-        console.print(f"{label}: {folder.name} done in {result['seconds']:.0f} s{_cell_summary(result)}")
-    return result
+
+    def __init__(self, folder: Path, key: str, label: str, start_empty: bool = True) -> None:
+        self.folder, self.key, self.label, self.start_empty = folder, key, label, start_empty
+
+    def kept(self) -> dict | None:
+        """The record of this cell finished earlier with the same key, if there is one."""
+        record = _read_cell(self.folder)
+        return record if record and record.get("key") == self.key and record.get("status") == "ok" else None
+
+    def start(self) -> float:
+        """Make the folder ready for the work; returns the start time."""
+        record = _read_cell(self.folder)
+        if self.start_empty and record and record.get("key") != self.key and self.folder.is_dir():
+            shutil.rmtree(self.folder)  # made from other inputs: nothing in it can be reused
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return time.perf_counter()
+
+    def failed(self, exc: Exception) -> dict:
+        """The result of a failed work: its one-line reason, the traceback in ``error.log``."""
+        log = write_text(self.folder / "error.log", "".join(traceback.format_exception(exc)))
+        return {"status": "failed", "reason": describe(exc), "log": str(log)}
+
+    def record(self, result: dict, started: float, console: Console) -> dict:
+        """Write the cell's record of ``result`` (from :meth:`failed`, or the work's own) and say it."""
+        result = {"status": "ok", "reason": None, **result}
+        result.update(key=self.key, seconds=time.perf_counter() - started)
+        write_json(result, self.folder / CELL_FILE)
+        if result["status"] == "ok":
+            console.print(f"{self.label}: {self.folder.name} done in {result['seconds']:.0f} s"
+                          f"{_cell_summary(result)}")
+        else:
+            console.print(f"[red]{self.label}: {self.folder.name} failed: {result['reason']}[/red]")
+        return result
+
+    def run(self, work, console: Console) -> dict:
+        """Run ``work(folder)`` unless the cell is kept; one cell's failure is recorded, not raised."""
+        raise_if_pending()
+        if kept := self.kept():
+            console.print(f"[dim]{self.label}: {self.folder.name} done earlier, kept[/dim]")
+            return kept
+        started = self.start()
+        try:
+            result = work(self.folder)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001  (one cell's failure is recorded; the study goes on)
+            result = self.failed(exc)
+        return self.record(result, started, console)
+
+
+def model_cell(study: Study, dataset: DatasetEntry, info, network: NetworkEntry) -> Cell:
+    return Cell(Path(study.out) / dataset.name / network.name / "model",
+                _model_key(study, dataset, info, network), f"{dataset.name} / {network.name}")
+
+
+def bench_cell(study: Study, dataset: DatasetEntry, network: NetworkEntry, model: dict) -> Cell:
+    """The bench cell of a finished model cell; it keeps the engines measured on the same inputs."""
+    return Cell(Path(study.out) / dataset.name / network.name / "bench",
+                digest([model["key"], study.engines, study.bench]), f"{dataset.name} / {network.name}",
+                start_empty=False)
 
 
 def _cell_summary(result: dict) -> str:
@@ -132,7 +194,7 @@ def _model_key(study: Study, dataset: DatasetEntry, info, network: NetworkEntry)
 
 
 def _model_cell(study: Study, dataset: DatasetEntry, info, network: NetworkEntry, folder: Path,
-                progress: _StudyProgress) -> dict:
+                progress: StudyProgress) -> dict:
     """Train (or import), evaluate and export one network on one dataset."""
     from segbench.bench.evaluate import evaluate
     from segbench.export.onnx import export_model
@@ -168,13 +230,24 @@ def _model_cell(study: Study, dataset: DatasetEntry, info, network: NetworkEntry
 
 
 def _bench_cell(study: Study, dataset: DatasetEntry, info, model: dict, folder: Path,
-                progress: _StudyProgress, console: Console) -> dict:
+                progress: StudyProgress, console: Console) -> dict:
     """Every engine of the study on the network's ONNX file, over the scored split."""
-    from segbench.bench.run import BenchConfig, run_bench
+    from segbench.bench.run import run_bench
+
+    config = bench_config(study, dataset, info, model, folder)
+    progress.step(f"{dataset.name} / {Path(model['onnx']).parent.parent.name}: benchmarking engines")
+    report = run_bench(config, console=console, show_table=False,
+                       on_engine=lambda row: progress.advance(f"{row['name']}: {row['status']}"))
+    return {"report": str(folder / "report.json"), "engines": len(report["engines"])}
+
+
+def bench_config(study: Study, dataset: DatasetEntry, info, model: dict, folder: Path):
+    """The bench of a model cell: every engine of the study over the scored split, into ``folder``."""
+    from segbench.bench.run import BenchConfig
 
     pairs = info.pairs(model["split"])
     b = study.bench
-    config = BenchConfig(
+    return BenchConfig(
         model=Path(model["onnx"]), engines=list(study.engines), scenes=[p[0] for p in pairs],
         labels=[p[1] for p in pairs], calib=[p[0] for p in info.pairs("train")],
         calib_labels=[p[1] for p in info.pairs("train")], calib_tiles=b.calib_tiles,
@@ -185,10 +258,6 @@ def _bench_cell(study: Study, dataset: DatasetEntry, info, model: dict, folder: 
         min_ratio=b.min_ratio, max_latency_ms=b.max_latency_ms, max_memory_mb=b.max_memory_mb,
         quick=b.quick, resume=True,
     )
-    progress.step(f"{dataset.name} / {Path(model['onnx']).parent.parent.name}: benchmarking engines")
-    report = run_bench(config, console=console, show_table=False,
-                       on_engine=lambda row: progress.advance(f"{row['name']}: {row['status']}"))
-    return {"report": str(folder / "report.json"), "engines": len(report["engines"])}
 
 
 # -- the study report --------------------------------------------------------------------------
@@ -242,6 +311,7 @@ def write_study_json(study: Study, out: Path) -> dict:
                 row["tile"] = _tile(model["onnx"])
                 bench = _read_cell(folder / "bench")
                 if bench and bench.get("status") == "ok":
+                    row["bench_seconds"] = bench.get("seconds")  # what --plan estimates benches from
                     rows = load_report(bench["report"])["engines"]
                     row["engines"] = [{**r, "network": network.name} for r in rows]
                 elif bench:
@@ -301,7 +371,7 @@ def _dataset_fingerprint(info) -> list:
     return [(Path(info.root) / "dataset.json").read_text(), files]
 
 
-class _StudyProgress:
+class StudyProgress:
     """Cells done of all, the current step, elapsed time and ETA, on one rich bar."""
 
     def __init__(self, console: Console, total: int) -> None:
@@ -310,7 +380,7 @@ class _StudyProgress:
         self.bar = progress_bar("study", "{task.description}", console=console)
         self.task = self.bar.add_task("", total=total)
 
-    def __enter__(self) -> _StudyProgress:
+    def __enter__(self) -> StudyProgress:
         self.bar.start()
         return self
 
@@ -320,9 +390,9 @@ class _StudyProgress:
     def step(self, text: str) -> None:
         self.bar.update(self.task, description=text)
 
-    def advance(self, text: str) -> None:
-        """One more engine measured."""
-        self.bar.update(self.task, advance=1, description=text)
+    def advance(self, text: str | None = None, cells: int = 1) -> None:
+        """``cells`` more done (an engine measured, a model trained)."""
+        self.bar.update(self.task, advance=cells, **({"description": text} if text else {}))
 
     def set(self, done: int) -> None:
         self.bar.update(self.task, completed=done)
