@@ -149,3 +149,19 @@ def test_pretrained_backbone_is_where_training_starts(rgb, tmp_path):
                                          r"weights match; \d+ missing \(layers\.0\.0\.projection"):
         train("segformer-b0", rgb, tmp_path / "bad", Recipe(iters=1, batch=2, crop=64), progress=False,
               pretrained=resnet)
+
+
+def test_one_training_on_two_processes_on_gloo_completes_and_its_checkpoint_loads(rgb, tmp_path):
+    from segbench.errors import InputError
+    from segbench.train import resume
+
+    recipe = Recipe(iters=4, batch=1, crop=64, val_interval=2)
+    out = tmp_path / "two"
+    checkpoint, spec = train("fcn-hrnet18s", rgb, out, recipe, progress=False, gpus=2)
+    state = resume.load_state(out / resume.STATE_NAME)
+    assert state["iter"] == 4 and state["run"]["processes"] == 2  # saved once, by rank 0
+    assert spec.architecture == "fcn-hrnet18s" and ModelSpec.load(checkpoint) == spec
+    assert evaluate(checkpoint, rgb, "val")["scenes"] >= 1  # the checkpoint loads and segments
+    assert not list(out.glob("*.part-*"))
+    with pytest.raises(InputError, match="another run"):  # 2 x 1 images per step is not 1 x 1
+        train("fcn-hrnet18s", rgb, out, recipe, progress=False, resume=True)

@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--crop", type=_positive, default=512, help="training crop = engine tile size")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.add_argument("--gpus", type=_positive, default=1,
+                   help="train on this many GPUs, one process each, --batch images per GPU (with "
+                        "--device cpu: that many CPU processes on gloo)")
     t.add_argument("--resume", action="store_true",
                    help="continue from the state saved in the output folder (same options)")
     t.set_defaults(func=_cmd_train)
@@ -420,7 +423,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise InputError(f"{args.config} is not an mmseg config (a .py file).")
     recipe = Recipe(iters=args.iters, batch=args.batch, crop=args.crop, lr=args.lr)
     path, _ = train(args.model or str(args.config), args.data, args.out, recipe, device=args.device,
-                    resume=args.resume, pretrained=args.pretrained)
+                    resume=args.resume, pretrained=args.pretrained, gpus=args.gpus)
     print(f"checkpoint written to {path}")
     return 0
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -90,3 +91,14 @@ def raise_if_pending() -> None:
     """
     if _pending is not None:
         raise Terminated(_pending)
+
+
+def end_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies (even by SIGKILL): for the child
+    processes segbench starts (a bench's measuring child, a training's ranks)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG = 1

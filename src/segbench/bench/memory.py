@@ -8,7 +8,6 @@ unless reset, so the bench measures each engine in a fresh child process
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import sys
 import traceback
@@ -79,9 +78,9 @@ def describe(exc: BaseException) -> str:
 
 
 def _child(conn, fn: Callable, args: tuple) -> None:
-    from segbench.signals import terminate_as_interrupt
+    from segbench.signals import end_with_parent, terminate_as_interrupt
 
-    _end_with_parent()
+    end_with_parent()
     try:
         with terminate_as_interrupt():  # SIGTERM from the parent cleans up as Ctrl-C does
             conn.send(("ok", fn(*args)))
@@ -89,17 +88,6 @@ def _child(conn, fn: Callable, args: tuple) -> None:
         conn.send(("error", describe(exc), traceback.format_exc()))
     finally:
         conn.close()
-
-
-def _end_with_parent() -> None:
-    """Ask Linux to send this process SIGTERM when its parent dies (even by SIGKILL)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG = 1
 
 
 def run_in_child(fn: Callable, *args: Any, timeout_s: float | None = None) -> Any:

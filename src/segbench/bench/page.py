@@ -30,7 +30,8 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: 
        max-width: 1180px; padding: 0 1.2em; }
 h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { font-size: 1.25em; margin-top: 2em;
   border-bottom: 1px solid #d8dde3; padding-bottom: .2em; } h3 { font-size: 1.05em; margin-top: 1.4em; }
-.muted { color: #5b6670; } .wide { overflow-x: auto; } table { border-collapse: collapse; margin: .6em 0; font-size: 13px; }
+.muted { color: #5b6670; } .wide { overflow-x: auto; }
+table { border-collapse: collapse; margin: .6em 0; font-size: 13px; }
 th, td { padding: .3em .65em; border-bottom: 1px solid #e3e7eb; text-align: right; white-space: nowrap; }
 th { background: #f3f5f7; cursor: pointer; user-select: none; position: sticky; top: 0; }
 th:first-child, td:first-child, td.text { text-align: left; }

@@ -59,6 +59,11 @@ def needs_gpu(study: Study) -> bool:
     return study.recipe.device.startswith("cuda")
 
 
+def training_resources(study: Study) -> dict[str, int] | None:
+    """What a model cell asks its worker for: ``GPU=N`` for a training on N CUDA devices."""
+    return {"GPU": study.recipe.gpus} if needs_gpu(study) else None
+
+
 # -- on the workers ----------------------------------------------------------------------------
 
 def model_cell_task(study: Study, dataset_name: str, network_name: str) -> dict:
@@ -158,8 +163,7 @@ class _ClusterStudy:
                 raise InputError(f"The Dask worker at {address} runs as a daemonic process, which may not "
                                  "start the bench's measuring processes; start the workers with "
                                  "DASK_DISTRIBUTED__WORKER__DAEMON=False.")
-        if needs_gpu(self.study):
-            check_resources(self.client, GPU)
+        check_resources(self.client, training_resources(self.study))
         offered = self.client.run_on_scheduler(_worker_resources)
         self.gpu_workers = any(have.get("GPU", 0) >= 1 for have in offered.values())
 
@@ -197,7 +201,7 @@ class _ClusterStudy:
             return
         future = self.client.submit(model_cell_task, self.study, dataset.name, network.name,
                                     key=f"model-{dataset.name}-{network.name}-{uuid.uuid4().hex[:8]}",
-                                    resources=GPU if needs_gpu(self.study) else None, pure=False)
+                                    resources=training_resources(self.study), pure=False)
         self.tasks[future] = _Task(cell.label, lambda f: self._model_landed(dataset, info, network, cell, f),
                                    folder=cell.folder)
 

@@ -190,6 +190,8 @@ def _model_key(study: Study, dataset: DatasetEntry, info, network: NetworkEntry)
     else:
         inputs.append([study.recipe.iters, study.recipe.crop, study.recipe.batch,
                        study.recipe.lr_for(network.name), study.recipe.pretrained.get(network.name)])
+        if study.recipe.gpus > 1:  # N x batch images per step: another training (keys of 1 GPU kept)
+            inputs.append({"gpus": study.recipe.gpus})
     return digest(inputs)
 
 
@@ -216,7 +218,8 @@ def _model_cell(study: Study, dataset: DatasetEntry, info, network: NetworkEntry
         resume = (folder / "train" / "resume.pth").is_file()
         checkpoint, _ = train(str(network.config) if network.config else network.name, dataset.path,
                               folder / "train", recipe, device=study.recipe.device, progress=False,
-                              resume=resume, pretrained=study.recipe.pretrained.get(network.name))
+                              resume=resume, pretrained=study.recipe.pretrained.get(network.name),
+                              gpus=study.recipe.gpus)
         seconds_file = folder / "train" / "train_seconds.txt"
         train_seconds = float(seconds_file.read_text()) if seconds_file.is_file() else None
     progress.step(f"{dataset.name} / {network.name}: evaluating on {split}")

@@ -73,6 +73,7 @@ class RecipeOptions:
     batch: int = 4
     lr: float | dict[str, float] | None = None  # one rate, or per network; None: each one's own
     device: str = "cpu"
+    gpus: int = 1  # one training on this many GPUs (processes), batch images each
     pretrained: dict[str, Path] = field(default_factory=dict)
 
     def lr_for(self, network: str) -> float | None:
@@ -195,7 +196,7 @@ def parse_study(data: dict, base: Path, path: Path | None = None) -> Study:
 
 
 def _recipe(t: dict, base: Path) -> RecipeOptions:
-    _known(t, {"iters", "crop", "batch", "lr", "device", "pretrained"}, "[recipe]")
+    _known(t, {"iters", "crop", "batch", "lr", "device", "gpus", "pretrained"}, "[recipe]")
     pretrained = t.get("pretrained") or {}
     if not isinstance(pretrained, dict):
         raise InputError("[recipe] pretrained must be a table: network name -> local file.")
@@ -205,6 +206,7 @@ def _recipe(t: dict, base: Path) -> RecipeOptions:
         batch=_int(t, "batch", "[recipe]", RecipeOptions.batch),
         lr=_lr(t),
         device=str(t.get("device", "cpu")),
+        gpus=_int(t, "gpus", "[recipe]", RecipeOptions.gpus),
         pretrained={str(k): _path(base, str(v)) for k, v in pretrained.items()},
     )
 

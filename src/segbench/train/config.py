@@ -134,8 +134,15 @@ def runner_config(
     recipe: Recipe,
     work_dir: Path,
     device: str = "cpu",
+    distributed: bool = False,
 ) -> dict:
-    """A complete mmengine Runner config for training ``model`` on ``info``."""
+    """A complete mmengine Runner config for training ``model`` on ``info``.
+
+    ``distributed``: this process is one rank of a multi-process training whose process group
+    is already set up (:mod:`segbench.train.distributed`): the batch is per process, the model
+    wrapped in DDP, BN synchronised across CUDA devices (SyncBN, as mmseg's multi-GPU configs;
+    gloo on CPU has no SyncBN, so each process keeps its own BN statistics there).
+    """
     metainfo = dict(classes=list(info.classes), palette=[list(c) for c in info.palette])
 
     def dataset(split: str, pipeline: list[dict]) -> dict:
@@ -185,9 +192,14 @@ def runner_config(
                      dist_cfg=dict(backend="gloo")),
         log_level="ERROR",
         randomness=dict(seed=recipe.seed),
-        launcher="none",
+        launcher="pytorch" if distributed else "none",
         device=device,
     )
+    if distributed and device.startswith("cuda"):
+        cfg["sync_bn"] = "torch"
+    elif distributed:  # CPU modules take no device ids (mmengine's default gives LOCAL_RANK's)
+        cfg["model_wrapper_cfg"] = dict(type="MMDistributedDataParallel", device_ids=None,
+                                        broadcast_buffers=False, find_unused_parameters=False)
     if has_val:
         cfg.update(
             val_dataloader=dict(

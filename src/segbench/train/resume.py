@@ -41,8 +41,9 @@ def load_state(path: Path) -> dict:
 
 def check_run(state: dict, run: dict, path: Path) -> None:
     """Refuse to resume a state written by a run with other options (model, schedule, crop...)."""
-    differ = [f"{k} {state['run'].get(k)!r} there, {v!r} now" for k, v in run.items()
-              if state["run"].get(k) != v]
+    saved = state["run"]
+    differ = [f"{k} {saved.get(k)!r} there, {run.get(k)!r} now" for k in dict.fromkeys([*saved, *run])
+              if saved.get(k) != run.get(k)]
     if differ:
         raise InputError(f"{path} was written by another run ({'; '.join(differ)}); resume with "
                          "the same options or train into another folder.")
@@ -74,6 +75,10 @@ def _model(runner) -> Any:
 def _save(runner, path: Path, done: int, run: dict) -> None:
     import torch
 
+    from segbench.train.distributed import is_main_rank
+
+    if not is_main_rank():  # the ranks hold the same weights and optimizer state: rank 0 saves
+        return
     state = {
         "format": FORMAT,
         "iter": done,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from pathlib import Path
@@ -27,6 +28,7 @@ def train(
     progress: bool = True,
     resume: bool = False,
     pretrained: str | Path | None = None,
+    gpus: int = 1,
 ) -> tuple[Path, ModelSpec]:
     """Train ``model_name`` on the dataset at ``data``; write ``out_dir/model.pth`` and its spec.
 
@@ -34,15 +36,27 @@ def train(
     interval; ``resume=True`` continues from it (same model and options).
     ``model_name`` is a catalogue name or an mmseg config file; ``pretrained``
     is a local backbone file (e.g. mmseg's ``mit_b0`` or ResNet-V1c weights)
-    loaded before the first step.
+    loaded before the first step. ``gpus`` > 1 trains on that many processes,
+    one per GPU (or on CPU, gloo), with ``recipe.batch`` images each
+    (:mod:`segbench.train.distributed`).
     """
     from mmengine.runner import Runner
     from mmseg.utils import register_all_modules
 
     import segbench.train.dataset  # noqa: F401  (registers the GeoTIFF transforms)
+    from segbench.train.distributed import checkpoint_of, in_rank, is_main_rank, train_on_processes
 
     recipe = recipe or Recipe()
     out_dir = Path(out_dir)
+    if gpus < 1:
+        raise InputError(f"Train on at least 1 GPU (process), not {gpus}.")
+    if gpus > 1:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        train_on_processes(gpus, device, (model_name, data, out_dir, recipe),
+                           dict(device=device, progress=progress, resume=resume, pretrained=pretrained))
+        path = checkpoint_of(out_dir, CHECKPOINT_NAME)
+        return path, ModelSpec.load(path)
+    world = int(os.environ.get("WORLD_SIZE", "1")) if in_rank() else 1
     out_dir.mkdir(parents=True, exist_ok=True)
     entry = get_entry(model_name)
     info = DatasetInfo.load(data).with_stats()
@@ -50,6 +64,8 @@ def train(
     run = dict(model=entry.name, iters=recipe.iters, batch=recipe.batch, crop=recipe.crop,
                lr=recipe.lr, seed=recipe.seed, bands=list(info.bands), classes=list(info.classes),
                pretrained=str(Path(pretrained).resolve()) if pretrained else None)
+    if world > 1:  # a state saved by N processes is resumed by N (the batch per step is N x batch)
+        run["processes"] = world
     if pretrained and not Path(pretrained).is_file():
         raise InputError(f"Pretrained file {pretrained} does not exist.")
     if resume:
@@ -61,7 +77,7 @@ def train(
     model_cfg = model_config(entry, len(info.classes), info.mean, info.std, recipe.crop,
                              info.ignore_index)
     register_all_modules(init_default_scope=True)
-    cfg = runner_config(model_cfg, entry, info, recipe, out_dir / "mmseg", device)
+    cfg = runner_config(model_cfg, entry, info, recipe, out_dir / "mmseg", device, distributed=world > 1)
     from mmengine.config import Config
 
     with warnings.catch_warnings():
@@ -70,12 +86,14 @@ def train(
     if pretrained and not resume:
         runner.register_hook(_PretrainedHook(pretrained), priority="VERY_HIGH")
     runner.register_hook(resume_hook(state_path, recipe.interval(), run, resume))
-    if progress:
+    if progress and is_main_rank():
         runner.register_hook(_ProgressHook(recipe.iters), priority="VERY_LOW")
     start = time.perf_counter()
     model = runner.train()
     seconds = time.perf_counter() - start
     model = getattr(model, "module", model)
+    if not is_main_rank():  # rank 0 writes the checkpoint
+        return out_dir / CHECKPOINT_NAME, None
     spec = ModelSpec(
         classes=info.classes,
         palette=info.palette,
