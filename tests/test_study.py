@@ -349,6 +349,21 @@ def test_a_lock_whose_client_is_gone_is_taken_over(tmp_path):
         assert time.time() - lock.stat().st_mtime < 1  # kept alive while held
     assert not lock.exists()
 
+    import threading
+
+    held, released = threading.Event(), threading.Event()
+
+    def hold():
+        with study_lock(tmp_path, name="cell.lock"):
+            held.set()
+            time.sleep(0.5)
+        released.set()
+
+    threading.Thread(target=hold).start()
+    held.wait(5)
+    with study_lock(tmp_path, name="cell.lock", wait_s=10, heartbeat_s=0.05):  # a task's wait
+        assert released.is_set()
+
 
 def test_a_gpu_study_on_a_cluster_without_gpu_workers_is_one_sentence(tmp_path, data):
     pytest.importorskip("distributed")

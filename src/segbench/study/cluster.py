@@ -17,9 +17,9 @@ leaves every finished cell in place for the next run.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -44,7 +44,10 @@ from segbench.study.studyfile import DatasetEntry, NetworkEntry, Study
 
 #: how often the progress view is refreshed while tasks run (seconds)
 REFRESH_S = 2.0
+#: how often the estimate of the time left is worked out again (seconds)
+ESTIMATE_S = 30.0
 GPU = {"GPU": 1}
+CELL_LOCK = ".segbench-model.lock"
 
 
 def run_study_on_cluster(study: Study, client, console: Console) -> dict:
@@ -68,10 +71,16 @@ def training_resources(study: Study) -> dict[str, int] | None:
 
 def model_cell_task(study: Study, dataset_name: str, network_name: str) -> dict:
     """One model cell on this worker (kept if it finished earlier with the same key); its record."""
+    from segbench.study.lock import HEARTBEAT_S, STALE_S, study_lock
+
     dataset, network = _entries(study, dataset_name, network_name)
     info = _dataset_info(dataset)
-    return model_cell(study, dataset, info, network).run(
-        lambda folder: _model_cell(study, dataset, info, network, folder, _Silent()), Console(quiet=True))
+    cell = model_cell(study, dataset, info, network)
+    # One training per cell folder: a task of an earlier client may still run it (Dask cannot stop
+    # a running task); the lock sits beside the folder, which a changed cell empties.
+    with study_lock(cell.folder.parent, name=CELL_LOCK, wait_s=STALE_S + 2 * HEARTBEAT_S):
+        return cell.run(lambda folder: _model_cell(study, dataset, info, network, folder, _Silent()),
+                        Console(quiet=True))
 
 
 def check_worker(folder: str, token: str) -> dict:
@@ -135,6 +144,7 @@ class _ClusterStudy:
         self.counts = {"done": 0, "failed": 0}
         self.gpu_workers = False
         self.progress = StudyProgress(console, total=len(self.cells) * (1 + len(study.engines)))
+        self._estimated = (-ESTIMATE_S, "")  # (when, text)
 
     # -- before anything runs
 
@@ -316,23 +326,51 @@ class _ClusterStudy:
             if address is None:
                 waiting += 1
                 continue
-            iteration = training_iteration(task.folder) if task.folder else None
-            running.append(f"{task.label} on {address}" + (f" (iteration {iteration}/"
-                                                          f"{self.study.recipe.iters})" if iteration else ""))
+            logged = training_progress(task.folder) if task.folder else None
+            running.append(f"{task.label} on {address}" + (f" (iteration {logged.iteration}/"
+                                                          f"{self.study.recipe.iters})" if logged else ""))
         self.progress.step(f"{self.counts['done']} done, {len(running)} running, {waiting} waiting, "
-                           f"{self.counts['failed']} failed" + (f": {'; '.join(running)}" if running else ""))
+                           f"{self.counts['failed']} failed{self._estimate()}"
+                           + (f": {'; '.join(running)}" if running else ""))
+
+    def _estimate(self) -> str:
+        """', about 3.2 h left on 8 workers' from the measured rates (:mod:`segbench.study.plan`),
+        worked out again every :data:`ESTIMATE_S`."""
+        from segbench.study.plan import plan_study, render_duration
+
+        now = time.monotonic()
+        if now - self._estimated[0] >= ESTIMATE_S:
+            workers = len(self.client.scheduler_info().get("workers", {})) or 1
+            plan = plan_study(self.study)
+            known = plan.wall_seconds(workers)
+            text = f", about {render_duration(known)} left on {workers} workers" if known else ""
+            if plan.unknown:
+                text += f" (+{len(plan.unknown)} cells not yet measured)"
+            self._estimated = (now, text)
+        return self._estimated[1]
 
 
-def training_iteration(folder: Path) -> int | None:
-    """The last iteration a model cell's training logged (mmengine's ``vis_data/scalars.json``)."""
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Where a model cell's training is, from mmengine's ``vis_data/scalars.json`` of its last run."""
+
+    iteration: int
+    seconds_per_iteration: float | None  # mmengine's own timer, over its last logging interval
+
+
+def training_progress(folder: Path) -> TrainingProgress | None:
+    """The last iteration a model cell's training logged, and its measured time per iteration."""
     train = folder / "train"
     logs = sorted(train.rglob("scalars.json"), key=lambda p: p.stat().st_mtime) if train.is_dir() else []
     if not logs:
         return None
     with open(logs[-1], "rb") as f:
         f.seek(max(0, os.path.getsize(logs[-1]) - 8192))
-        found = _ITERATION.findall(f.read())
-    return int(found[-1]) if found else None
-
-
-_ITERATION = re.compile(rb'"iter": (\d+)')
+        lines = [line for line in f.read().splitlines() if b'"iter"' in line]
+    for line in reversed(lines):
+        try:
+            logged = json.loads(line)
+        except ValueError:  # the first line of the tail, cut, or one being written
+            continue
+        return TrainingProgress(int(logged["iter"]), logged.get("time"))
+    return None

@@ -4,7 +4,9 @@ A study run on a cluster writes into a folder every worker shares (NFS,
 Lustre, a bind mount), so a second client may be on another host, where its
 PID means nothing. The lock is a file made with ``O_CREAT | O_EXCL`` (atomic
 on local disks and on NFS v3 and later) that names its holder; a thread of the
-holder touches it every :data:`HEARTBEAT_S`. A lock whose heartbeat stopped
+holder touches it every :data:`HEARTBEAT_S`. The same lock guards each model cell's
+folder on the workers (a task Dask re-runs while the first still trains, after
+its client went, waits for it). A lock whose heartbeat stopped
 for :data:`STALE_S` (its client was killed with no chance to clean up), or
 whose holder is a dead process of this host, is taken over; a live one is one
 sentence. The lock is removed when the run ends, however it ends.
@@ -35,14 +37,23 @@ class StudyBusyError(InputError):
 
 @contextlib.contextmanager
 def study_lock(folder: str | os.PathLike[str], heartbeat_s: float = HEARTBEAT_S,
-               stale_s: float = STALE_S) -> Iterator[Path]:
-    """Hold the study folder's lock while the block runs; :class:`StudyBusyError` if another has it."""
+               stale_s: float = STALE_S, name: str = LOCK_NAME, wait_s: float = 0.0) -> Iterator[Path]:
+    """Hold the lock ``folder/name`` while the block runs; :class:`StudyBusyError` if another holds
+    it (after waiting up to ``wait_s`` for it to be released or to go stale)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
+    path = folder / name
     holder = {"host": socket.gethostname(), "pid": os.getpid(),
               "since": time.strftime("%Y-%m-%d %H:%M:%S"), "token": os.urandom(8).hex()}
-    _acquire(path, holder, stale_s)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            _acquire(path, holder, stale_s)
+            break
+        except StudyBusyError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(min(1.0, heartbeat_s))
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(path, holder["token"], stop, heartbeat_s),
                             name="segbench-study-lock", daemon=True)

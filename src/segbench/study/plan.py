@@ -1,14 +1,16 @@
 """``segbench study --plan``: the cells, what each needs, which are done, and the time left.
 
-Nothing runs. A model cell's time is its iterations left (a killed training
-resumes after those its log shows) over the network's measured training rate
+Nothing runs. A model cell's time is its iterations left (those its log
+shows done are counted done) over the network's measured training rate
 (iterations per second): from this study's finished trainings, or else from
 other studies' ``study.json`` given with ``--rates-from`` (a short pilot study
-on the target GPU). A bench cell's time is the mean per engine of this study's
-finished bench cells, or else of the other studies'. Cells of no measured rate
-are counted and said, never guessed. The wall time on N workers is a list
-schedule of the cells (longest first, each bench after its model), which is
-what Dask's scheduler does with independent tasks.
+on the target GPU), or else from the running training's own log. A bench
+cell's time is the mean per engine of this study's finished bench cells, or
+else of the other studies'. Cells of no measured rate are counted and said,
+never guessed. The wall time on N workers is a list schedule of the cells
+(longest first, each bench after its model), which is what Dask's scheduler
+does with independent tasks. The study's progress view shows the same
+estimate while it runs.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class Plan:
 
 def plan_study(study: Study, rates_from: Sequence[str | Path] = ()) -> Plan:
     """Every cell of ``study`` with its state, needs and time left, from measured rates."""
-    from segbench.study.cluster import needs_gpu, training_iteration
+    from segbench.study.cluster import needs_gpu, training_progress
     from segbench.study.run import _read_cell, bench_cell, model_cell
 
     out = Path(study.out)
@@ -100,14 +102,16 @@ def plan_study(study: Study, rates_from: Sequence[str | Path] = ()) -> Plan:
                 cell.state = "blocked"
             else:
                 cell.state = "failed" if model and model.get("status") == "failed" else "to run"
-                done = 0
-                if (logged := training_iteration(folder)) and logged < study.recipe.iters:
-                    cell.state, done = "running" if cell.state == "to run" else cell.state, logged
+                done, logged = 0, training_progress(folder)
+                if logged and logged.iteration < study.recipe.iters:  # resumes after what it saved
+                    cell.state, done = "running" if cell.state == "to run" else cell.state, logged.iteration
                 if network.imported:
                     cell.iterations_left, cell.model_s = 0, None
                 else:
                     cell.iterations_left = study.recipe.iters - done
                     cell.rate, cell.rate_from = rates.get(network.name, (None, None))
+                    if cell.rate is None and logged and logged.seconds_per_iteration:
+                        cell.rate, cell.rate_from = 1 / logged.seconds_per_iteration, "its log"
                     if cell.rate:
                         cell.model_s = cell.iterations_left / cell.rate
             cell.bench_s = bench_s
@@ -170,7 +174,7 @@ def render_plan(plan: Plan, workers: int = 1) -> str:
              f"{len(plan.study.engines)} engines; folder {plan.study.out}"]
     width = max(len(f"{c.dataset} / {c.network}") for c in plan.cells)
     for c in plan.cells:
-        time_left = "-" if c.state == "done" and c.bench_done else _duration(c.seconds)
+        time_left = "-" if c.state == "done" and c.bench_done else render_duration(c.seconds)
         rate = f"{c.rate:.2f} it/s ({c.rate_from})" if c.rate else \
             ("imported" if c.iterations_left == 0 else "rate not measured")
         needs = ", ".join(n for n in c.needs if n.startswith("GPU")) or "CPU"
@@ -181,16 +185,16 @@ def render_plan(plan: Plan, workers: int = 1) -> str:
     if missing := sorted({m for c in plan.cells for m in c.missing}):
         lines.append("Missing inputs: " + ", ".join(missing))
     known = [c for c in plan.cells if c.seconds is not None]
-    lines.append(f"Estimate (from measured rates, not a promise): {_duration(plan.wall_seconds(1))} on 1 "
-                 f"worker" + (f", {_duration(plan.wall_seconds(workers))} on {workers} workers"
-                              if workers > 1 else "") + f", for the {len(known)} cells of known time")
+    on_more = f", {render_duration(plan.wall_seconds(workers))} on {workers} workers" if workers > 1 else ""
+    lines.append(f"Estimate (from measured rates, not a promise): {render_duration(plan.wall_seconds(1))} "
+                 f"on 1 worker{on_more}, for the {len(known)} cells of known time")
     if plan.unknown:
         lines.append(f"  plus {len(plan.unknown)} cells of unmeasured time (no training rate or bench "
                      "time yet; give --rates-from a pilot study's study.json)")
     return "\n".join(lines)
 
 
-def _duration(seconds: float | None) -> str:
+def render_duration(seconds: float | None) -> str:
     if seconds is None:
         return "unknown"
     if seconds < 120:
