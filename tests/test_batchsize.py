@@ -129,7 +129,7 @@ def test_bench_records_each_engines_choice(engine, tmp_path):
 
     scene = _scene(tmp_path / "scene.tif", 160)
     onnx_path = engine.parent / "m.onnx"
-    report = run_bench(BenchConfig(model=onnx_path, engines=["ort-fp32"], scenes=[scene],
+    report = run_bench(BenchConfig.flat(model=onnx_path, engines=["ort-fp32"], scenes=[scene],
                                    reference="ort-fp32", batch="auto", out=tmp_path / "bench",
                                    quick=True), show_table=False)
     (row,) = report["engines"]

@@ -24,7 +24,7 @@ def _config(tmp_path, model, scenes, **kw):
     base = dict(model=model, engines=["ort-fp32", "openvino-fp32", "trt-fp16"], scenes=[image],
                 labels=[labels], reference="ort-fp32", overlap=8, batch=2, out=tmp_path / "bench",
                 quick=True)
-    return BenchConfig(**{**base, **kw})
+    return BenchConfig.flat(**{**base, **kw})
 
 
 def test_bench_report_is_complete_and_repeatable(tmp_path, tiny_onnx, scenes):

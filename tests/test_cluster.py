@@ -371,9 +371,9 @@ def test_bench_measures_an_engines_scaling(engine64, tmp_path):
     from segbench.bench.run import BenchConfig, run_bench
 
     scene = _scene(tmp_path / "scene.tif", 600, 600)
-    report = run_bench(BenchConfig(model=engine64.parent / "m64.onnx", engines=["ort-fp32"], scenes=[scene],
-                                   reference="ort-fp32", overlap=OVERLAP, batch=2, out=tmp_path / "bench",
-                                   quick=True, workers=2), show_table=False)
+    report = run_bench(BenchConfig.flat(model=engine64.parent / "m64.onnx", engines=["ort-fp32"],
+                                        scenes=[scene], reference="ort-fp32", overlap=OVERLAP, batch=2,
+                                        out=tmp_path / "bench", quick=True, workers=2), show_table=False)
     (row,) = report["engines"]
     assert row["status"] == "ok", row.get("reason")
     scaling = row["scaling"]

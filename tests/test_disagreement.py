@@ -138,7 +138,7 @@ def test_the_bench_reports_and_tables_the_disagreement(tmp_path):
     rng = np.random.default_rng(2)
     scene = write_scene(tmp_path / "s.tif", rng.integers(1, 256, (3, 90, 100), dtype=np.uint8))
     labels = write_scene(tmp_path / "l.tif", rng.integers(0, 3, (1, 90, 100), dtype=np.uint8))
-    report = run_bench(BenchConfig(model=model, engines=["ort-fp32", "openvino-fp32"], scenes=[scene],
+    report = run_bench(BenchConfig.flat(model=model, engines=["ort-fp32", "openvino-fp32"], scenes=[scene],
                                    labels=[labels], reference="ort-fp32", out=tmp_path / "bench", batch=2,
                                    quick=True, maps=True), show_table=False)
     rows = {r["name"]: r for r in report["engines"]}

@@ -42,7 +42,7 @@ def bench(tmp_path_factory):
     scene = write_scene(root / "scene.tif", rng.integers(1, 256, (3, 96, 120), dtype=np.uint8))
     labels = write_scene(root / "labels.tif", rng.integers(0, 3, (1, 96, 120), dtype=np.uint8))
     out = root / "bench"
-    report = run_bench(BenchConfig(model=model, engines=["ort-fp32", "openvino-fp32"], scenes=[scene],
+    report = run_bench(BenchConfig.flat(model=model, engines=["ort-fp32", "openvino-fp32"], scenes=[scene],
                                    labels=[labels], reference="ort-fp32", out=out, batch=2, quick=True,
                                    maps=True), show_table=False)
     return out, report

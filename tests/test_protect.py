@@ -117,11 +117,11 @@ def test_bench_and_study_folders_never_hold_what_they_would_overwrite(tmp_path, 
     labels = write_scene(bench / "ort-fp32" / "scene.labels.tif", np.zeros((1, 60, 70), np.uint8))
     before = sha256_file(labels)
     with pytest.raises(OutputError, match="overlaps the input"):
-        run_bench(BenchConfig(model=tiny_onnx, engines=["ort-fp32"], reference="ort-fp32",
+        run_bench(BenchConfig.flat(model=tiny_onnx, engines=["ort-fp32"], reference="ort-fp32",
                               scenes=[imagery], labels=[labels], out=bench, batch=2, quick=True))
     assert sha256_file(labels) == before
     with pytest.raises(OutputError, match="would replace the input"):
-        run_bench(BenchConfig(model=tiny_onnx, engines=["ort-fp32"], reference="ort-fp32",
+        run_bench(BenchConfig.flat(model=tiny_onnx, engines=["ort-fp32"], reference="ort-fp32",
                               scenes=[imagery], out=imagery, batch=2, quick=True))
 
     from segbench.study.run import run_study

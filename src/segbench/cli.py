@@ -680,21 +680,20 @@ def _segment_on_cluster(args: argparse.Namespace, batch: int, spec, sidecars) ->
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from segbench.bench.options import BenchOptions
     from segbench.bench.run import BenchConfig, run_bench
 
     if args.labels and len(args.labels) != len(args.scenes):
         raise UsageError(
             f"Give one label raster per scene ({len(args.scenes)} scenes, {len(args.labels)} labels)."
         )
+    given = {name: getattr(args, name) for name in BenchOptions.names() if hasattr(args, name)}
+    if given.get("int8_target") == "off":
+        given["int8_target"] = False  # plain int8, no search
     config = BenchConfig(model=args.model, engines=args.engines, scenes=args.scenes,
-                         labels=args.labels, calib=args.calib, calib_labels=args.calib_labels,
-                         calib_tiles=args.calib_tiles, calib_method=args.calib_method,
-                         int8_target=_target(args.int8_target, args.min_ratio), explain=args.explain,
-                         reference=args.reference,
-                         overlap=args.overlap, blend=args.blend, batch=args.batch, out=args.out,
-                         isprs=args.isprs, min_ratio=args.min_ratio,
-                         max_latency_ms=args.max_latency_ms, max_memory_mb=args.max_memory_mb,
-                         resume=args.resume, workers=args.workers, maps=args.maps)
+                         labels=args.labels, calib=args.calib, calib_labels=args.calib_labels, out=args.out,
+                         isprs=args.isprs, resume=args.resume, workers=args.workers,
+                         options=BenchOptions(**given))
     run_bench(config)
     return 0
 

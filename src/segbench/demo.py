@@ -51,6 +51,7 @@ def run_demo(
     console: Console | None = None,
 ) -> dict:
     """Run the demo into ``out`` and return the bench report."""
+    from segbench.bench.options import BenchOptions
     from segbench.bench.report import console as make_console
     from segbench.bench.run import BenchConfig, run_bench
     from segbench.engines.registry import available_engines, get_kind
@@ -106,14 +107,9 @@ def run_demo(
         labels=[p[1] for p in test],
         calib=[p[0] for p in info.pairs("train")],
         calib_labels=[p[1] for p in info.pairs("train")],  # the int8 target as mIoU on held-out tiles
-        calib_tiles=size.calib_tiles,
-        reference="torch-fp32",
-        overlap=size.overlap,
-        blend="cosine",
-        batch=size.batch,
         out=out / "bench",
-        quick=quick,
-        maps=True,
+        options=BenchOptions(calib_tiles=size.calib_tiles, reference="torch-fp32", overlap=size.overlap,
+                             blend="cosine", batch=size.batch, quick=quick, maps=True),
     ), console=console)
     console.print(f"\n[bold]Demo finished in {time.perf_counter() - started:.0f} s.[/bold] "
                   f"Every output is in [bold]{out}[/bold]: data/, train/, model/, bench/ "

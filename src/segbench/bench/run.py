@@ -27,7 +27,7 @@ from segbench.bench.int8 import int8_setup
 from segbench.bench.latency import P90_MIN_SAMPLES, time_callable
 from segbench.bench.memory import PeakMemory, describe, gpu_memory, run_in_child
 from segbench.bench.metrics import AgreementCounter, ConfusionMatrix
-from segbench.bench.rank import RankRule
+from segbench.bench.options import BenchOptions
 from segbench.bench.report import (
     console as make_console,
 )
@@ -52,7 +52,7 @@ from segbench.tiler import auto_batch
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What to measure and how."""
+    """What to measure (the model, its engines, the scenes) and how (:class:`BenchOptions`)."""
 
     model: Path
     engines: list[str]
@@ -60,27 +60,23 @@ class BenchConfig:
     labels: list[Path] = field(default_factory=list)
     calib: list[Path] = field(default_factory=list)
     calib_labels: list[Path] = field(default_factory=list)  # the int8 target as mIoU on held-out tiles
-    calib_tiles: int = 32
-    calib_method: str = "minmax"
-    int8_target: float | None = 0.99  # what int8 keeps of its float graph (None: plain int8)
-    explain: bool = False  # rank each int8 engine's layers by the damage they do
-    maps: bool = False  # each engine's disagreement with the reference, as rasters beside its labels
-    reference: str = "torch-fp32"
-    overlap: int | None = None
-    blend: str = "cosine"
-    batch: int | str = 4  # or "auto": each engine's fastest, measured (segbench.engines.batchsize)
     out: Path = Path("segbench-bench")
     isprs: bool = False  # mean F1 / mIoU without clutter, OA over all
-    min_ratio: float = 0.99
-    max_latency_ms: float | None = None
-    max_memory_mb: float | None = None
-    quick: bool = False  # fewer latency iterations (tests)
     resume: bool = False  # keep the engines an earlier run of this report measured on the same inputs
     workers: int | None = None  # also run the scenes in chunks on 1 and on this many Dask workers
+    options: BenchOptions = BenchOptions()
+
+    @classmethod
+    def flat(cls, **given) -> BenchConfig:
+        """A config from its inputs and options side by side (``reference=..., batch=2``)."""
+        options = {k: given.pop(k) for k in list(given) if k in BenchOptions.names()}
+        return cls(**given, options=BenchOptions(**options))
 
     def to_dict(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list)
-                    else v) for k, v in asdict(self).items()}
+        """Flat, as the report's ``config``: the inputs and every option (the int8 target as a ratio)."""
+        plain = {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v)
+                 for k, v in asdict(self).items() if k != "options"}
+        return {**plain, **asdict(self.options), "int8_target": self.options.int8_ratio}
 
 
 def run_bench(config: BenchConfig, console: Console | None = None, show_table: bool = True,
@@ -96,7 +92,7 @@ def run_bench(config: BenchConfig, console: Console | None = None, show_table: b
     for name in run.order:  # the reference first, so the others can be compared with its labels
         raise_if_pending()
         row = run.kept(name) or run.measure(name, reference_labels)
-        if name == config.reference and row["status"] == "ok":
+        if name == config.options.reference and row["status"] == "ok":
             reference_labels = row["scene"]["outputs"]
         rows.append(row)
         run.write(rows)
@@ -123,13 +119,13 @@ class BenchRun:
         self.kinds = {name: get_kind(name) for name in config.engines}
         _check_scenes(config, self.spec)
         _refuse_replacing_inputs(config, [k.name for k in self.kinds.values()])
-        self.rule = RankRule(config.reference, config.min_ratio, config.max_latency_ms,
-                             int(config.max_memory_mb * 2**20) if config.max_memory_mb else None)
+        self.rule = config.options.rule()
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.inputs = _inputs_key(config)
         self.previous = _previous_rows(self.out / "report.json") if config.resume else {}
-        self.order = sorted((k.name for k in self.kinds.values()), key=lambda n: n != config.reference)
+        reference = config.options.reference
+        self.order = sorted((k.name for k in self.kinds.values()), key=lambda n: n != reference)
         self._int8: tuple | None = None
         self._header: dict | None = None
 
@@ -163,9 +159,10 @@ class BenchRun:
         from segbench.engines.registry import build
 
         config, console, out, row = self.config, self.console, self.out, {}
+        options = config.options
         calibration, int8 = self._calibration(self.kinds[name])
         with console.status(f"building {name}"):
-            artifact = build(config.model, name, out / "engines", calibration, config.calib_method,
+            artifact = build(config.model, name, out / "engines", calibration, options.calib_method,
                              int8=int8, note=lambda line: console.print(f"{name}: {line}"))
         built = ModelSpec.load(artifact)
         row.update(artifact=str(artifact), artifact_bytes=built.build.artifact_bytes,
@@ -173,18 +170,18 @@ class BenchRun:
         if search := built.build.options.get("int8"):
             row["int8"] = search
             row["precision_label"] = precision_label(built.build.options)
-        batch = config.batch
+        batch = options.batch
         if batch == "auto":  # in its own process: the sweep's engines stay out of the peak
             with console.status(f"choosing {name}'s batch size"):
                 choice = run_in_child(auto_batch, str(artifact), [str(s) for s in config.scenes],
-                                      config.overlap)
+                                      options.overlap)
             row["batch_choice"] = choice.to_dict()
             batch = choice.batch
             console.print(f"{name}: {choice.describe()}")
         job = _Job(artifact=str(artifact), scenes=[str(s) for s in config.scenes],
                    labels=[str(p) for p in config.labels], reference_labels=reference_labels,
-                   out_dir=str(out / name), overlap=config.overlap, blend=config.blend, batch=batch,
-                   isprs=config.isprs, quick=config.quick, maps=config.maps)
+                   out_dir=str(out / name), overlap=options.overlap, blend=options.blend, batch=batch,
+                   isprs=config.isprs, quick=options.quick, maps=options.maps)
         with console.status(f"measuring {name} (in a fresh process)"):
             row.update(run_in_child(measure_engine, job))
         if config.workers:
@@ -204,8 +201,9 @@ class BenchRun:
         if kind.graph not in ("int8", "fp16") or not config.calib:
             return None, None
         if self._int8 is None:
-            self._int8 = int8_setup(self.spec, config.calib, config.calib_labels, config.calib_tiles,
-                                    config.int8_target, config.explain, _excluded(config, self.spec))
+            options = config.options
+            self._int8 = int8_setup(self.spec, config.calib, config.calib_labels, options.calib_tiles,
+                                    options.int8_ratio, options.explain, _excluded(config, self.spec))
         return self._int8
 
     def report(self, rows: list[dict]) -> dict:
@@ -313,8 +311,8 @@ def measure_scaling(artifact: Path, config: BenchConfig, batch: int, folder: Pat
     for n in sorted({1, config.workers}):
         with dask_client(workers=n) as client:
             results = segment_on_cluster(client, config.scenes, artifact, folder / f"workers-{n}",
-                                         overlap=config.overlap, blend=config.blend, batch=batch,
-                                         progress=False)
+                                         overlap=config.options.overlap, blend=config.options.blend,
+                                         batch=batch, progress=False)
         seconds = sum(r.seconds for r in results)
         megapixels[n] = sum(r.megapixels for r in results)
         rates[n] = megapixels[n] / seconds if seconds else None

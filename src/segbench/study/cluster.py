@@ -254,7 +254,7 @@ class _ClusterStudy:
             if row := run.kept(name):
                 bench.rows[name] = row
                 self.progress.advance(cells=1)
-        reference = run.config.reference
+        reference = run.config.options.reference
         if reference in run.order and reference not in bench.rows:
             ref_future = self._submit_engine(bench, reference, None)
         else:

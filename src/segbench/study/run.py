@@ -249,18 +249,11 @@ def bench_config(study: Study, dataset: DatasetEntry, info, model: dict, folder:
     from segbench.bench.run import BenchConfig
 
     pairs = info.pairs(model["split"])
-    b = study.bench
     return BenchConfig(
         model=Path(model["onnx"]), engines=list(study.engines), scenes=[p[0] for p in pairs],
         labels=[p[1] for p in pairs], calib=[p[0] for p in info.pairs("train")],
-        calib_labels=[p[1] for p in info.pairs("train")], calib_tiles=b.calib_tiles,
-        calib_method=b.calib_method, explain=b.explain, maps=b.maps,
-        int8_target=b.min_ratio if b.int8_target is None else (b.int8_target or None),  # false: plain
-        reference=b.reference,
-        overlap=b.overlap, blend=b.blend, batch=b.batch, out=folder, isprs=dataset.isprs,
-        min_ratio=b.min_ratio, max_latency_ms=b.max_latency_ms, max_memory_mb=b.max_memory_mb,
-        quick=b.quick, resume=True,
-    )
+        calib_labels=[p[1] for p in info.pairs("train")], out=folder, isprs=dataset.isprs, resume=True,
+        options=study.bench)
 
 
 # -- the study report --------------------------------------------------------------------------
@@ -284,12 +277,9 @@ def write_study_json(study: Study, out: Path) -> dict:
     """Gather every cell's record into ``out/study.json`` (rewritten after each cell)."""
     from segbench import __version__
     from segbench.bench.metrics import metrics_from_counts
-    from segbench.bench.rank import RankRule
     from segbench.bench.report import load_report, machine_info
 
-    b = study.bench
-    rule = RankRule(b.reference, b.min_ratio, b.max_latency_ms,
-                    int(b.max_memory_mb * 2**20) if b.max_memory_mb else None)
+    rule = study.bench.rule()
     report = {"kind": "study", "segbench": __version__,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
               "study": study.to_dict(), "rule": rule.text(), "ranking": rule.to_dict(), "datasets": []}

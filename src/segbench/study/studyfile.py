@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segbench.bench.options import BenchOptions
 from segbench.errors import InputError, UsageError
 from segbench.tiler.blend import BLENDS
 
@@ -78,24 +79,6 @@ class RecipeOptions:
 
     def lr_for(self, network: str) -> float | None:
         return self.lr.get(network) if isinstance(self.lr, dict) else self.lr
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    overlap: int | None = None
-    blend: str = "cosine"
-    batch: int = 4
-    reference: str = "torch-fp32"
-    min_ratio: float = 0.99
-    max_latency_ms: float | None = None
-    max_memory_mb: float | None = None
-    calib_tiles: int = 32
-    calib_method: str = "minmax"
-    int8_target: float | bool | None = None  # what int8 keeps of its float mIoU (None: min_ratio;
-    # false: plain int8, no search)
-    explain: bool = False  # rank each int8 engine's layers by the damage they do
-    maps: bool = True  # where each engine differs from the reference, as rasters beside its labels
-    quick: bool = False  # fewer latency iterations (tests, the demo)
 
 
 @dataclass(frozen=True)
@@ -218,8 +201,7 @@ def _lr(t: dict) -> float | dict[str, float] | None:
 
 
 def _bench(t: dict) -> BenchOptions:
-    names = {f for f in BenchOptions.__dataclass_fields__}
-    _known(t, names, "[bench]")
+    _known(t, BenchOptions.names(), "[bench]")
     blend = str(t.get("blend", BenchOptions.blend))
     if blend not in BLENDS:
         raise InputError(f"[bench] blend must be one of {', '.join(BLENDS)}; got {blend!r}.")
@@ -236,7 +218,7 @@ def _bench(t: dict) -> BenchOptions:
         calib_method=str(t.get("calib_method", BenchOptions.calib_method)),
         int8_target=False if t.get("int8_target") is False else _float(t, "int8_target", "[bench]"),
         explain=bool(t.get("explain", False)),
-        maps=bool(t.get("maps", True)),
+        maps=bool(t.get("maps", True)),  # on by default in a study
         quick=bool(t.get("quick", False)),
     )
 
