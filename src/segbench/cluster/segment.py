@@ -117,7 +117,7 @@ def check_workers(client, paths: Sequence[str]) -> dict[str, int]:
     return {host: max(1, cores[host] // n) for host, n in threads.items()}
 
 
-def _worker_resources(dask_scheduler) -> dict[str, dict]:
+def worker_resources(dask_scheduler) -> dict[str, dict]:
     """On the scheduler: each worker's declared resources (``dask worker --resources GPU=1``)."""
     return {address: dict(ws.resources) for address, ws in dask_scheduler.workers.items()}
 
@@ -126,7 +126,7 @@ def check_resources(client, resources: dict[str, float] | None) -> None:
     """One sentence, instead of tasks that wait forever, when no worker offers ``resources``."""
     if not resources:
         return
-    offered = client.run_on_scheduler(_worker_resources)
+    offered = client.run_on_scheduler(worker_resources)
     if not any(all(have.get(k, 0) >= v for k, v in resources.items()) for have in offered.values()):
         wanted = ",".join(f"{k}={v:g}" for k, v in resources.items())
         raise InputError(f"No Dask worker offers {wanted}; start GPU workers with "

@@ -33,11 +33,11 @@ from segbench.signals import raise_if_pending
 from segbench.study.run import (
     Cell,
     StudyProgress,
-    _dataset_info,
-    _model_cell,
     bench_cell,
     bench_config,
+    dataset_info,
     model_cell,
+    model_cell_work,
     write_study_json,
 )
 from segbench.study.studyfile import DatasetEntry, NetworkEntry, Study
@@ -74,12 +74,12 @@ def model_cell_task(study: Study, dataset_name: str, network_name: str) -> dict:
     from segbench.study.lock import HEARTBEAT_S, STALE_S, study_lock
 
     dataset, network = _entries(study, dataset_name, network_name)
-    info = _dataset_info(dataset)
+    info = dataset_info(dataset)
     cell = model_cell(study, dataset, info, network)
     # One training per cell folder: a task of an earlier client may still run it (Dask cannot stop
     # a running task); the lock sits beside the folder, which a changed cell empties.
     with study_lock(cell.folder.parent, name=CELL_LOCK, wait_s=STALE_S + 2 * HEARTBEAT_S):
-        return cell.run(lambda folder: _model_cell(study, dataset, info, network, folder, _Silent()),
+        return cell.run(lambda folder: model_cell_work(study, dataset, info, network, folder, _Silent()),
                         Console(quiet=True))
 
 
@@ -139,7 +139,7 @@ class _ClusterStudy:
     def __init__(self, study: Study, client, console: Console) -> None:
         self.study, self.client, self.console = study, client, console
         self.out = Path(study.out)
-        self.cells = [(d, _dataset_info(d), n) for d in study.datasets for n in study.networks]
+        self.cells = [(d, dataset_info(d), n) for d in study.datasets for n in study.networks]
         self.tasks: dict[object, _Task] = {}  # future -> task
         self.counts = {"done": 0, "failed": 0}
         self.gpu_workers = False
@@ -150,7 +150,7 @@ class _ClusterStudy:
 
     def check(self) -> None:
         """Same segbench on every worker, the study folder shared, GPU workers where cells need them."""
-        from segbench.cluster.segment import _worker_resources, check_resources, check_workers
+        from segbench.cluster.segment import check_resources, check_workers, worker_resources
 
         check_workers(self.client, [])
         self.out.mkdir(parents=True, exist_ok=True)
@@ -174,7 +174,7 @@ class _ClusterStudy:
                                  "start the bench's measuring processes; start the workers with "
                                  "DASK_DISTRIBUTED__WORKER__DAEMON=False.")
         check_resources(self.client, training_resources(self.study))
-        offered = self.client.run_on_scheduler(_worker_resources)
+        offered = self.client.run_on_scheduler(worker_resources)
         self.gpu_workers = any(have.get("GPU", 0) >= 1 for have in offered.values())
 
     # -- the run
@@ -303,11 +303,11 @@ class _ClusterStudy:
     # -- what the user sees
 
     def _say(self, cell: Cell, record: dict) -> None:
-        from segbench.study.run import _cell_summary
+        from segbench.study.run import cell_summary
 
         if record["status"] == "ok":
             self.console.print(f"{cell.label}: model done in {record['seconds']:.0f} s"
-                               f"{_cell_summary(record)}")
+                               f"{cell_summary(record)}")
         else:
             self.console.print(f"[red]{cell.label}: model failed: {record['reason']}[/red]")
 

@@ -70,11 +70,11 @@ class Plan:
 def plan_study(study: Study, rates_from: Sequence[str | Path] = ()) -> Plan:
     """Every cell of ``study`` with its state, needs and time left, from measured rates."""
     from segbench.study.cluster import needs_gpu, training_progress
-    from segbench.study.run import _read_cell, bench_cell, model_cell
+    from segbench.study.run import bench_cell, model_cell, read_cell
 
     out = Path(study.out)
-    records = {(d.name, n.name): (_read_cell(out / d.name / n.name / "model"),
-                                  _read_cell(out / d.name / n.name / "bench"))
+    records = {(d.name, n.name): (read_cell(out / d.name / n.name / "model"),
+                                  read_cell(out / d.name / n.name / "bench"))
                for d in study.datasets for n in study.networks}
     rates = _rates(study, records, rates_from)
     bench_s = _bench_seconds(records, len(study.engines), rates_from)
@@ -121,10 +121,10 @@ def plan_study(study: Study, rates_from: Sequence[str | Path] = ()) -> Plan:
 
 def _current_key(study, dataset, network, model_cell) -> str | None:
     """The model cell's key as the study is now (None when its dataset cannot be read)."""
-    from segbench.study.run import _dataset_info
+    from segbench.study.run import dataset_info
 
     try:
-        return model_cell(study, dataset, _dataset_info(dataset), network).key
+        return model_cell(study, dataset, dataset_info(dataset), network).key
     except Exception:  # noqa: BLE001  (a missing dataset: the cell cannot be done)
         return None
 

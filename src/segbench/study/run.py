@@ -76,7 +76,7 @@ def _run_on_cluster(study: Study, console: Console, workers: int | None, schedul
 
 def _run_here(study: Study, console: Console) -> dict:
     out = Path(study.out)
-    datasets = [_dataset_info(d) for d in study.datasets]
+    datasets = [dataset_info(d) for d in study.datasets]
     cells = [(d, info, n) for d, info in zip(study.datasets, datasets, strict=True)
              for n in study.networks]
     per_cell = 1 + len(study.engines)  # the model, then each engine
@@ -84,7 +84,7 @@ def _run_here(study: Study, console: Console) -> dict:
     with progress:
         for i, (dataset, info, network) in enumerate(cells):
             model = model_cell(study, dataset, info, network).run(
-                lambda f, d=dataset, i=info, n=network: _model_cell(study, d, i, n, f, progress), console)
+                lambda f, d=dataset, i=info, n=network: model_cell_work(study, d, i, n, f, progress), console)
             progress.set(i * per_cell + 1)
             if model["status"] == "ok":
                 bench_cell(study, dataset, network, model).run(
@@ -111,12 +111,12 @@ class Cell:
 
     def kept(self) -> dict | None:
         """The record of this cell finished earlier with the same key, if there is one."""
-        record = _read_cell(self.folder)
+        record = read_cell(self.folder)
         return record if record and record.get("key") == self.key and record.get("status") == "ok" else None
 
     def start(self) -> float:
         """Make the folder ready for the work; returns the start time."""
-        record = _read_cell(self.folder)
+        record = read_cell(self.folder)
         if self.start_empty and record and record.get("key") != self.key and self.folder.is_dir():
             shutil.rmtree(self.folder)  # made from other inputs: nothing in it can be reused
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -134,7 +134,7 @@ class Cell:
         write_json(result, self.folder / CELL_FILE)
         if result["status"] == "ok":
             console.print(f"{self.label}: {self.folder.name} done in {result['seconds']:.0f} s"
-                          f"{_cell_summary(result)}")
+                          f"{cell_summary(result)}")
         else:
             console.print(f"[red]{self.label}: {self.folder.name} failed: {result['reason']}[/red]")
         return result
@@ -167,13 +167,13 @@ def bench_cell(study: Study, dataset: DatasetEntry, network: NetworkEntry, model
                 start_empty=False)
 
 
-def _cell_summary(result: dict) -> str:
+def cell_summary(result: dict) -> str:
     """', mIoU 63.21 %' for a model cell (all classes, its eval); nothing for others."""
     miou = (result.get("eval") or {}).get("mIoU")
     return f", mIoU {100 * miou:.2f} % on {result['split']}" if miou is not None else ""
 
 
-def _read_cell(folder: Path) -> dict | None:
+def read_cell(folder: Path) -> dict | None:
     try:
         return json.loads((folder / CELL_FILE).read_text())
     except (OSError, json.JSONDecodeError):
@@ -195,8 +195,8 @@ def _model_key(study: Study, dataset: DatasetEntry, info, network: NetworkEntry)
     return digest(inputs)
 
 
-def _model_cell(study: Study, dataset: DatasetEntry, info, network: NetworkEntry, folder: Path,
-                progress: StudyProgress) -> dict:
+def model_cell_work(study: Study, dataset: DatasetEntry, info, network: NetworkEntry, folder: Path,
+                    progress: StudyProgress) -> dict:
     """Train (or import), evaluate and export one network on one dataset."""
     from segbench.bench.evaluate import evaluate
     from segbench.export.onnx import export_model
@@ -284,14 +284,14 @@ def write_study_json(study: Study, out: Path) -> dict:
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
               "study": study.to_dict(), "rule": rule.text(), "ranking": rule.to_dict(), "datasets": []}
     for dataset in study.datasets:
-        info = _dataset_info(dataset)
+        info = dataset_info(dataset)
         exclude = ["clutter"] if dataset.isprs and "clutter" in info.classes else []
         entry = {"name": dataset.name, "path": str(dataset.path), "isprs": dataset.isprs,
                  "split": scored_split(info), "classes": list(info.classes),
                  "excluded_classes": exclude, "networks": []}
         for network in study.networks:
             folder = Path(study.out) / dataset.name / network.name
-            model = _read_cell(folder / "model") or {"status": "pending", "reason": "not run yet"}
+            model = read_cell(folder / "model") or {"status": "pending", "reason": "not run yet"}
             row = {"name": network.name, "family": network_family(network),
                    "source": "imported" if network.imported else "trained",
                    "status": model["status"], "reason": model.get("reason"),
@@ -302,7 +302,7 @@ def write_study_json(study: Study, out: Path) -> dict:
                 evaluation = model["eval"]
                 row["accuracy"] = metrics_from_counts(evaluation["confusion"], info.classes, exclude)
                 row["tile"] = _tile(model["onnx"])
-                bench = _read_cell(folder / "bench")
+                bench = read_cell(folder / "bench")
                 if bench and bench.get("status") == "ok":
                     row["bench_seconds"] = bench.get("seconds")  # what --plan estimates benches from
                     rows = load_report(bench["report"])["engines"]
@@ -342,7 +342,7 @@ def network_family(network: NetworkEntry) -> str:
         return "other"
 
 
-def _dataset_info(dataset: DatasetEntry):
+def dataset_info(dataset: DatasetEntry):
     from segbench.train.layout import DatasetInfo
 
     return DatasetInfo.load(dataset.path)
