@@ -198,3 +198,41 @@ def test_variants_are_keyed_by_target_calibration_and_runtime(tmp_path, scenes):
     build(model, "ort-int8", tmp_path / "e", calibration, int8=explained)  # explain: measured once
     record = ModelSpec.load(ort_variant).build.options["int8"]
     assert [e["name"] for e in record["sensitivity"]][:1] and all("gain" in e for e in record["sensitivity"])
+
+
+def test_fp16_explain_ranks_first_the_layer_half_precision_hurts(tmp_path, scenes, capsys):
+    """A conv net whose last layer has weights and logits below half precision's normal range (all
+    scaled by 1e-6: the same labels in float32): that layer ranks first, and keeping it float32 wins
+    back the agreement its fp16 rounding costs."""
+    import onnx
+    from onnx import numpy_helper
+
+    from segbench.cli import main
+    from tests.conftest import tiny_conv_onnx
+
+    spec = make_spec(classes=4, tile=32)
+    model_path = tiny_conv_onnx(tmp_path / "model.onnx", spec, seed=3)
+    model = onnx.load(str(model_path))
+    for init in model.graph.initializer:
+        if init.name in ("w2", "b2"):
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1e-6), init.name))
+    onnx.save(model, str(model_path))
+    calibration, options = int8_setup(spec, scenes, tiles=16, explain=True)
+    artifact = build(model_path, "ort-fp16", tmp_path / "e", calibration, int8=options)
+    ranked = ModelSpec.load(artifact).build.options["sensitivity"]
+    assert [e["name"] for e in ranked] == ["Conv_4", "Conv_2"]  # the scaled layer first
+    scaled, normal = ranked
+    assert scaled["sqnr_db"] < normal["sqnr_db"] and scaled["gain"] > 0.01 >= abs(normal["gain"])
+
+    assert main(["build", str(model_path), "--engine", "ort-fp16", "-o", str(tmp_path / "cli"),
+                 "--calib", *map(str, scenes), "--calib-tiles", "16", "--explain"]) == 0
+    printed = capsys.readouterr().out
+    assert "sensitive: Conv_4 (Conv)" in printed and "points of agreement in float32" in printed
+    assert "float32" in printed
+
+    from segbench.bench.report import precision_lines, to_markdown
+
+    row = {"name": "ort-fp16", "status": "ok", "fp16": ModelSpec.load(artifact).build.options}
+    assert precision_lines(row)[0].startswith("0 node(s) kept float32")
+    assert any("sensitive: Conv_4" in line for line in precision_lines(row))
+    assert "int8 and fp16 engines:" in to_markdown({"engines": [row]})

@@ -525,8 +525,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
                          int8=int8, note=note)
         remade.add((kind.graph, kind.runner.int8_formats))
         print(f"{kind.name}: {artifact}")
-        if kind.graph == "int8":
-            _print_int8(artifact)
+        if kind.graph in ("int8", "fp16"):
+            _print_precision(artifact)
     return 0
 
 
@@ -535,13 +535,15 @@ def _target(given: float | str | None, default: float) -> float | None:
     return default if given is None else None if given == "off" else float(given)
 
 
-def _print_int8(artifact: Path) -> None:
-    """What the int8 search of an engine did, and its worst layers where it explained them."""
-    from segbench.export.qualify import describe_int8
+def _print_precision(artifact: Path) -> None:
+    """What an int8 engine's search did, or an fp16 graph kept in float32, and the layers that reduced
+    precision hurts most where it explained them."""
+    from segbench.export.qualify import describe_fp16, describe_int8
     from segbench.spec import ModelSpec
 
-    build = ModelSpec.load(artifact).build
-    for line in describe_int8(build.options.get("int8") or {}):
+    options = ModelSpec.load(artifact).build.options
+    lines = describe_int8(options["int8"]) if options.get("int8") else describe_fp16(options)
+    for line in lines:
         print(f"  {line}")
 
 

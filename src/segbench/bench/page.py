@@ -185,14 +185,16 @@ def iou_figure(data, classes: list[str], title: str) -> str | None:
 
 
 def _int8_section(report: dict) -> list[str]:
-    from segbench.export.qualify import describe_int8
+    """What each int8 engine's search did and each fp16 graph kept in float32, with the layers that
+    reduced precision hurts most where they were explained."""
+    from segbench.bench.report import precision_lines
 
-    rows = [r for r in report["engines"] if r.get("int8")]
+    rows = [r for r in report["engines"] if precision_lines(r)]
     if not rows:
         return []
-    parts = ["<h2>int8 engines</h2>"]
+    parts = ["<h2>int8 and fp16 engines</h2>"]
     for r in rows:
-        lines = describe_int8(r["int8"])
+        lines = precision_lines(r)
         items = "".join(f"<li>{esc(x)}</li>" for x in lines)
         parts.append(f"<h3>{esc(r['name'])}</h3><ul>{items}</ul>")
     return parts

@@ -25,7 +25,7 @@ from segbench import __version__
 from segbench.bench.latency import P90_MIN_SAMPLES
 from segbench.bench.rank import RankRule, rank
 from segbench.errors import InputError
-from segbench.export.qualify import describe_int8
+from segbench.export.qualify import describe_fp16, describe_int8
 from segbench.files import atomic_output, write_text
 from segbench.machine import cpu_model, nvidia_driver
 
@@ -329,10 +329,17 @@ def to_markdown(report: dict) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     notes = [f"- {r['name']}: {r.get('status')}: {r.get('reason')}"
              for r in report["engines"] if r.get("status") != "ok"]
-    int8 = [f"- {r['name']}: " + "; ".join(describe_int8(r["int8"]))
-            for r in report["engines"] if r.get("int8")]
+    reduced = [f"- {r['name']}: " + "; ".join(x.strip() for x in precision_lines(r))
+               for r in report["engines"] if precision_lines(r)]
     return "\n".join(lines + ["", report.get("rule", "")] + ([""] + notes if notes else [])
-                     + (["", "int8 engines:", *int8] if int8 else [])) + "\n"
+                     + (["", "int8 and fp16 engines:", *reduced] if reduced else [])) + "\n"
+
+
+def precision_lines(row: dict) -> list[str]:
+    """What an int8 engine's search did, or what an fp16 graph kept in float32 (none for others)."""
+    if row.get("int8"):
+        return describe_int8(row["int8"])
+    return describe_fp16(row["fp16"]) if row.get("fp16") else []
 
 
 def to_csv(report: dict) -> str:

@@ -170,6 +170,9 @@ class BenchRun:
         if search := built.build.options.get("int8"):
             row["int8"] = search
             row["precision_label"] = precision_label(built.build.options)
+        elif "float32_nodes" in built.build.options:  # an fp16 graph: what stayed float32, and why
+            kept = ("float32_nodes", "overflow_check", "sensitivity")
+            row["fp16"] = {k: built.build.options[k] for k in kept if k in built.build.options}
         batch = options.batch
         if batch == "auto":  # in its own process: the sweep's engines stay out of the peak
             with console.status(f"choosing {name}'s batch size"):

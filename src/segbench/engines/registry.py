@@ -152,8 +152,11 @@ def build(
     if kind.graph == "int8":
         request = Int8Request(kind.runner.int8_formats, kind.runner.graph_runtime(kind),
                               int8 or Int8Options(target=None))
+    explain_on = (int8.held_out.tiles if kind.graph == "fp16" and int8 is not None and int8.explain
+                  and int8.held_out is not None else None)  # fp16's sensitivity, on the same tiles
     graph = prepare_graph(onnx_path, kind.graph, calibration, method,
-                          force=force if force_graph is None else force_graph, int8=request, note=note)
+                          force=force if force_graph is None else force_graph, int8=request, note=note,
+                          explain_on=explain_on)
     spec = ModelSpec.load(graph)
     out_dir = Path(out_dir) if out_dir else onnx_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)

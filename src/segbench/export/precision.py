@@ -36,17 +36,18 @@ FP16_LIMIT = 65504 / 2
 
 
 def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str],
-            tiles: np.ndarray | None = None) -> ModelSpec:
+            tiles: np.ndarray | None = None, explain: np.ndarray | None = None) -> ModelSpec:
     """Write the fp16 variant of ``src`` to ``dst``; returns its spec (also saved beside it).
 
     Layers whose activations would overflow half precision stay float32: every float tensor's
     largest magnitude is measured on ``tiles`` (calibration tiles; without them, tiles drawn from
     the spec's band statistics), and the nodes that make or read one reaching :data:`FP16_LIMIT`
-    are kept out of the conversion.
+    are kept out of the conversion. With ``explain`` (held-out tiles), the converted layers are
+    ranked by the damage half precision does to them and the worst measured
+    (:func:`segbench.export.sensitivity.rank_fp16_layers`), into the spec's ``sensitivity``.
     """
     import onnx
 
-    float16 = require("onnxconverter_common.float16", f"the fp16 graph of {Path(src).name}")
     spec = ModelSpec.load(src)
     source = _source(src)
     start = time.perf_counter()
@@ -57,22 +58,57 @@ def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     tail = [n.name for n in model.graph.node if n.op_type in ("Resize", "ArgMax")][-1:]
     checked = tiles if tiles is not None else _statistics_tiles(spec)
     hot = _overflowing_nodes(model, checked)
-    with warnings.catch_warnings():
-        # One warning per weight below fp16's range, clamped to +-1e-7 (any trained
-        # network has many); the engines' agreement with torch is what tells.
-        warnings.filterwarnings("ignore", "the float32 number", UserWarning)
-        half = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=tail + hot)
+    half = _half_graph(model, tail + hot, Path(src).name)
     with atomic_output(dst) as tmp:
         onnx.save(half, str(tmp))
     check = {"tiles": len(checked), "from": "calibration" if tiles is not None else "spec statistics",
              "digest": tiles_digest(tiles) if tiles is not None else None, "limit": FP16_LIMIT}
+    options = {"float32_nodes": hot, "overflow_check": check}
+    if explain is not None:
+        options["sensitivity"] = _explain_fp16(model, set(tail + hot), checked, explain, Path(src).name)
+        options["sensitivity_tiles"] = tiles_digest(explain)
     record = BuildRecord(backend="onnx", precision="fp16", versions=_versions(),
                          build_seconds=time.perf_counter() - start,
-                         artifact_bytes=Path(dst).stat().st_size, **source,
-                         options={"float32_nodes": hot, "overflow_check": check})
+                         artifact_bytes=Path(dst).stat().st_size, **source, options=options)
     out = spec.replace(build=record)
     out.save(dst)
     return out
+
+
+def _half_graph(model, kept_float: list[str], name: str):
+    """``model`` in half precision but for the nodes ``kept_float``, float32 inputs and outputs."""
+    float16 = require("onnxconverter_common.float16", f"the fp16 graph of {name}")
+    with warnings.catch_warnings():
+        # One warning per weight below fp16's range, clamped to +-1e-7 (any trained
+        # network has many); the engines' agreement with torch is what tells.
+        warnings.filterwarnings("ignore", "the float32 number", UserWarning)
+        return float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=kept_float)
+
+
+def _explain_fp16(model, kept_float: set[str], rank_tiles: np.ndarray, held_out: np.ndarray,
+                  name: str) -> list[dict]:
+    """The layers half precision hurts most: ranked on ``rank_tiles``, the worst measured as the label
+    agreement with the float graph on ``held_out`` tiles gained when each stays float32."""
+    from segbench.export.qualify import EXPLAINED
+    from segbench.export.quantize import ort_session
+    from segbench.export.sensitivity import measure_fp16_gains, rank_fp16_layers
+
+    feed = model.graph.input[0].name
+
+    def labels(graph) -> np.ndarray:
+        session = ort_session(graph.SerializeToString())
+        out = [session.run(None, {feed: t[None].astype(np.float32)})[0] for t in held_out]
+        return np.concatenate([o.argmax(1) if o.ndim == 4 else o for o in out])  # logits, or labels
+
+    reference = labels(model)
+
+    def agreement(extra: set[str]) -> float:
+        return float(np.mean(labels(_half_graph(model, sorted(kept_float | extra), name)) == reference))
+
+    with np.errstate(divide="ignore"):
+        errors = rank_fp16_layers(model, kept_float, rank_tiles)[:EXPLAINED]
+    worst = measure_fp16_gains(errors, agreement)
+    return [e.to_dict() for e in sorted(worst, key=lambda e: -(e.gain or 0.0))]
 
 
 def _overflowing_nodes(model, tiles: np.ndarray) -> list[str]:

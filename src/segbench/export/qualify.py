@@ -430,8 +430,27 @@ def describe_int8(record: dict) -> list[str]:
                      + ", ".join(f"{k['name']} ({k['op']})" for k in kept))
     if "search_seconds" in record:
         lines.append(f"search: {record['tried']} graph(s) in {record['search_seconds']:.1f} s")
-    for e in record.get("sensitivity") or []:
-        gain = "" if e["gain"] is None else f", {100 * e['gain']:+.2f} points of agreement in float"
+    return lines + sensitivity_lines(record.get("sensitivity"))
+
+
+def describe_fp16(build_options: dict) -> list[str]:
+    """What an fp16 graph kept in float32 (overflowing activations) and, where explained, the layers
+    half precision hurts most."""
+    kept = build_options.get("float32_nodes")
+    if kept is None:
+        return []
+    check = build_options.get("overflow_check") or {}
+    names = f": {', '.join(kept)}" if kept else ""
+    lines = [f"{len(kept)} node(s) kept float32 (activations reaching {check.get('limit', 32752.0):g} on "
+             f"{check.get('tiles', '?')} tiles from {check.get('from', '?')}){names}"]
+    return lines + sensitivity_lines(build_options.get("sensitivity"), "float32")
+
+
+def sensitivity_lines(entries: list[dict] | None, kept_in: str = "float") -> list[str]:
+    """One line per explained layer: its SQNR and the agreement it gains kept in ``kept_in``."""
+    lines = []
+    for e in entries or []:
+        gain = "" if e["gain"] is None else f", {100 * e['gain']:+.2f} points of agreement in {kept_in}"
         lines.append(f"  sensitive: {e['name']} ({e['op']}): SQNR {e['sqnr_db']:.1f} dB{gain}")
     return lines
 

@@ -13,6 +13,13 @@ held-out tiles by the engine's own runtime (OpenVINO's kernels err where ONNX
 Runtime's do not), gives the label agreement with the float graph it gains.
 Keeping one layer in float of a graph of ``n`` costs one session, not a
 recalibration, so measuring ``k`` layers costs ``k`` short runs.
+
+fp16 graphs get the same two steps (:func:`rank_fp16_layers`): the noise is
+that of rounding each layer's activation inputs and weights to half
+precision (values below fp16's normal range lose their digits, and an
+activation that overflows was kept float32 already), measured on the float
+graph's own activations; the gain is that of converting the graph with the
+layer kept float32.
 """
 
 from __future__ import annotations
@@ -74,6 +81,71 @@ def rank_layers(qdq_graph: str | os.PathLike[str], layers: dict[str, str],
         if values:
             ranked.append(LayerError(layer, op, float(min(values))))
     return sorted(ranked, key=lambda e: e.sqnr_db)
+
+
+#: the op types whose inputs an fp16 ranking measures (the layers that carry the arithmetic)
+FP16_LAYER_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+#: the floor of a recorded SQNR (a value that overflows half precision has none)
+SQNR_FLOOR_DB = -100.0
+
+
+def rank_fp16_layers(model, kept_float: set[str], tiles: np.ndarray) -> list[LayerError]:
+    """The Conv/MatMul/Gemm nodes of a float ``model`` that its fp16 variant converts (all but
+    ``kept_float``), worst first: the per-channel SQNR of rounding each one's activation inputs (on
+    ``tiles``) and weights to half precision, the worst of them."""
+    import onnx
+    from onnx import numpy_helper
+
+    from segbench.export.quantize import ort_session
+
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    layers = [n for n in model.graph.node if n.op_type in FP16_LAYER_OPS and n.name not in kept_float]
+    wanted = list(dict.fromkeys(x for n in layers for x in n.input if x and x not in weights))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    graph_outputs = {o.name for o in probe.graph.output}
+    inputs = {i.name for i in probe.graph.input}
+    for name in wanted:
+        if name not in graph_outputs and name not in inputs:
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    fetched = [x for x in wanted if x not in inputs]
+    session = ort_session(probe.SerializeToString())
+    feed = model.graph.input[0].name
+    activations: dict[str, list[np.ndarray]] = {x: [] for x in wanted}
+    for tile in tiles[:RANK_TILES]:
+        x = tile[None].astype(np.float32)
+        for name, value in zip(fetched, session.run(fetched, {feed: x}) if fetched else [], strict=True):
+            activations[name].append(value)
+        for name in wanted:
+            if name in inputs:
+                activations[name].append(x)
+    shapes = _shapes(model)
+    ranked = []
+    for node in layers:
+        errors = []
+        for tensor in node.input:
+            if tensor in weights and weights[tensor].dtype == np.float32 and weights[tensor].ndim >= 2:
+                w = weights[tensor]
+                errors.append(channel_sqnr_db([w], [_half(w)], w.shape))
+            elif tensor in activations and activations[tensor]:
+                values = activations[tensor]
+                errors.append(channel_sqnr_db(values, [_half(v) for v in values], shapes.get(tensor)))
+        if errors:
+            ranked.append(LayerError(node.name, node.op_type, max(SQNR_FLOOR_DB, float(min(errors)))))
+    return sorted(ranked, key=lambda e: e.sqnr_db)
+
+
+def measure_fp16_gains(errors: list[LayerError], agreement: Callable[[set[str]], float]) -> list[LayerError]:
+    """``errors`` with each one's measured gain: ``agreement(kept float32)`` of the fp16 variant with
+    that layer kept float32 too, less that of the variant as it is."""
+    base = agreement(set())
+    return [replace(e, gain=agreement({e.name}) - base) for e in errors]
+
+
+def _half(x: np.ndarray) -> np.ndarray:
+    """``x`` rounded to half precision and back (overflow becomes inf, as on the device)."""
+    with np.errstate(over="ignore"):
+        return x.astype(np.float16).astype(np.float32)
 
 
 def channel_sqnr_db(pre: list[np.ndarray], post: list[np.ndarray], shape: tuple | None) -> float:

@@ -61,13 +61,16 @@ def prepare_graph(
     force: bool = False,
     int8: Int8Request | None = None,
     note: Callable[[str], None] | None = None,
+    explain_on: np.ndarray | None = None,
 ) -> Path:
     """The variant ``graph`` of ``onnx_path``, made unless a current one is cached (or ``force``).
 
     int8 needs ``calibration`` tiles, except to reuse a current variant
     calibrated earlier (its spec names that calibration set); ``int8`` says
     for which runtime and to which target (default: ONNX Runtime's, plain);
-    ``note`` receives one line per step of its search.
+    ``note`` receives one line per step of its search. ``explain_on``
+    (held-out tiles) ranks an fp16 variant's layers by the damage half
+    precision does to them (int8 variants are explained by their ``int8``).
     """
     onnx_path = Path(onnx_path)
     runtime = int8.runtime if int8 is not None else "onnxruntime"
@@ -83,9 +86,11 @@ def prepare_graph(
         return path
     source = sha256_file(onnx_path)
     if graph == "fp16":  # overflow checked on the calibration tiles where given
+        explained = _record(path).options.get("sensitivity_tiles") if _record(path) else None
         if force or not is_current(path, source) or (
-                calibration is not None and _fp16_check(path) != tiles_digest(calibration)):
-            to_fp16(onnx_path, path, calibration)
+                calibration is not None and _fp16_check(path) != tiles_digest(calibration)) or (
+                explain_on is not None and explained != tiles_digest(explain_on)):
+            to_fp16(onnx_path, path, calibration, explain_on)
         return path
     key = int8.options.key(runtime) if int8 is not None else None
     explain = int8 is not None and int8.options.explain
