@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="tiny sizes, for tests (about a minute)")
     d.add_argument("--study", action="store_true",
                    help="run the demo study instead (studies/demo.toml): three networks x four engines")
+    d.add_argument("--workers", type=_positive, default=None,
+                   help="with --study: its cells on a local Dask cluster of this many worker processes")
     d.set_defaults(func=_cmd_demo)
 
     st = sub.add_parser("study", help="the whole comparison: networks x datasets x engines, resumable",
@@ -338,8 +340,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.study:
         from segbench.demo import run_demo_study
 
-        run_demo_study(args.out, quick=args.quick)
+        run_demo_study(args.out, quick=args.quick, workers=args.workers)
         return 0
+    if args.workers:
+        raise UsageError("--workers runs the demo study's cells on Dask; give it with --study.")
     run_demo(args.out, iters=args.iters, engines=args.engines, quick=args.quick)
     return 0
 

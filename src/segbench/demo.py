@@ -121,10 +121,12 @@ def run_demo(
 DEMO_STUDY = Path(__file__).resolve().parents[2] / "studies" / "demo.toml"
 
 
-def run_demo_study(out: str | Path, quick: bool = False, console: Console | None = None) -> dict:
+def run_demo_study(out: str | Path, quick: bool = False, console: Console | None = None,
+                   workers: int | None = None) -> dict:
     """The demo study (``studies/demo.toml``) on synthetic scenes made in ``out/data``.
 
-    ``quick`` shrinks it for the tests: two networks, two engines, a few iterations.
+    ``quick`` shrinks it for the tests: two networks, two engines, a few iterations. ``workers``
+    runs its cells on a local Dask cluster of that many processes.
     """
     import dataclasses
 
@@ -150,7 +152,7 @@ def run_demo_study(out: str | Path, quick: bool = False, console: Console | None
             study, networks=study.networks[:2], engines=study.engines[:2],
             recipe=dataclasses.replace(study.recipe, iters=4))
     started = time.perf_counter()
-    report = run_study(study, console=console)
+    report = run_study(study, console=console, workers=workers)
     console.print(f"\n[bold]Demo study finished in {time.perf_counter() - started:.0f} s.[/bold] "
                   f"Everything is in [bold]{out}[/bold].")
     return report
