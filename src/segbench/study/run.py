@@ -67,10 +67,18 @@ def _run_on_cluster(study: Study, console: Console, workers: int | None, schedul
     import dask
 
     from segbench.cluster.segment import dask_client
+    from segbench.extras import require
     from segbench.study.cluster import run_study_on_cluster
 
-    # The bench measures each engine in a child process, which a daemonic worker may not start.
-    with dask.config.set({"distributed.worker.daemon": False}), dask_client(workers, scheduler) as client:
+    # The bench measures each engine in a child process, which a daemonic worker may not start. And the
+    # workers run as plain processes would, without Dask's one thread for OpenMP: a CPU training's
+    # weights depend on torch's thread count (a 300-iteration one differs by mIoU points), so that
+    # the cells' figures are the sequential run's on the same machine.
+    require("distributed", "--workers / --scheduler (the 'cluster' extra)")  # its defaults, then ours
+    settings = {"distributed.worker.daemon": False,
+                **{f"distributed.nanny.pre-spawn-environ.{name}": None  # None: not set
+                   for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
+    with dask.config.set(settings), dask_client(workers, scheduler) as client:
         return run_study_on_cluster(study, client, console)
 
 
