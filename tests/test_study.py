@@ -42,6 +42,7 @@ isprs = true
 iters = 2
 crop = 64
 batch = 2
+threads = 1  # the same weights sequentially and on Dask workers
 lr = {{ "fcn-hrnet18s" = 0.01, "segformer-b0" = 0.001 }}
 
 [bench]
@@ -368,7 +369,7 @@ def test_a_lock_whose_client_is_gone_is_taken_over(tmp_path):
 def test_a_gpu_study_on_a_cluster_without_gpu_workers_is_one_sentence(tmp_path, data):
     pytest.importorskip("distributed")
     path = _write_study(tmp_path, data, "gpu")
-    path.write_text(path.read_text().replace("batch = 2\nlr", 'batch = 2\ndevice = "cuda"\nlr'))
+    path.write_text(path.read_text().replace("[recipe]\n", '[recipe]\ndevice = "cuda"\n'))
     with pytest.raises(InputError, match=r"No Dask worker offers GPU=1"):
         run_study(load_study(path), workers=1)
     assert not (tmp_path / "gpu" / "synthetic").exists()

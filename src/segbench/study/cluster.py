@@ -69,8 +69,13 @@ def training_resources(study: Study) -> dict[str, int] | None:
 
 # -- on the workers ----------------------------------------------------------------------------
 
-def model_cell_task(study: Study, dataset_name: str, network_name: str) -> dict:
-    """One model cell on this worker (kept if it finished earlier with the same key); its record."""
+def model_cell_task(study: Study, dataset_name: str, network_name: str,
+                    threads_by_host: dict[str, int]) -> dict:
+    """One model cell on this worker (kept if it finished earlier with the same key); its record.
+    Its training takes this worker's share of the host's cores (``threads_by_host``), unless the
+    recipe names its threads."""
+    import socket
+
     from segbench.study.lock import HEARTBEAT_S, STALE_S, study_lock
 
     dataset, network = _entries(study, dataset_name, network_name)
@@ -79,8 +84,9 @@ def model_cell_task(study: Study, dataset_name: str, network_name: str) -> dict:
     # One training per cell folder: a task of an earlier client may still run it (Dask cannot stop
     # a running task); the lock sits beside the folder, which a changed cell empties.
     with study_lock(cell.folder.parent, name=CELL_LOCK, wait_s=STALE_S + 2 * HEARTBEAT_S):
-        return cell.run(lambda folder: model_cell_work(study, dataset, info, network, folder, _Silent()),
-                        Console(quiet=True))
+        threads = threads_by_host.get(socket.gethostname())
+        return cell.run(lambda folder: model_cell_work(study, dataset, info, network, folder, _Silent(),
+                                                       threads), Console(quiet=True))
 
 
 def check_worker(folder: str, token: str) -> dict:
@@ -143,6 +149,7 @@ class _ClusterStudy:
         self.tasks: dict[object, _Task] = {}  # future -> task
         self.counts = {"done": 0, "failed": 0}
         self.gpu_workers = False
+        self.threads_by_host: dict[str, int] = {}
         self.progress = StudyProgress(console, total=len(self.cells) * (1 + len(study.engines)))
         self._estimated = (-ESTIMATE_S, "")  # (when, text)
 
@@ -152,7 +159,7 @@ class _ClusterStudy:
         """Same segbench on every worker, the study folder shared, GPU workers where cells need them."""
         from segbench.cluster.segment import check_resources, check_workers, worker_resources
 
-        check_workers(self.client, [])
+        self.threads_by_host = check_workers(self.client, [])
         self.out.mkdir(parents=True, exist_ok=True)
         token = uuid.uuid4().hex
         mark = self.out / f".segbench-shared-{token}"
@@ -210,6 +217,7 @@ class _ClusterStudy:
             self._model_done(dataset, info, network, kept)
             return
         future = self.client.submit(model_cell_task, self.study, dataset.name, network.name,
+                                    self.threads_by_host,
                                     key=f"model-{dataset.name}-{network.name}-{uuid.uuid4().hex[:8]}",
                                     resources=training_resources(self.study), pure=False)
         self.tasks[future] = _Task(cell.label, lambda f: self._model_landed(dataset, info, network, cell, f),

@@ -70,15 +70,9 @@ def _run_on_cluster(study: Study, console: Console, workers: int | None, schedul
     from segbench.extras import require
     from segbench.study.cluster import run_study_on_cluster
 
-    # The bench measures each engine in a child process, which a daemonic worker may not start. And the
-    # workers run as plain processes would, without Dask's one thread for OpenMP: a CPU training's
-    # weights depend on torch's thread count (a 300-iteration one differs by mIoU points), so that
-    # the cells' figures are the sequential run's on the same machine.
+    # The bench measures each engine in a child process, which a daemonic worker may not start.
     require("distributed", "--workers / --scheduler (the 'cluster' extra)")  # its defaults, then ours
-    settings = {"distributed.worker.daemon": False,
-                **{f"distributed.nanny.pre-spawn-environ.{name}": None  # None: not set
-                   for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
-    with dask.config.set(settings), dask_client(workers, scheduler) as client:
+    with dask.config.set({"distributed.worker.daemon": False}), dask_client(workers, scheduler) as client:
         return run_study_on_cluster(study, client, console)
 
 
@@ -200,12 +194,29 @@ def _model_key(study: Study, dataset: DatasetEntry, info, network: NetworkEntry)
                        study.recipe.lr_for(network.name), study.recipe.pretrained.get(network.name)])
         if study.recipe.gpus > 1:  # N x batch images per step: another training (keys of 1 GPU kept)
             inputs.append({"gpus": study.recipe.gpus})
+        if study.recipe.threads:  # a CPU training's weights depend on its thread count
+            inputs.append({"threads": study.recipe.threads})
     return digest(inputs)
 
 
 def model_cell_work(study: Study, dataset: DatasetEntry, info, network: NetworkEntry, folder: Path,
-                    progress: StudyProgress) -> dict:
-    """Train (or import), evaluate and export one network on one dataset."""
+                    progress: StudyProgress, threads: int | None = None) -> dict:
+    """Train (or import), evaluate and export one network on one dataset; the training on the
+    recipe's ``threads`` (else ``threads``, a Dask worker's share of its host; else torch's own)."""
+    import torch
+
+    threads = study.recipe.threads or threads
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _model_cell_work(study, dataset, info, network, folder, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _model_cell_work(study: Study, dataset: DatasetEntry, info, network: NetworkEntry, folder: Path,
+                     progress: StudyProgress) -> dict:
     from segbench.bench.evaluate import evaluate
     from segbench.export.onnx import export_model
     from segbench.spec import ModelSpec

@@ -75,6 +75,8 @@ class RecipeOptions:
     lr: float | dict[str, float] | None = None  # one rate, or per network; None: each one's own
     device: str = "cpu"
     gpus: int = 1  # one training on this many GPUs (processes), batch images each
+    threads: int | None = None  # torch's CPU threads per training (None: the machine's, or a Dask
+    # worker's share); a CPU training's weights depend on it, so set it to compare layouts
     pretrained: dict[str, Path] = field(default_factory=dict)
 
     def lr_for(self, network: str) -> float | None:
@@ -179,7 +181,7 @@ def parse_study(data: dict, base: Path, path: Path | None = None) -> Study:
 
 
 def _recipe(t: dict, base: Path) -> RecipeOptions:
-    _known(t, {"iters", "crop", "batch", "lr", "device", "gpus", "pretrained"}, "[recipe]")
+    _known(t, {"iters", "crop", "batch", "lr", "device", "gpus", "threads", "pretrained"}, "[recipe]")
     pretrained = t.get("pretrained") or {}
     if not isinstance(pretrained, dict):
         raise InputError("[recipe] pretrained must be a table: network name -> local file.")
@@ -190,6 +192,7 @@ def _recipe(t: dict, base: Path) -> RecipeOptions:
         lr=_lr(t),
         device=str(t.get("device", "cpu")),
         gpus=_int(t, "gpus", "[recipe]", RecipeOptions.gpus),
+        threads=_int(t, "threads", "[recipe]", 1) if "threads" in t else None,
         pretrained={str(k): _path(base, str(v)) for k, v in pretrained.items()},
     )
 
