@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -74,8 +75,6 @@ def model_cell_task(study: Study, dataset_name: str, network_name: str,
     """One model cell on this worker (kept if it finished earlier with the same key); its record.
     Its training takes this worker's share of the host's cores (``threads_by_host``), unless the
     recipe names its threads."""
-    import socket
-
     from segbench.study.lock import HEARTBEAT_S, STALE_S, study_lock
 
     dataset, network = _entries(study, dataset_name, network_name)
@@ -229,7 +228,7 @@ class _ClusterStudy:
         except Exception as exc:  # noqa: BLE001  (the task itself failed: a worker died too often)
             record = cell.record(cell.failed(exc), time.perf_counter(), self.console)
         else:
-            self._say(cell, record)
+            cell.say(record, self.console)  # recorded on the worker, said here
         self._model_done(dataset, info, network, record)
 
     def _model_done(self, dataset, info, network, record: dict) -> None:
@@ -309,15 +308,6 @@ class _ClusterStudy:
         write_study_json(self.study, self.out)
 
     # -- what the user sees
-
-    def _say(self, cell: Cell, record: dict) -> None:
-        from segbench.study.run import cell_summary
-
-        if record["status"] == "ok":
-            self.console.print(f"{cell.label}: model done in {record['seconds']:.0f} s"
-                               f"{cell_summary(record)}")
-        else:
-            self.console.print(f"[red]{cell.label}: model failed: {record['reason']}[/red]")
 
     def _count(self, record: dict) -> None:
         self.counts["done" if record["status"] == "ok" else "failed"] += 1

@@ -134,12 +134,16 @@ class Cell:
         result = {"status": "ok", "reason": None, **result}
         result.update(key=self.key, seconds=time.perf_counter() - started)
         write_json(result, self.folder / CELL_FILE)
-        if result["status"] == "ok":
-            console.print(f"{self.label}: {self.folder.name} done in {result['seconds']:.0f} s"
-                          f"{cell_summary(result)}")
-        else:
-            console.print(f"[red]{self.label}: {self.folder.name} failed: {result['reason']}[/red]")
+        self.say(result, console)
         return result
+
+    def say(self, record: dict, console: Console) -> None:
+        """One line for a finished cell: its time and figures, or why it failed."""
+        if record["status"] == "ok":
+            console.print(f"{self.label}: {self.folder.name} done in {record['seconds']:.0f} s"
+                          f"{cell_summary(record)}")
+        else:
+            console.print(f"[red]{self.label}: {self.folder.name} failed: {record['reason']}[/red]")
 
     def run(self, work, console: Console) -> dict:
         """Run ``work(folder)`` unless the cell is kept; one cell's failure is recorded, not raised."""
