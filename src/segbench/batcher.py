@@ -1,0 +1,258 @@
+"""The dynamic batcher: concurrent single-tile requests gathered into engine batches.
+
+A serving primitive beside the engines (it depends on :mod:`segbench.engines`
+only): the bench's LoadGen system under test and the HTTP service use this one,
+so the bench's Server figure is the service's. ``submit(tile)`` returns a
+:class:`concurrent.futures.Future` of that tile's own output; one worker thread
+gathers the waiting requests into a batch and runs the engine on it::
+
+    with DynamicBatcher(engine, max_queue_ms=2) as batcher:
+        logits = batcher.submit(tile).result()            # threads
+        logits = await asyncio.wrap_future(batcher.submit(tile))  # asyncio
+
+``asyncio.wrap_future`` works because the futures are plain
+``concurrent.futures`` ones (their callbacks run in the worker thread; asyncio
+hands the result to its loop thread-safely), and cancelling the asyncio future
+cancels a request that has not started.
+
+Gathering: a batch goes to the engine when it is full (``max_batch``, at most the
+engine's own ``max_batch``) or when its oldest request has waited ``max_queue_ms``,
+whichever comes first. While the engine runs, new requests queue; when it is
+done, a full or overdue queue goes at once, so under load batches grow by
+themselves and the delay is only paid at low load. Tiles are stacked into one
+preallocated buffer (a lone contiguous tile is passed as a view, no copy).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from segbench.engines.base import Engine
+from segbench.errors import EngineError, InputError
+
+#: the most tiles per batch where neither the caller nor the engine says
+DEFAULT_MAX_BATCH = 8
+#: how long the oldest request may wait for others, by default (ms)
+DEFAULT_MAX_QUEUE_MS = 2.0
+
+
+class BatcherClosedError(EngineError):
+    """The batcher was closed before the request ran."""
+
+
+@dataclass(frozen=True)
+class BatcherStats:
+    """What a batcher formed since it started (or since :meth:`DynamicBatcher.reset_stats`).
+
+    ``histogram`` maps a batch size to how many batches had it; ``max_queue_depth``
+    is the most requests ever waiting at once; ``mean_queue_depth`` the mean
+    number waiting when a batch was taken.
+    """
+
+    requests: int = 0
+    batches: int = 0
+    histogram: dict[int, int] = field(default_factory=dict)
+    max_queue_depth: int = 0
+    mean_queue_depth: float = 0.0
+
+    @property
+    def mean_batch(self) -> float:
+        return self.requests / self.batches if self.batches else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "batches": self.batches,
+                "histogram": {str(k): v for k, v in sorted(self.histogram.items())},
+                "max_queue_depth": self.max_queue_depth, "mean_queue_depth": self.mean_queue_depth}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatcherStats:
+        return cls(int(data["requests"]), int(data["batches"]),
+                   {int(k): int(v) for k, v in data["histogram"].items()},
+                   int(data["max_queue_depth"]), float(data["mean_queue_depth"]))
+
+
+class _Request:
+    __slots__ = ("tile", "future", "arrived")
+
+    def __init__(self, tile: np.ndarray, future: Future, arrived: float) -> None:
+        self.tile, self.future, self.arrived = tile, future, arrived
+
+
+class DynamicBatcher:
+    """Thread-safe: any thread may ``submit``; one worker thread runs ``engine``.
+
+    ``max_batch``: the most tiles per engine call (default the engine's
+    ``max_batch``, else :data:`DEFAULT_MAX_BATCH`; never more than the engine
+    takes; it may be lowered while running, never raised). ``max_queue_ms``:
+    the longest the oldest request waits for a fuller batch. ``postprocess``:
+    applied to each batch's output in the worker (e.g. ``lambda out:
+    out.argmax(1).astype(np.uint8)``), so each future gets its row of the result.
+    A future's result is a view on its batch's output. The batcher does not own
+    the engine: closing one leaves the other open.
+    """
+
+    def __init__(self, engine: Engine, max_batch: int | None = None,
+                 max_queue_ms: float = DEFAULT_MAX_QUEUE_MS, postprocess=None) -> None:
+        limit = getattr(engine, "max_batch", None)
+        if max_batch is not None and max_batch < 1:
+            raise InputError(f"The batcher's max_batch must be at least 1, not {max_batch}.")
+        if max_queue_ms < 0:
+            raise InputError(f"The batcher's max_queue_ms must be 0 or more, not {max_queue_ms}.")
+        want = max_batch or limit or DEFAULT_MAX_BATCH
+        self.engine = engine
+        self.max_batch: int = min(want, limit) if limit else want
+        self.max_queue_ms = float(max_queue_ms)
+        self.postprocess = postprocess
+        spec = engine.spec
+        self.tile_shape = (spec.num_bands, spec.tile, spec.tile)
+        self._buffer = np.empty((self.max_batch, *self.tile_shape), np.float32)
+        self._delay = self.max_queue_ms / 1000.0
+        self._queue: deque[_Request] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.reset_stats()
+        self._worker = threading.Thread(target=self._run, name=f"batcher-{engine.name}", daemon=True)
+        self._worker.start()
+
+    # -- requests ----------------------------------------------------------
+    def submit(self, tile: np.ndarray) -> Future:
+        """Queue one tile ``(bands, tile, tile)`` float32; the future of its own output."""
+        return self.submit_many([tile])[0]
+
+    def submit_many(self, tiles) -> list[Future]:
+        """Queue several tiles at once (one lock); their futures, in order."""
+        checked = [self._check(t) for t in tiles]
+        now = time.perf_counter()
+        futures = [Future() for _ in checked]
+        with self._cond:
+            if self._closed:
+                raise BatcherClosedError(f"The batcher of {self.engine.name} is closed; "
+                                         "make a new one to submit tiles.")
+            self._queue.extend(_Request(t, f, now) for t, f in zip(checked, futures, strict=True))
+            self._depth_max = max(self._depth_max, len(self._queue))
+            self._cond.notify()
+        return futures
+
+    def _check(self, tile: Any) -> np.ndarray:
+        if not isinstance(tile, np.ndarray) or tile.shape != self.tile_shape:
+            got = tile.shape if isinstance(tile, np.ndarray) else type(tile).__name__
+            raise InputError(f"{self.engine.name}'s batcher takes one tile of shape {self.tile_shape}, "
+                             f"not {got}.")
+        return tile if tile.dtype == np.float32 else tile.astype(np.float32)
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting now (not counting the batch the engine runs)."""
+        return len(self._queue)
+
+    # -- statistics --------------------------------------------------------
+    def stats(self) -> BatcherStats:
+        """The batch sizes formed and the queue depths seen, so far."""
+        with self._cond:
+            batches = sum(self._sizes.values())
+            return BatcherStats(sum(k * v for k, v in self._sizes.items()), batches, dict(self._sizes),
+                                self._depth_max, self._depth_sum / batches if batches else 0.0)
+
+    def reset_stats(self) -> None:
+        """Start counting afresh (e.g. between the points of a search)."""
+        with self._cond:
+            self._sizes: Counter[int] = Counter()
+            self._depth_max = 0
+            self._depth_sum = 0
+
+    # -- the worker ----------------------------------------------------------
+    def _take(self) -> list[_Request] | None:
+        """The next batch, once full or overdue; None once closed."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                if len(self._queue) >= self.max_batch:
+                    break
+                if self._queue:
+                    wait = self._queue[0].arrived + self._delay - time.perf_counter()
+                    if wait <= 0:
+                        break
+                    self._cond.wait(wait)
+                else:
+                    self._cond.wait()
+            depth = len(self._queue)
+            n = min(depth, self.max_batch)
+            batch = [self._queue.popleft() for _ in range(n)]
+            self._depth_sum += depth
+        live = [r for r in batch if r.future.set_running_or_notify_cancel()]  # drop cancelled ones
+        with self._cond:
+            if live:
+                self._sizes[len(live)] += 1
+        return live
+
+    def _run(self) -> None:
+        try:
+            while (batch := self._take()) is not None:
+                if batch:
+                    self._run_batch(batch)
+        finally:  # closed, or the worker itself failed: no request is left waiting forever
+            with self._cond:
+                self._closed = True
+            self._fail_pending()
+
+    def _stack(self, batch: list[_Request]) -> np.ndarray:
+        """The batch's tiles as one contiguous array: a lone tile's view, else the buffer."""
+        if len(batch) == 1 and batch[0].tile.flags.c_contiguous:
+            return batch[0].tile[np.newaxis]
+        out = self._buffer[: len(batch)]
+        np.stack([r.tile for r in batch], out=out)
+        return out
+
+    def _run_batch(self, batch: list[_Request]) -> None:
+        try:
+            tiles = self._stack(batch)
+            out = self.engine.infer(tiles)
+            if self.postprocess is not None:
+                out = self.postprocess(out)
+            elif np.may_share_memory(out, self._buffer):  # an engine echoing its input
+                out = out.copy()
+            if len(out) != len(batch):
+                raise EngineError(f"{self.engine.name} returned {len(out)} outputs for {len(batch)} tiles.")
+        except BaseException as exc:  # noqa: BLE001  (handed to each request of the batch)
+            for r in batch:
+                r.future.set_exception(exc)
+            return
+        for i, r in enumerate(batch):
+            r.future.set_result(out[i])
+
+    def _fail_pending(self) -> None:
+        with self._cond:
+            pending = list(self._queue)
+            self._queue.clear()
+        for r in pending:
+            if r.future.set_running_or_notify_cancel():
+                r.future.set_exception(BatcherClosedError(
+                    f"The batcher of {self.engine.name} was closed before this tile ran."))
+
+    # -- lifecycle -------------------------------------------------------------
+    def close(self, timeout: float | None = None) -> None:
+        """Stop: the batch running finishes, every request still queued fails with
+        :class:`BatcherClosedError`. Idempotent; the engine stays open."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._worker:
+            self._worker.join(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> DynamicBatcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,203 @@
+"""The dynamic batcher on a real (tiny) ONNX Runtime engine: each request gets its own tile's output,
+batches form up to the limit or the queue delay, and closing fails what is still queued."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from segbench.batcher import BatcherClosedError, BatcherStats, DynamicBatcher
+from segbench.engines.base import EngineBase
+from segbench.engines.registry import build, load
+from segbench.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    from tests.conftest import make_spec, tiny_conv_onnx
+
+    folder = tmp_path_factory.mktemp("batcher")
+    onnx_path = tiny_conv_onnx(folder / "model.onnx", make_spec())
+    with load(build(onnx_path, "ort-fp32", folder)) as eng:
+        yield eng
+
+
+def tiles_for(engine, n: int, seed: int = 0) -> np.ndarray:
+    spec = engine.spec
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 255, (n, spec.num_bands, spec.tile, spec.tile)).astype(np.float32)
+
+
+# -- broken batchers: the checks below must catch each --------------------------------------------
+
+
+class ReorderingBatcher(DynamicBatcher):
+    """Hands each request of a batch its neighbour's output."""
+
+    def _run_batch(self, batch):
+        n = len(batch)
+        super()._run_batch([type(r)(batch[(i + 1) % n].tile, r.future, r.arrived)
+                            for i, r in enumerate(batch)])
+
+
+class DuplicatingBatcher(DynamicBatcher):
+    """Gives every request of a batch the first request's output."""
+
+    def _run_batch(self, batch):
+        super()._run_batch(batch[:1])
+        for r in batch[1:]:
+            r.future.set_result(batch[0].future.result())
+
+
+class DroppingBatcher(DynamicBatcher):
+    """Never answers the last request of a batch of two or more."""
+
+    def _run_batch(self, batch):
+        super()._run_batch(batch[:-1] if len(batch) > 1 else batch)
+
+
+def check_every_answer(batcher: DynamicBatcher, tiles: np.ndarray, threads: int = 4,
+                       timeout: float = 10.0) -> None:
+    """Submit ``tiles`` from several threads at once; every future must hold its own tile's output
+    (the engine run on that tile alone), each exactly once, within ``timeout``."""
+    futures: dict[int, object] = {}
+
+    def client(k: int) -> None:
+        for i in range(k, len(tiles), threads):
+            futures[i] = batcher.submit(tiles[i])
+            if i % 3 == 0:
+                time.sleep(0.0005)
+
+    workers = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert sorted(futures) == list(range(len(tiles)))
+    outputs = [futures[i].result(timeout=timeout) for i in range(len(tiles))]  # a dropped one times out
+    for i, out in enumerate(outputs):
+        np.testing.assert_allclose(out, batcher.engine.infer(tiles[i:i + 1])[0], rtol=1e-5, atol=1e-4,
+                                   err_msg=f"tile {i} got another tile's output")
+
+
+def test_every_request_gets_its_own_output(engine):
+    tiles = tiles_for(engine, 40)
+    with DynamicBatcher(engine, max_batch=4, max_queue_ms=5) as batcher:
+        check_every_answer(batcher, tiles)
+        stats = batcher.stats()
+    assert stats.requests == 40
+    assert max(stats.histogram) <= 4 and stats.mean_batch > 1  # it did batch
+    assert BatcherStats.from_dict(stats.to_dict()) == stats
+
+
+@pytest.mark.parametrize("broken", [ReorderingBatcher, DuplicatingBatcher, DroppingBatcher])
+def test_the_check_catches_a_broken_batcher(engine, broken):
+    tiles = tiles_for(engine, 24, seed=1)
+    with broken(engine, max_batch=4, max_queue_ms=20) as batcher:
+        with pytest.raises((AssertionError, TimeoutError)):
+            check_every_answer(batcher, tiles, timeout=1.0)
+
+
+def test_a_full_queue_goes_without_waiting_the_delay(engine):
+    tiles = tiles_for(engine, 8)
+    with DynamicBatcher(engine, max_batch=8, max_queue_ms=5_000) as batcher:
+        start = time.perf_counter()
+        futures = batcher.submit_many(list(tiles))
+        for f in futures:
+            f.result(timeout=5)
+        assert time.perf_counter() - start < 2.0
+        assert batcher.stats().histogram == {8: 1}
+
+
+def test_a_lone_request_waits_at_most_the_delay(engine):
+    tile = tiles_for(engine, 1)[0]
+    with DynamicBatcher(engine, max_batch=8, max_queue_ms=50) as batcher:
+        start = time.perf_counter()
+        batcher.submit(tile).result(timeout=5)
+        waited = time.perf_counter() - start
+    assert 0.045 < waited < 1.0
+
+
+def test_batches_never_exceed_the_engines_limit(engine):
+    class Limited(EngineBase):
+        name, spec, max_batch = "limited", engine.spec, 3
+
+        def infer(self, tiles):
+            assert len(tiles) <= 3
+            return engine.infer(tiles)
+
+    with DynamicBatcher(Limited(), max_batch=16, max_queue_ms=5) as batcher:
+        assert batcher.max_batch == 3
+        check_every_answer(batcher, tiles_for(engine, 20))
+
+
+def test_asyncio_awaits_the_futures(engine):
+    tiles = tiles_for(engine, 6)
+
+    async def main(batcher):
+        return await asyncio.gather(*(asyncio.wrap_future(batcher.submit(t)) for t in tiles))
+
+    with DynamicBatcher(engine, max_queue_ms=5) as batcher:
+        outs = asyncio.run(main(batcher))
+    np.testing.assert_allclose(np.stack(outs), engine.infer(tiles), rtol=1e-5, atol=1e-4)
+
+
+def test_close_fails_pending_requests_and_refuses_new_ones(engine):
+    gate = threading.Event()
+
+    class Slow(EngineBase):
+        name, spec = "slow", engine.spec
+
+        def infer(self, tiles):
+            gate.wait(5)
+            return engine.infer(tiles)
+
+    tiles = tiles_for(engine, 5)
+    batcher = DynamicBatcher(Slow(), max_batch=1, max_queue_ms=0)
+    futures = batcher.submit_many(list(tiles))
+    time.sleep(0.1)  # the first is running, four wait
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    time.sleep(0.05)
+    gate.set()
+    closer.join(5)
+    assert futures[0].result(timeout=5).shape == (3, 32, 32)  # the running batch finished
+    for f in futures[1:]:
+        with pytest.raises(BatcherClosedError):
+            f.result(timeout=5)
+    with pytest.raises(BatcherClosedError):
+        batcher.submit(tiles[0])
+
+
+def test_engine_failure_reaches_each_request_and_the_batcher_goes_on(engine):
+    class Flaky(EngineBase):
+        name, spec, calls = "flaky", engine.spec, 0
+
+        def infer(self, tiles):
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("boom")
+            return engine.infer(tiles)
+
+    tiles = tiles_for(engine, 2)
+    with DynamicBatcher(Flaky(), max_batch=2, max_queue_ms=1000) as batcher:
+        first = batcher.submit_many(list(tiles))
+        for f in first:
+            with pytest.raises(RuntimeError, match="boom"):
+                f.result(timeout=5)
+        assert batcher.submit(tiles[0]).result(timeout=5).shape == (3, 32, 32)
+
+
+def test_cancelled_requests_are_skipped_and_bad_tiles_refused(engine):
+    tiles = tiles_for(engine, 3)
+    with DynamicBatcher(engine, max_batch=8, max_queue_ms=300) as batcher:
+        futures = batcher.submit_many(list(tiles))
+        assert futures[1].cancel()
+        assert futures[0].result(timeout=5).shape == (3, 32, 32)
+        assert batcher.stats().histogram == {2: 1}
+        with pytest.raises(InputError, match="one tile of shape"):
+            batcher.submit(tiles)  # a batch, not a tile
