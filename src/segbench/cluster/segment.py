@@ -162,7 +162,8 @@ def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifac
                        resources: dict[str, float] | None = None, progress: bool = True,
                        on_chunk: Callable[[int, int], None] | None = None,
                        on_scene: Callable[[SegmentResult], None] | None = None,
-                       chunk_files: str | os.PathLike[str] | None = None) -> list[SegmentResult]:
+                       chunk_files: str | os.PathLike[str] | None = None,
+                       spec: ModelSpec | None = None) -> list[SegmentResult]:
     """Segment ``scenes`` (files, folders, VRTs) in chunks on ``client``'s workers.
 
     ``out`` as for :func:`segbench.tiler.segment_many`: the label file for one
@@ -173,14 +174,16 @@ def segment_on_cluster(client, scenes: Sequence[str | os.PathLike[str]], artifac
     called after each chunk of a scene is written (``done`` counts the chunks
     an interrupted run finished), ``on_scene`` with each scene's result.
     ``chunk_files``: a folder every worker and this client share, where the
-    workers write the chunks' labels (see :func:`check_chunk_files`).
+    workers write the chunks' labels (see :func:`check_chunk_files`). ``spec``:
+    the engine's, where the caller has read it already (else read from beside
+    ``artifact``; each worker reads it when it loads the engine).
 
     Interrupted (KeyboardInterrupt), the run keeps the finished chunks beside
     the output, and the same call resumes from them
     (:mod:`segbench.cluster.resume`).
     """
     artifact = Path(artifact).resolve()
-    spec = ModelSpec.load(artifact)
+    spec = spec if spec is not None else ModelSpec.load(artifact)
     planned = plan_outputs(scenes, out)
     make_folders(planned, out)
     outputs = [(o.scene if is_url(o.scene) else o.scene.resolve(), o.labels) for o in planned]

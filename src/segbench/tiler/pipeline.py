@@ -20,6 +20,7 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -111,6 +112,7 @@ def segment(
     probabilities: str | os.PathLike[str] | None = None,
     on_device: bool | None = None,
     read_threads: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> SegmentResult:
     """Segment ``scene`` with ``engine`` into a label COG at ``out``.
 
@@ -126,8 +128,10 @@ def segment(
     ``on_device`` blends on the engine's device (:mod:`.device`): by default
     for an engine off the CPU that returns device tensors. ``read_threads``
     read ahead in parallel; by default one beside a CPU engine and several
-    beside a GPU engine (:func:`_read_threads`).
-    Called from the main thread,
+    beside a GPU engine (:func:`_read_threads`). ``on_progress(done, total)``
+    is called in the calling thread after each batch with the windows blended
+    so far; an exception it raises stops the run as any error does (a caller's
+    cancel). Called from the main thread,
     SIGTERM and SIGHUP (at their default action) stop it as Ctrl-C does:
     partial outputs removed, then :class:`~segbench.signals.Terminated`.
     """
@@ -158,7 +162,7 @@ def segment(
     with terminate_as_interrupt(), rasterio.Env(GDAL_CACHEMAX=_cache_bytes(info, tile)):
         return _run(scene, engine, out, info, tile, step, blend, batch, nodata, confidence,
                     progress, area, probabilities, runs_on_device(engine, on_device),
-                    read_threads or _read_threads(engine))
+                    read_threads or _read_threads(engine), on_progress)
 
 
 #: how far a scene's ground sample distance may be from the model's before segment warns
@@ -199,7 +203,8 @@ def _cache_bytes(info, tile: int) -> int:
 
 def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, batch: int,
          nodata, confidence, progress: bool, aoi: dict | None = None,
-         probabilities=None, on_device: bool = False, read_threads: int = 1) -> SegmentResult:
+         probabilities=None, on_device: bool = False, read_threads: int = 1,
+         on_progress: Callable[[int, int], None] | None = None) -> SegmentResult:
     """Run the three stages of :func:`segment`; on any error or interrupt, stop them and clean up."""
     rows, cols = axis_starts(info.height, tile, step), axis_starts(info.width, tile, step)
     wy = dict(zip(rows, axis_weights(rows, tile, info.height, blend), strict=True))
@@ -219,17 +224,25 @@ def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, bat
                StageThread("segbench-write", writer.run, stop)]
     bar = Progress(len(windows), info.path.name, info.width * info.height / 1e6, enabled=progress)
     start = time.perf_counter()
+
+    def after_batch() -> None:
+        bar.update(writer.done)
+        if on_progress is not None:
+            on_progress(writer.done, len(windows))
+
     try:
         for t in threads:
             t.start()
         try:
-            inference.run(after_batch=lambda: bar.update(writer.done))
+            inference.run(after_batch=after_batch)
         except Stopped:
             pass
         _join(threads)
         for t in threads:
             if t.error is not None:
                 raise t.error
+        if on_progress is not None:  # every window blended; a cancel here still leaves nothing
+            on_progress(len(windows), len(windows))
         writer.close()  # the writer's thread has ended: its rasters are this thread's now
     except BaseException:
         stop.set()

@@ -101,7 +101,9 @@ def segment_many(
     """Segment several scenes (files, folders, VRTs) into ``out`` (see :func:`plan_outputs`).
 
     ``on_scene`` is called with each scene's result as soon as it is done;
-    ``resample`` runs each scene at the model's GSD (:mod:`.resample`).
+    ``resample`` runs each scene at the model's GSD (:mod:`.resample`); the
+    other ``options`` are :func:`~segbench.tiler.segment`'s (``on_progress``
+    among them, called for each scene's windows).
     """
     from segbench.tiler.resample import segment_resampled
 
@@ -118,16 +120,18 @@ def segment_many(
 
 
 def auto_batch(artifact: str | os.PathLike[str], scenes: Sequence[str | os.PathLike[str]],
-               overlap: int | None = None, stride: int | None = None) -> BatchChoice:
+               overlap: int | None = None, stride: int | None = None,
+               spec: ModelSpec | None = None) -> BatchChoice:
     """``--batch auto``: the batch the engine at ``artifact`` runs these scenes fastest at.
 
     Measured on real windows of the first scene, as many as the largest
     candidate, with no candidate larger than that scene's window count (a
     batch the scene cannot fill would only run padding), and for no longer
     than a share of the time all the scenes' windows take
-    (:data:`segbench.engines.batchsize.SWEEP_SHARE`).
+    (:data:`segbench.engines.batchsize.SWEEP_SHARE`). ``spec``: the engine's, where the caller
+    has read it already (else read from beside ``artifact``).
     """
-    spec = ModelSpec.load(artifact)
+    spec = spec if spec is not None else ModelSpec.load(artifact)
     paths = expand_scenes(scenes)
     step = stride_for(spec.tile, overlap, stride, default=spec.stride)
     counts = []
