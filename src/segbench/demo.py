@@ -108,8 +108,9 @@ def run_demo(
         calib=[p[0] for p in info.pairs("train")],
         calib_labels=[p[1] for p in info.pairs("train")],  # the int8 target as mIoU on held-out tiles
         out=out / "bench",
-        options=BenchOptions(calib_tiles=size.calib_tiles, reference="torch-fp32", overlap=size.overlap,
-                             blend="cosine", batch=size.batch, quick=quick, maps=True),
+        # the demo's sizes; every other option keeps BenchOptions' default (a fixed batch: no sweep)
+        options=BenchOptions(calib_tiles=size.calib_tiles, overlap=size.overlap, batch=size.batch,
+                             quick=quick, maps=True),
     ), console=console)
     console.print(f"\n[bold]Demo finished in {time.perf_counter() - started:.0f} s.[/bold] "
                   f"Every output is in [bold]{out}[/bold]: data/, train/, model/, bench/ "

@@ -1,7 +1,11 @@
 """How the bench measures: one options object for ``segbench bench``'s flags and a study's ``[bench]``.
 
-The CLI reads its flags into :class:`BenchOptions` by field name, the study file
-its ``[bench]`` table (:mod:`segbench.study.studyfile`), and a bench run
+Each option is defined once, here (the tiling ones in
+:class:`segbench.tiler.options.TilingOptions`): its default, its type and its
+help. The CLI's options are generated from these fields
+(:func:`segbench.argfields.add_options`), the study file fills its ``[bench]``
+table into the same object (:mod:`segbench.study.studyfile`, where a study
+turns :data:`STUDY_DEFAULTS` on), and a bench run
 (:class:`segbench.bench.run.BenchConfig`) carries it beside its inputs (model,
 engines, scenes, labels, calibration scenes, output folder).
 """
@@ -10,25 +14,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from segbench.argfields import option, positive, ratio_or_off
 from segbench.bench.rank import RankRule
+from segbench.export.quantize import CALIBRATION_METHODS
+from segbench.tiler.options import TilingOptions
+
+INT8 = "int8 engines"  # the argument group of the int8 options (bench and build)
 
 
 @dataclass(frozen=True)
-class BenchOptions:
-    overlap: int | None = None  # window overlap in pixels (None: the tiler's default)
-    blend: str = "cosine"
-    batch: int | str = 4  # or "auto": each engine's fastest, measured (segbench.engines.batchsize)
-    reference: str = "torch-fp32"
-    min_ratio: float = 0.99  # an engine qualifies at this share of the reference's mIoU (MLPerf)
-    max_latency_ms: float | None = None
-    max_memory_mb: float | None = None
-    calib_tiles: int = 32
-    calib_method: str = "minmax"
-    int8_target: float | bool | None = None  # what int8 keeps of its float mIoU (None: min_ratio;
-    # False: plain int8, no search)
-    explain: bool = False  # rank each int8 engine's layers by the damage they do
-    maps: bool = False  # where each engine differs from the reference, as rasters beside its labels
-    quick: bool = False  # fewer latency iterations (tests, the demo)
+class BenchOptions(TilingOptions):
+    reference: str = option("torch-fp32", help="reference engine")
+    min_ratio: float = option(0.99, help="qualify at this fraction of the reference's mIoU (MLPerf's)")
+    max_latency_ms: float | None = option(None, help="latency budget per tile")
+    max_memory_mb: float | None = option(None, help="peak memory budget")
+    calib_tiles: int = option(32, parse=positive, group=INT8, help="calibration tiles")
+    calib_method: str = option("minmax", choices=CALIBRATION_METHODS, group=INT8,
+                               help="how int8 calibration sets the activations' ranges")
+    # None: min_ratio; False: plain int8, no search
+    int8_target: float | bool | None = option(
+        None, parse=ratio_or_off, metavar="RATIO|off", group=INT8, default_help="the --min-ratio",
+        help="what an int8 engine keeps of its float graph on held-out calibration tiles: that share of "
+             "its mIoU with --calib-labels, else of label agreement; layers go back to float until it "
+             "does; 'off': plain int8")
+    explain: bool = option(False, group=INT8,
+                           help="rank the quantized layers of each int8 engine by the damage they do and "
+                                "report the worst (kept in its spec and the bench report)")
+    maps: bool = option(False, help="write where each engine's labels differ from the reference's, beside "
+                                    "its labels (<scene>.disagreement.tif, styled for QGIS)")
+    quick: bool = False  # fewer latency iterations (tests, the demo); not on the command line
 
     @classmethod
     def names(cls) -> set[str]:
@@ -45,3 +59,8 @@ class BenchOptions:
         """The ranking rule these options give."""
         return RankRule(self.reference, self.min_ratio, self.max_latency_ms,
                         int(self.max_memory_mb * 2**20) if self.max_memory_mb else None)
+
+
+#: what a study's ``[bench]`` turns on where the command line does not: a study's tables link each
+#: engine's disagreement maps
+STUDY_DEFAULTS = {"maps": True}

@@ -19,9 +19,9 @@
     crop = 512
     pretrained = { "segformer-b0" = "mit_b0.pth" }
 
-    [bench]
-    overlap = 128
-    blend = "cosine"
+    [bench]                            # segbench.bench.options.BenchOptions: its fields, types
+    overlap = 128                      # and defaults (batch = "auto", measured per engine); maps
+    blend = "cosine"                   # are on in a study
     reference = "torch-fp32"
 
 Top-level keys (``networks``, ``engines``) must come before the first table,
@@ -36,13 +36,15 @@ import hashlib
 import json
 import os
 import tomllib
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segbench.bench.options import BenchOptions
+from segbench.argfields import KEY
+from segbench.bench.options import STUDY_DEFAULTS, BenchOptions
 from segbench.errors import InputError, UsageError
-from segbench.tiler.blend import BLENDS
+from segbench.tiler.options import AUTO
 
 SPLITS_TO_SCORE = ("test", "val")  # the first split a dataset has scenes in is scored
 
@@ -204,26 +206,44 @@ def _lr(t: dict) -> float | dict[str, float] | None:
 
 
 def _bench(t: dict) -> BenchOptions:
+    """``[bench]``: :class:`BenchOptions`, each key checked against its field's type and choices;
+    a key not given keeps the field's one default (or a study's, :data:`STUDY_DEFAULTS`)."""
     _known(t, BenchOptions.names(), "[bench]")
-    blend = str(t.get("blend", BenchOptions.blend))
-    if blend not in BLENDS:
-        raise InputError(f"[bench] blend must be one of {', '.join(BLENDS)}; got {blend!r}.")
-    overlap = t.get("overlap")
-    return BenchOptions(
-        overlap=None if overlap is None else _int(t, "overlap", "[bench]", 0, minimum=0),
-        blend=blend,
-        batch=_int(t, "batch", "[bench]", BenchOptions.batch),
-        reference=str(t.get("reference", BenchOptions.reference)),
-        min_ratio=_float(t, "min_ratio", "[bench]") or BenchOptions.min_ratio,
-        max_latency_ms=_float(t, "max_latency_ms", "[bench]"),
-        max_memory_mb=_float(t, "max_memory_mb", "[bench]"),
-        calib_tiles=_int(t, "calib_tiles", "[bench]", BenchOptions.calib_tiles),
-        calib_method=str(t.get("calib_method", BenchOptions.calib_method)),
-        int8_target=False if t.get("int8_target") is False else _float(t, "int8_target", "[bench]"),
-        explain=bool(t.get("explain", False)),
-        maps=bool(t.get("maps", True)),  # on by default in a study
-        quick=bool(t.get("quick", False)),
-    )
+    hints = typing.get_type_hints(BenchOptions)
+    options = {f.name: f for f in dataclasses.fields(BenchOptions)}
+    given = {k: _option_value(options[k], hints[k], v, "[bench]") for k, v in t.items()}
+    values = {**STUDY_DEFAULTS, **given}
+    try:
+        return BenchOptions(**values)
+    except UsageError as exc:  # in a file, not on the command line: the input is wrong
+        raise InputError(f"[bench] {exc}") from None
+
+
+def _option_value(f: dataclasses.Field, hint: Any, value: Any, where: str) -> Any:
+    """A study file's value for option ``f`` (of type ``hint``), or one sentence naming the key."""
+    kinds = set(typing.get_args(hint)) - {type(None)} or {hint}
+    if str in kinds and int in kinds and value == AUTO:  # batch = "auto"
+        return value
+    if bool in kinds and float in kinds and value is False:  # int8_target = false: plain int8
+        return value
+    if kinds == {bool}:
+        if not isinstance(value, bool):
+            raise InputError(f"{where} {f.name} must be true or false; got {value!r}.")
+        return value
+    if int in kinds:
+        either = " or 'auto'" if str in kinds else ""
+        minimum = 0 if f.name == "overlap" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise InputError(f"{where} {f.name} must be an integer of at least {minimum}{either}; "
+                             f"got {value!r}.")
+        return value
+    if float in kinds:
+        return _float({f.name: value}, f.name, where)
+    value = _str({f.name: value}, f.name, where, required=True)
+    choices = f.metadata[KEY].choices if KEY in f.metadata else None
+    if choices and value not in choices:
+        raise InputError(f"{where} {f.name} must be one of {', '.join(choices)}; got {value!r}.")
+    return value
 
 
 def _table(data: dict, key: str) -> dict:
