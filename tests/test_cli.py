@@ -116,3 +116,17 @@ def test_exit_codes_tell_usage_from_failures_of_the_work(tmp_path, engine, capsy
         return
     assert main(argv) == code
     _one_line_error(capsys)
+
+
+def test_segment_says_the_batch_it_chose_and_a_line_per_scene(tmp_path, engine, capsys):
+    """The command prints what the library's hooks hear: the auto batch on stderr, each scene on stdout."""
+    scenes = [write_scene(tmp_path / f"s{i}.tif", np.random.default_rng(i).integers(0, 255, (3, 40, 50),
+                                                                                    dtype=np.uint8))
+              for i in range(2)]
+    assert main(["segment", *map(str, scenes), "--engine", str(engine), "-o", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("batch ") and "auto" in captured.err.splitlines()[0]
+    lines = [line for line in captured.out.splitlines() if ".labels.tif: " in line]  # not the bars
+    assert [line.split(":")[0] for line in lines] == [str(tmp_path / "out" / f"s{i}.labels.tif")
+                                                      for i in range(2)]
+    assert all(" MP/s" in line for line in lines)
