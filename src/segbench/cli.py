@@ -253,7 +253,6 @@ def _bench_parsers(sub) -> None:
     r.set_defaults(func=_cmd_report)
 
 
-
 def _calibration_args(p: argparse.ArgumentParser):
     """The calibration scenes of int8 engines (build and bench), in the group of the int8 options."""
     from segbench.bench.options import INT8

@@ -81,6 +81,9 @@ class SegmentOptions(TilingOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for name in ("aoi", "vector", "chunk_files"):  # paths given as text (a server's JSON)
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, Path(getattr(self, name)))
         if self.workers is not None and self.scheduler is not None:
             raise UsageError("Give --workers or --scheduler, not both.")
         if (self.chunk or self.chunk_files) and not self.on_dask:
