@@ -9,13 +9,18 @@ STAMP  := $(VENV)/.segbench-installed
 PIP    := $(BIN)/python -m pip
 PIPC   := $(PIP) install --constraint constraints.txt
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test test-quick install lint bench clean
 
 demo: $(STAMP)
 	$(BIN)/segbench demo
 
+# PYTEST_ARGS: more pytest options (.ci/run: make test PYTEST_ARGS="-rs --durations=15")
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/
+	$(BIN)/python -m pytest -q -p no:cacheprovider --continue-on-collection-errors tests/ $(PYTEST_ARGS)
+
+# quicker, for development: the suite without the tests marked slow
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m "not slow" tests/ $(PYTEST_ARGS)
 
 install: $(STAMP)
 

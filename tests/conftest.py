@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import re
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,131 @@ from segbench.spec import BuildRecord, ModelSpec
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 UTM = CRS.from_epsg(32633)
+
+
+# -- skips: a broken runtime always fails; in CI every skip fails but the allowed ones -------------
+
+#: CI (.ci/run) sets SEGBENCH_STRICT_SKIPS=1: every client, extra and CPU runtime is installed there,
+#: so a test skipped for want of one fails; a user's ``make test`` skips with the reason.
+STRICT = os.environ.get("SEGBENCH_STRICT_SKIPS", "").strip() not in ("", "0")
+
+#: skips allowed even in CI, by their reasons: what no CI machine is asked to have
+ALLOWED = {
+    # a CUDA GPU (and, on a GPU machine, the tests of what a CPU-only machine says)
+    "a CUDA GPU": re.compile(r"CUDA GPU|NVIDIA GPU|CUDA provider|CUDA machine|this machine has a GPU"),
+    "a kernel feature": re.compile(r"\bkernel\b"),
+}
+#: the clients .ci/run installs with apt (and ../shared's data, which it cannot), by the name under
+#: which it lists one it could not provide in SEGBENCH_ABSENT_CLIENTS, and the skips that one explains
+CLIENTS = {
+    "qgis": re.compile(r"QGIS is not installed"),
+    "chromium": re.compile(r"Chromium is not installed"),
+    "pdflatex": re.compile(r"pdflatex is not installed"),
+    "shared-data": re.compile(r"real test data .* is absent"),
+}
+#: a reason naming a segbench extra to install: never a GPU's to excuse
+EXTRA = re.compile(r"pip install 'segbench\[")
+
+
+def absent_clients() -> set[str]:
+    """The clients .ci/run said it could not install (SEGBENCH_ABSENT_CLIENTS, comma separated)."""
+    names = {n.strip() for n in os.environ.get("SEGBENCH_ABSENT_CLIENTS", "").split(",") if n.strip()}
+    unknown = names - set(CLIENTS)
+    if unknown:
+        raise ValueError(f"SEGBENCH_ABSENT_CLIENTS names {sorted(unknown)}; known: {sorted(CLIENTS)}")
+    return names
+
+
+@cache
+def broken_runtimes() -> tuple[str, ...]:
+    """The reasons of every engine whose runtime is installed but broken here (probed once, when a
+    test first skips): a test that skips with one of them has met a broken install, not a missing one."""
+    from segbench.engines.registry import KINDS, probe
+
+    found = (probe(name, run) for name in KINDS for run in (False, True))
+    return tuple(sorted({f.reason for f in found if f.state == "broken"}))
+
+
+def broken_reason(reason: str) -> str | None:
+    """Why a skip with ``reason`` is really a broken runtime, or None."""
+    if any(broken in reason for broken in broken_runtimes()):
+        return "its runtime is installed but broken"
+    imported = re.search(r"could not import '([\w.]+)'", reason)  # pytest.importorskip
+    if imported:
+        try:
+            installed = importlib.util.find_spec(imported.group(1).split(".")[0]) is not None
+        except (ImportError, ValueError):
+            installed = False
+        if installed:
+            return f"{imported.group(1)} is installed but fails to import"
+    return None
+
+
+def skip_verdict(reason: str, strict: bool = STRICT, absent: set[str] | None = None) -> str | None:
+    """None when a test may skip with ``reason``; else why that skip is a failure."""
+    if (broken := broken_reason(reason)) is not None:
+        return f"a broken install is a failure, not a skip: {broken}"
+    if not strict:
+        return None
+    absent = absent_clients() if absent is None else absent
+    if any(CLIENTS[name].search(reason) for name in absent):
+        return None  # .ci/run could not install it, and said so
+    if not EXTRA.search(reason) and any(pattern.search(reason) for pattern in ALLOWED.values()):
+        return None
+    return ("SEGBENCH_STRICT_SKIPS: CI installs every client, extra and CPU runtime (.ci/run), so only "
+            f"a test that needs {' or '.join(ALLOWED)} this machine lacks may skip there")
+
+
+def _reason(report) -> str:
+    longrepr = report.longrepr
+    text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return text.removeprefix("Skipped: ")
+
+
+def _fail_if_not_allowed(report) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = _reason(report)
+        verdict = skip_verdict(reason)
+        if verdict is not None:
+            report.outcome = "failed"
+            report.longrepr = f"{verdict}.\nIt skipped because: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_if_not_allowed(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A module skipped whole (a module-level importorskip) is judged the same way: its failure is
+    a collection error, which 'make test' (--continue-on-collection-errors) reports and goes on."""
+    outcome = yield
+    _fail_if_not_allowed(outcome.get_result())
+
+
+def require_engine(name: str, run: bool = True) -> None:
+    """Skip, with the reason, a test of engine ``name`` where this machine cannot build it (with
+    ``run``: or run it); fail the test where the engine's runtime is installed but broken."""
+    from segbench.engines.registry import probe
+
+    found = probe(name, run)
+    if found.state == "broken":
+        pytest.fail(f"{name}'s runtime is installed but broken: {found.reason}")
+    if not found.ok:
+        pytest.skip(found.reason)
+
+
+def engine_here(name: str, run: bool = True) -> bool:
+    """Whether the optional part of a test that needs engine ``name`` can run here; the test fails
+    where the engine's runtime is broken, or where skipping that part is a skip CI does not allow."""
+    from segbench.engines.registry import probe
+
+    found = probe(name, run)
+    if not found.ok and (verdict := skip_verdict(found.reason)) is not None:
+        pytest.fail(f"{verdict}: {found.reason}")
+    return found.ok
 
 
 def make_spec(bands: int = 3, classes: int = 3, tile: int = 32) -> ModelSpec:

@@ -1,15 +1,16 @@
 """Engines built from a small real ONNX graph, run by the real runtimes."""
 
 import dataclasses
-import importlib
+import importlib.util
 import os
 
 import numpy as np
 import pytest
 
-from segbench.engines.registry import KINDS, availability, build, get_kind, load
+from segbench.engines.registry import KINDS, STATES, availability, build, get_kind, load, probe
 from segbench.errors import EngineError, InputError, SpecError, UsageError
 from segbench.spec import ModelSpec
+from tests.conftest import require_engine
 
 
 def _tiles(spec, n=4, seed=0):
@@ -50,8 +51,7 @@ def _reference(onnx_path, tiles):
     ("openvino-fp32", 0.999), ("openvino-int8", 0.97),
 ])
 def test_cpu_engines_build_load_and_agree(tmp_path, tiny_onnx, name, min_agree):
-    if (reason := availability(name)) is not None:
-        pytest.skip(reason)
+    require_engine(name)
     spec = ModelSpec.load(tiny_onnx)
     calib = _tiles(spec, 16, seed=1)
     artifact = build(tiny_onnx, name, tmp_path / "engines", calibration=calib)
@@ -76,8 +76,7 @@ def test_cpu_engines_build_load_and_agree(tmp_path, tiny_onnx, name, min_agree):
 
 @pytest.mark.parametrize("name", ["ort-fp32", "openvino-fp32"])
 def test_threads_caps_the_runtimes_cpu_threads(tmp_path, tiny_onnx, name):
-    if (reason := availability(name)) is not None:
-        pytest.skip(reason)
+    require_engine(name)
     artifact = build(tiny_onnx, name, tmp_path)
     tiles = _tiles(ModelSpec.load(tiny_onnx))
     with load(artifact) as free, load(artifact, threads=1) as capped:
@@ -130,40 +129,43 @@ def test_artifact_with_a_foreign_spec_is_refused(tmp_path, tiny_onnx):
         load(orphan)
 
 
-def _importable(module):
-    try:
-        importlib.import_module(module)
-    except Exception:
-        return False
-    return True
+def _installed(module):
+    """Whether ``module`` is installed (found on the path), whether or not its import works: an
+    installed runtime must give available engines, so a broken one fails here instead of passing
+    for an absent one."""
+    return importlib.util.find_spec(module) is not None
 
 
 def test_every_kind_reports_availability():
-    reasons = {name: availability(name) for name in KINDS}
-    for reason in reasons.values():
-        assert reason is None or (isinstance(reason, str) and len(reason.splitlines()) == 1)
+    found = {name: probe(name) for name in KINDS}
+    reasons = {name: f.reason for name, f in found.items()}
+    for f in found.values():
+        assert f.state in STATES and (f.reason is None) == (f.state == "available")
+        assert f.reason is None or (isinstance(f.reason, str) and len(f.reason.splitlines()) == 1)
+    assert not [f.reason for f in found.values() if f.state == "broken"]  # every installed runtime loads
+    assert {name: availability(name) for name in KINDS} == reasons
     assert reasons["ort-fp32"] is None and reasons["ort-int8"] is None  # core dependency
-    if _importable("onnxconverter_common"):
+    if _installed("onnxconverter_common"):
         assert reasons["ort-fp16"] is None
-    if _importable("openvino"):
+    if _installed("openvino"):
         assert reasons["openvino-fp32"] is None and reasons["openvino-int8"] is None
-    if _importable("torch"):
+    if _installed("torch"):
         import torch
 
         assert reasons["torch-fp32"] is None
         if not torch.cuda.is_available():
             assert "CUDA" in reasons["torch-fp16"] and "CUDA" in reasons["torch-bf16"]
-    if not _importable("tensorrt"):
+    if not _installed("tensorrt"):
         for name in ("trt-fp32", "trt-fp16", "trt-int8"):
-            assert "tensorrt" in reasons[name] and "NVIDIA" in reasons[name], reasons[name]
-    if _importable("tensorrt_rtx_bindings"):
+            assert found[name].state == "unavailable" and found[name].not_installed, found[name]
+            assert "tensorrt" in reasons[name] and "NVIDIA GPU" in reasons[name], reasons[name]
+    if _installed("tensorrt_rtx_bindings"):
         assert availability("trtrtx-fp32", run=False) is None
 
 
 @pytest.mark.parametrize("name", ["trtrtx-fp32", "trtrtx-fp16", "trtrtx-int8"])
 def test_tensorrt_rtx_builds_plans_on_cpu(tmp_path, tiny_onnx, name):
-    if (reason := availability(name, run=False)) is not None:
-        pytest.skip(reason)
+    require_engine(name, run=False)
     spec = ModelSpec.load(tiny_onnx)
     artifact = build(tiny_onnx, name, tmp_path, calibration=_tiles(spec, 8))
     built = ModelSpec.load(artifact)
@@ -182,8 +184,7 @@ def test_spec_that_does_not_match_the_artifact(tmp_path, tiny_onnx):
 
 
 def test_plan_from_another_tensorrt_version_is_refused(tmp_path, tiny_onnx):
-    if (reason := availability("trtrtx-fp32", run=False)) is not None:
-        pytest.skip(reason)
+    require_engine("trtrtx-fp32", run=False)
     artifact = build(tiny_onnx, "trtrtx-fp32", tmp_path)
     spec = ModelSpec.load(artifact)
     versions = {k: "0.0.1" for k in spec.build.versions}

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from segbench.bench.int8 import int8_setup
-from segbench.engines.registry import availability, build, load
+from segbench.engines.registry import build, load
 from segbench.export.calibration import calibration_set
 from segbench.export.qualify import Int8Options, Int8Target, describe_int8, precision_label
-from segbench.export.quantize import Calibrated, ort_session
+from segbench.export.quantize import Calibrated, ort_session, usable
 from segbench.export.sensitivity import measure_gains, rank_layers
 from segbench.export.smoothing import smooth
 from segbench.export.variants import graph_path
 from segbench.files import sha256_file
 from segbench.spec import ModelSpec
-from tests.conftest import blob_scene, make_spec, outlier_conv_onnx
+from tests.conftest import blob_scene, engine_here, make_spec, outlier_conv_onnx, require_engine
 
 SPEC = make_spec(classes=4, tile=32)
 
@@ -93,8 +93,7 @@ def test_smoothing_keeps_the_function_and_tames_the_outliers(tmp_path, drawn):
 
 @pytest.mark.parametrize("engine", ["ort-int8", "openvino-int8", "trtrtx-int8"])
 def test_the_search_meets_the_target_where_plain_int8_misses_it(tmp_path, scenes, engine):
-    if (reason := availability(engine, run=False)) is not None:
-        pytest.skip(reason)
+    require_engine(engine, run=False)
     model = outlier_conv_onnx(tmp_path / "model.onnx", SPEC, scale=100)
     calibration, options = int8_setup(SPEC, scenes, tiles=16)
     lines = []
@@ -105,10 +104,15 @@ def test_the_search_meets_the_target_where_plain_int8_misses_it(tmp_path, scenes
     assert record["smoothing"] is not None or record["float_layers"]
     assert record["runtime"] == {"ort-int8": "onnxruntime", "openvino-int8": "openvino",
                                  "trtrtx-int8": "tensorrt"}[engine]
-    assert record["format"] == "qdq-s8" if engine == "trtrtx-int8" else True  # TensorRT's one graph
+    # the formats each runtime takes (TensorRT's parser one graph only: float biases, symmetric int8);
+    # the search tries each and keeps one of them
+    expected = {"ort-int8": {"qop-u8", "qdq-u8"}, "openvino-int8": {"qdq-s8", "nncf"},
+                "trtrtx-int8": {"qdq-s8"}}[engine]
+    assert set(record["formats"]) == {f for f in expected if f != "nncf" or usable("nncf")}, record["formats"]
+    assert record["format"] in record["formats"]
     assert record["search_seconds"] > 0 and any("misses the target" in line for line in lines)
     assert any(line.startswith("target 99.0%") and line.endswith("met") for line in describe_int8(record))
-    if availability(engine) is None:  # the built engine runs here: its labels agree as recorded
+    if engine_here(engine):  # the built engine runs here: its labels agree as recorded
         tiles = options.held_out.tiles
         with load(artifact) as run:
             labels = run.infer(tiles).argmax(1)
@@ -190,7 +194,7 @@ def test_variants_are_keyed_by_target_calibration_and_runtime(tmp_path, scenes):
     build(model, "ort-int8", tmp_path / "e", other, int8=stricter)
     assert ort_variant.stat().st_mtime_ns != stamp
     # each runtime its own graph, beside the model
-    if availability("trtrtx-int8", run=False) is None:
+    if engine_here("trtrtx-int8", run=False):
         build(model, "trtrtx-int8", tmp_path / "e", calibration, int8=options)
         assert graph_path(model, "int8", runtime="tensorrt").is_file()
         assert sha256_file(graph_path(model, "int8", runtime="tensorrt")) != first
@@ -230,9 +234,10 @@ def test_fp16_explain_ranks_first_the_layer_half_precision_hurts(tmp_path, scene
     assert "sensitive: Conv_4 (Conv)" in printed and "points of agreement in float32" in printed
     assert "float32" in printed
 
-    from segbench.bench.report import precision_lines, to_markdown
+    from segbench.bench.model import EngineRow, Report
+    from segbench.bench.tables import precision_lines, to_markdown
 
-    row = {"name": "ort-fp16", "status": "ok", "fp16": ModelSpec.load(artifact).build.options}
+    row = EngineRow(name="ort-fp16", fp16=ModelSpec.load(artifact).build.options)
     assert precision_lines(row)[0].startswith("0 node(s) kept float32")
     assert any("sensitive: Conv_4" in line for line in precision_lines(row))
-    assert "int8 and fp16 engines:" in to_markdown({"engines": [row]})
+    assert "int8 and fp16 engines:" in to_markdown(Report(engines=[row]))

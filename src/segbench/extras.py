@@ -3,7 +3,9 @@
 A runtime can be absent (``ModuleNotFoundError``) or installed but broken (an
 ``OSError`` from a missing shared library, an ``ImportError`` from a half
 installed package, anything its import raises); either way the user gets a
-:class:`~segbench.errors.RuntimeMissingError` naming the extra, never a traceback.
+:class:`~segbench.errors.RuntimeMissingError` naming the extra, never a traceback: its subclass
+:class:`RuntimeNotInstalledError` or :class:`RuntimeBrokenError`, which ``segbench engines`` and
+the tests tell apart.
 """
 
 from __future__ import annotations
@@ -33,9 +35,18 @@ EXTRAS = {
 }
 #: modules no extra provides, with how to get them
 OTHER = {
-    "tensorrt": "install TensorRT from NVIDIA's package index "
+    "tensorrt": "install TensorRT from NVIDIA's package index on a machine with an NVIDIA GPU "
                 "('pip install tensorrt-cu13 --extra-index-url https://pypi.nvidia.com')",
 }
+
+
+class RuntimeNotInstalledError(RuntimeMissingError):
+    """The module is not installed at all (``ModuleNotFoundError`` for the module itself)."""
+
+
+class RuntimeBrokenError(RuntimeMissingError):
+    """The module is installed but its import fails (a missing shared library, a half installed
+    package, anything its import raises): a broken install to repair, not an absent one."""
 
 
 def install_hint(module: str) -> str:
@@ -54,8 +65,8 @@ def require(module: str, purpose: str) -> ModuleType:
         top = module.split(".")[0]
         missing = isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == top
         if missing:
-            state = "which is not installed"
-        else:
-            state = (f"which is installed but fails to import "
-                     f"({type(exc).__name__}: {first_line(exc).rstrip('.')})")
-        raise RuntimeMissingError(f"{purpose} needs {top}, {state}; {install_hint(top)}.") from None
+            raise RuntimeNotInstalledError(f"{purpose} needs {top}, which is not installed; "
+                                           f"{install_hint(top)}.") from None
+        raise RuntimeBrokenError(f"{purpose} needs {top}, which is installed but fails to import "
+                                 f"({type(exc).__name__}: {first_line(exc).rstrip('.')}); "
+                                 f"{install_hint(top)}.") from None

@@ -25,6 +25,7 @@ from segbench.engines.torch import TorchRunner
 from segbench.errors import InputError, RuntimeMissingError, SegbenchError, SpecError, UsageError, first_line
 from segbench.export.qualify import Int8Options, Int8Request
 from segbench.export.variants import check_graph, prepare_graph
+from segbench.extras import RuntimeBrokenError, RuntimeNotInstalledError
 from segbench.files import sha256_file
 from segbench.spec import BuildRecord, ModelSpec
 
@@ -89,24 +90,66 @@ def get_kind(name: str) -> EngineKind:
         raise UsageError(f"Unknown engine {name!r}; choose one of: {', '.join(KINDS)}.") from None
 
 
-def availability(name: str, run: bool = True) -> str | None:
-    """None when this machine can build (and, with ``run``, also run) ``name``; else why not.
+#: what :func:`probe` finds: the engine builds and runs here; builds, but runs only elsewhere (a
+#: GPU); cannot, for want of a runtime or of hardware; or its runtime is installed and broken
+STATES = ("available", "build only", "unavailable", "broken")
 
-    Whatever a broken runtime raises on import or probe becomes the reason, so
-    listing engines never fails.
-    """
-    kind = get_kind(name)
+
+@dataclass(frozen=True)
+class Availability:
+    """What this machine can do with an engine kind, and why not where it cannot."""
+
+    state: str  # one of STATES
+    reason: str | None = None  # one sentence; None when available
+    #: "unavailable" because its runtime is not installed (rather than for want of hardware)
+    not_installed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "available"
+
+
+def _check(kind: EngineKind, run: bool) -> Availability | None:
+    """None when the build (``run``: the run) side of ``kind`` works here; else what is wrong."""
     try:
-        check_graph(kind.graph, name)
-        kind.runner.check(kind)
         if run:
             kind.runner.check_run(kind)
-    except RuntimeMissingError as exc:
-        return str(exc)
-    except Exception as exc:
-        return (f"{name} cannot be used here: its runtime failed "
-                f"({type(exc).__name__}: {first_line(exc).rstrip('.')}).")
+        else:
+            check_graph(kind.graph, kind.name)
+            kind.runner.check(kind)
+    except RuntimeBrokenError as exc:
+        return Availability("broken", str(exc))
+    except RuntimeNotInstalledError as exc:
+        return Availability("unavailable", str(exc), not_installed=True)
+    except RuntimeMissingError as exc:  # no such hardware here (a CUDA GPU, bf16 on the CPU)
+        return Availability("unavailable", str(exc))
+    except Exception as exc:  # a runtime that imports but fails when asked what it can do
+        return Availability("broken", f"{kind.name} cannot be used here: its runtime failed "
+                                      f"({type(exc).__name__}: {first_line(exc).rstrip('.')}).")
     return None
+
+
+def probe(name: str, run: bool = True) -> Availability:
+    """Whether this machine can build (and, with ``run``, also run) engine ``name``.
+
+    Never raises for a runtime: one that is absent, or lacks its hardware, is
+    "unavailable" (or "build only" where only running needs what is missing);
+    one that is installed but raises on import or probe is "broken", with the
+    error, so a broken install is never mistaken for an absent one.
+    """
+    kind = get_kind(name)
+    found = _check(kind, run=False)
+    if found is None and run:
+        found = _check(kind, run=True)
+        if found is not None and found.state == "unavailable":
+            found = Availability("build only", found.reason, found.not_installed)
+    return found or Availability("available")
+
+
+def availability(name: str, run: bool = True) -> str | None:
+    """None when this machine can build (and, with ``run``, also run) ``name``; else why not
+    (:func:`probe` tells an absent runtime from a broken one)."""
+    return probe(name, run).reason
 
 
 def available_engines(run: bool = True) -> list[str]:
