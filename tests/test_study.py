@@ -346,8 +346,13 @@ def test_a_lock_whose_client_is_gone_is_taken_over(tmp_path):
     old = time.time() - 600
     os.utime(lock, (old, old))  # ... stopped ten minutes ago
     with study_lock(tmp_path, heartbeat_s=0.05):
-        time.sleep(0.2)
-        assert time.time() - lock.stat().st_mtime < 1  # kept alive while held
+        taken = lock.stat().st_mtime_ns  # taking it over wrote it
+        beats = {taken}
+        deadline = time.monotonic() + 30  # only a bound on a stuck heartbeat: it beats every 0.05 s
+        while len(beats) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            beats.add(lock.stat().st_mtime_ns)
+        assert len(beats) >= 3 and max(beats) > taken, beats  # kept alive while held: touched again and again
     assert not lock.exists()
 
     import threading
