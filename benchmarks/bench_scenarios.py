@@ -1,0 +1,178 @@
+"""MLPerf scenarios through the dynamic batcher against each runtime alone, for every CPU engine.
+
+For each engine (SegFormer-B0 at 256, untrained; int8 as plain Q/DQ calibrated
+on random tiles, unchecked), side by side in one run:
+
+- Server QPS (LoadGen, highest VALID target QPS under a p99 bound of 10x the
+  engine's own batch-1 p50 from SingleStream) against Offline tiles/s: the
+  batcher's efficiency, goal >= 0.8;
+- Offline tiles/s against the runtime alone: ``benchmark_app -hint throughput``
+  (batch 1, its own streams) for OpenVINO, a bare session loop at the batcher's
+  batch for ONNX Runtime; goal >= 0.9;
+- SingleStream p90 against ``benchmark_app -hint latency`` (its 90th percentile)
+  or a bare loop at batch 1; goal: within 10 %.
+
+Every measurement runs in a fresh process (LoadGen's in the scenarios' child).
+
+    python benchmarks/bench_scenarios.py [--engines ort-fp32,...] [--search-seconds 150] [--tile 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from segbench.bench.memory import run_in_child
+from segbench.bench.scenarios import ScenarioSettings, loadgen_dir, run_scenario
+
+ENGINES = ("ort-fp32", "ort-int8", "openvino-fp32", "openvino-int8")
+TILES = 64
+
+
+def build_engine(workdir: Path, name: str, tile: int) -> Path:
+    """SegFormer-B0 (untrained) exported once at ``tile``; int8 plain, calibrated on random tiles."""
+    from segbench.engines.registry import build
+    from segbench.export.onnx import export_model
+    from segbench.export.qualify import Int8Options
+    from segbench.train.models import untrained_checkpoint
+
+    onnx_path = workdir / "segformer-b0.onnx"
+    if not onnx_path.exists():
+        checkpoint, _ = untrained_checkpoint("segformer-b0", workdir / "segformer-b0.pth", tile=tile)
+        export_model(checkpoint, onnx_path)
+    calib = np.random.default_rng(1).uniform(0, 255, (16, 3, tile, tile)).astype(np.float32)
+    return build(onnx_path, name, workdir, calibration=calib, int8=Int8Options(target=None))
+
+
+def benchmark_app(artifact: Path, hint: str, tile: int, seconds: int) -> dict:
+    """OpenVINO's own benchmark_app at batch 1: tiles/s (count x batch / duration) and p50/p90 ms."""
+    from segbench.engines.openvino import _HINT
+    from segbench.spec import ModelSpec
+
+    app = Path(sys.executable).with_name("benchmark_app")
+    cmd = [str(app), "-m", str(artifact), "-d", "CPU", "-hint", hint, "-shape", f"pixels[1,3,{tile},{tile}]",
+           "-t", str(seconds), "-infer_precision", _HINT[ModelSpec.load(artifact).build.precision],
+           "-latency_percentile", "90"]
+    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    count = int(_find(r"Count:\s+(\d+) iterations", text))
+    duration = float(_find(r"Duration:\s+([\d.]+) ms", text)) / 1000
+    p90 = _find(r"(?:Median|percentile):\s+([\d.]+) ms", text)
+    requests = re.search(r"(\d+) inference requests", text)
+    return {"tiles_per_s": count / duration, "p90_ms": float(p90),
+            "how": f"benchmark_app -hint {hint} ({requests.group(1) if requests else 1} requests)"}
+
+
+def _find(pattern: str, text: str) -> str:
+    m = re.search(pattern, text)
+    if m is None:
+        raise RuntimeError(f"benchmark_app printed no {pattern!r}:\n{text[-1500:]}")
+    return m.group(1)
+
+
+def bare_loop(artifact: str, batch: int, seconds: float) -> dict:
+    """Child process: ONNX Runtime alone (the engine's session options), ``batch`` tiles per run."""
+    from segbench.engines.onnxruntime import create_session
+    from segbench.engines.registry import load
+
+    with load(artifact) as engine:
+        options, spec = engine.session_options, engine.spec
+    session = create_session(Path(artifact), "cpu", options)
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).uniform(0, 255, (batch, 3, spec.tile, spec.tile)).astype(np.float32)
+    session.run(None, {name: x})
+    times, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        session.run(None, {name: x})
+        times.append(time.perf_counter() - t0)
+    return {"tiles_per_s": len(times) * batch / sum(times),
+            "p90_ms": float(np.percentile(times, 90)) * 1e3, "p50_ms": statistics.median(times) * 1e3,
+            "how": f"bare session loop, batch {batch}"}
+
+
+def runtime_alone(artifact: Path, name: str, tile: int, seconds: int, batch: int | None) -> dict:
+    """The runtime's own throughput (``batch``: the batcher's) or, with ``batch`` None, batch-1 latency."""
+    if name.startswith("openvino"):
+        return benchmark_app(artifact, "latency" if batch is None else "throughput", tile, seconds)
+    return run_in_child(bare_loop, str(artifact), batch or 1, seconds)
+
+
+def measure(name: str, artifact: Path, tiles: Path, out: Path, args) -> dict:
+    """SingleStream, Offline and the Server search of one engine, and the runtime alone."""
+    short = {"min_duration_ms": args.min_duration_ms}
+    single = run_scenario(artifact, tiles, ScenarioSettings.default("single-stream", **short),
+                          loadgen_dir(out, name, "single-stream"))
+    alone_lat = runtime_alone(artifact, name, args.tile, args.runtime_seconds, None)
+    offline = run_scenario(artifact, tiles, ScenarioSettings.default("offline", **short),
+                           loadgen_dir(out, name, "offline"))
+    batch = max(offline.batch_histogram, key=offline.batch_histogram.get)
+    alone_tp = runtime_alone(artifact, name, args.tile, args.runtime_seconds, batch)
+    bound = 10 * single.p50_ms
+    server = run_scenario(artifact, tiles, ScenarioSettings.default(
+        "server", latency_bound_ms=bound, search_seconds=args.search_seconds, capacity_qps=offline.figure),
+        loadgen_dir(out, name, "server"))
+    return {"engine": name, "single": single.to_dict(), "offline": offline.to_dict(),
+            "server": server.to_dict(), "alone_throughput": alone_tp, "alone_latency": alone_lat,
+            "bound_ms": bound, "load_average": os.getloadavg()[0]}
+
+
+def report(row: dict) -> str:
+    s, o, v = row["single"], row["offline"], row["server"]
+    qps = v["figure"] or 0.0
+    lines = [f"{row['engine']} (load average {row['load_average']:.1f}): SingleStream p50 "
+             f"{s['p50_ms']:.1f} ms, p90 {s['figure']:.1f} ms "
+             f"({'VALID' if s['valid'] else 'INVALID'}); alone p90 {row['alone_latency']['p90_ms']:.1f} ms "
+             f"[{row['alone_latency']['how']}]: {s['figure'] / row['alone_latency']['p90_ms'] - 1:+.1%}",
+             f"  Offline {o['figure']:.1f} tiles/s ({'VALID' if o['valid'] else 'INVALID'}, batches "
+             f"{o['batch_histogram']}); alone {row['alone_throughput']['tiles_per_s']:.1f} tiles/s "
+             f"[{row['alone_throughput']['how']}]: ratio "
+             f"{o['figure'] / row['alone_throughput']['tiles_per_s']:.2f} (goal >= 0.9)",
+             f"  Server at p99 <= {row['bound_ms']:.0f} ms: {qps:.1f} QPS (p99 {v['p99_ms'] or 0:.0f} ms, "
+             f"batches {v['batch_histogram']}) = {qps / o['figure']:.2f} of Offline (goal >= 0.8)"
+             + (f"; {v['note']}" if v["note"] else "")]
+    lines += [f"    point {p['target_qps']:.1f} QPS: p50 {p['p50_ms'] or 0:.0f} p90 {p['p90_ms'] or 0:.0f} "
+              f"p99 {p['p99_ms'] or 0:.0f} ms, mean batch {p['mean_batch']:.2f}, "
+              f"{'VALID' if p['valid'] else 'INVALID'}" for p in v["points"]]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--search-seconds", type=float, default=150.0)
+    parser.add_argument("--min-duration-ms", type=int, default=10_000)
+    parser.add_argument("--runtime-seconds", type=int, default=15)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    from segbench.engines.registry import available_engines
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="segbench-scenarios-"))
+    work.mkdir(parents=True, exist_ok=True)
+    tiles = work / "tiles.npy"
+    rng = np.random.default_rng(0)
+    np.save(tiles, rng.uniform(0, 255, (TILES, 3, args.tile, args.tile)).astype(np.float32))
+    available, rows = set(available_engines()), []
+    for name in args.engines.split(","):
+        if name not in available:
+            print(f"{name}: skipped, not available here")
+            continue
+        artifact = build_engine(work, name, args.tile)
+        rows.append(measure(name, artifact, tiles, work / "out", args))
+        print(report(rows[-1]), flush=True)
+    (work / "bench_scenarios.json").write_text(json.dumps(rows, indent=1))
+    print(f"logs and figures in {work}")
+
+
+if __name__ == "__main__":
+    main()
