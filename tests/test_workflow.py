@@ -109,8 +109,9 @@ def test_the_engines_spec_is_read_once_by_the_workflow(tmp_path, engine, monkeyp
         return real(cls, path)
 
     monkeypatch.setattr(ModelSpec, "load", classmethod(counting))
-    segment_scenes([scene], engine, tmp_path / "l.tif", SegmentOptions(batch=2))
+    run = segment_scenes(scene, engine, tmp_path / "l.tif", SegmentOptions(batch=2))  # one scene alone
     assert len(loaded) <= 2, loaded
+    assert len(run.scenes) == 1
 
 
 def test_several_scenes_into_a_folder_each_with_its_sidecars(tmp_path, engine):

@@ -194,6 +194,8 @@ class SegmentJob:
         from segbench.geo.stac import stac_missing
         from segbench.tiler.scenes import plan_outputs
 
+        if isinstance(scenes, str | os.PathLike):  # one scene given alone
+            scenes = [scenes]
         if not scenes:
             raise UsageError("Give at least one scene to segment.")
         aoi = None
