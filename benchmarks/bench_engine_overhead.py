@@ -27,13 +27,18 @@ ENGINES = ("ort-fp32", "ort-int8", "openvino-fp32", "openvino-int8", "torch-fp32
 ROUNDS = 15
 
 
-def raw_runner(artifact: Path, name: str):
+def raw_runner(artifact: Path, name: str, engine):
     """The runtime itself, set up as the engine sets it up, without segbench around it."""
     if name.startswith("ort-"):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # the options the engine's session runs with (recorded at build time: arena, memory
+        # pattern, optimization level, threads), each set on ONNX Runtime's own object
+        for key, value in engine.session_options.items():
+            if key == "graph_optimization_level":
+                value = getattr(ort.GraphOptimizationLevel, value)
+            setattr(opts, key, value)
         session = ort.InferenceSession(str(artifact), opts, providers=["CPUExecutionProvider"])
         input_name = session.get_inputs()[0].name
         return lambda x: session.run(None, {input_name: x})[0]
@@ -92,7 +97,10 @@ def main() -> None:
             print(f"{name:<15} skipped: not available here")
             continue
         artifact = build(onnx_path, name, workdir, calibration=calib)
-        engine, raw = load(artifact), raw_runner(artifact, name)
+        engine = load(artifact)
+        raw = raw_runner(artifact, name, engine)
+        if name.startswith("ort-"):
+            print(f"{name:<15} session options (both): {engine.session_options}")
         for batch in (1, 4):
             x = rng.uniform(0, 255, (batch, spec.num_bands, spec.tile, spec.tile)).astype(np.float32)
             ours, theirs = paired_medians(engine.infer, raw, x)
