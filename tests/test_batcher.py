@@ -104,22 +104,21 @@ def test_the_check_catches_a_broken_batcher(engine, broken):
 
 def test_a_full_queue_goes_without_waiting_the_delay(engine):
     tiles = tiles_for(engine, 8)
-    with DynamicBatcher(engine, max_batch=8, max_queue_ms=5_000) as batcher:
-        start = time.perf_counter()
+    with DynamicBatcher(engine, max_batch=8, max_queue_ms=600_000) as batcher:
         futures = batcher.submit_many(list(tiles))
         for f in futures:
-            f.result(timeout=5)
-        assert time.perf_counter() - start < 2.0
+            f.result(timeout=60)  # long before the ten minutes of delay
         assert batcher.stats().histogram == {8: 1}
 
 
-def test_a_lone_request_waits_at_most_the_delay(engine):
+def test_a_lone_request_waits_the_delay_then_goes_alone(engine):
     tile = tiles_for(engine, 1)[0]
     with DynamicBatcher(engine, max_batch=8, max_queue_ms=50) as batcher:
         start = time.perf_counter()
-        batcher.submit(tile).result(timeout=5)
+        batcher.submit(tile).result(timeout=30)
         waited = time.perf_counter() - start
-    assert 0.045 < waited < 1.0
+    assert waited > 0.045  # it waited for company ...
+    assert batcher.stats().histogram == {1: 1}  # ... then went alone
 
 
 def test_batches_never_exceed_the_engines_limit(engine):

@@ -121,11 +121,15 @@ class ScenarioSettings:
 
     @classmethod
     def default(cls, scenario: str, **changes: Any) -> ScenarioSettings:
-        """The defaults of ``scenario``: Server and Offline load the engine for throughput (OpenVINO:
-        several requests of one tile in flight); Server asks for enough queries for a p99 claim."""
+        """The defaults of ``scenario``: Offline loads the engine for throughput (OpenVINO: several
+        one-tile requests in flight); Server for latency (one batch at a time on every core: the
+        batcher waits for each batch, so a one-tile request on one of several streams would leave
+        the other cores idle at low load) with enough queries for a p99 claim."""
         base: dict[str, Any] = {"max_queue_ms": 0.0}  # one query at a time: nothing to wait for
-        if scenario in ("server", "offline", "accuracy"):
+        if scenario in ("offline", "accuracy"):
             base = {"engine_mode": "throughput", "engine_batch": 1}
+        if scenario == "server":  # every core on each batch: the batcher runs one batch at a time
+            base = {}
         if scenario in ("server", "multi-stream"):
             base["min_query_count"] = P99_MIN_QUERIES
         if scenario == "server":
@@ -154,6 +158,7 @@ class ServerPoint:
     queries: int
     mean_batch: float
     log_dir: str
+    probe: bool = False  # a short run that only guided the search (never VALID)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -463,11 +468,16 @@ def _performance(lg, sut: Sut, s: ScenarioSettings, expected: dict, log_dir: Pat
     return _from_run(sut.batcher.engine.name, s, run, log_dir)
 
 
-def _server_point(lg, sut, s, expected, qps: float, folder: Path) -> tuple[ServerPoint, dict]:
+def _server_point(lg, sut, s: ScenarioSettings, expected, qps: float, folder: Path,
+                  probe: bool = False) -> tuple[ServerPoint, dict]:
+    """One Server run at ``qps``; a probe asks for a quarter of the queries (LoadGen then calls it
+    INVALID for want of queries: it only says where to look)."""
+    if probe:
+        s = replace(s, min_query_count=max(64, s.min_query_count // 4), min_duration_ms=0)
     run = _run_loadgen(lg, sut, _lg_settings(lg, s, expected, qps), folder)
     point = ServerPoint(round(qps, 3), run["completed_qps"], run["p50_ms"], run["p90_ms"],
-                        run["p99_ms"], run["valid"], run["queries"], run["stats"].mean_batch,
-                        folder.name)
+                        run["p99_ms"], run["valid"] and not probe, run["queries"],
+                        run["stats"].mean_batch, folder.name, probe)
     return point, run
 
 
@@ -476,49 +486,89 @@ def _point_seconds(s: ScenarioSettings, qps: float) -> float:
     return max(s.min_duration_ms / 1000, s.min_query_count / qps) + 0.5
 
 
+def _next_qps(qps: float, point: ServerPoint, ok: bool, good: float | None, bad: float | None) -> float:
+    """Up by 25% while ``ok``, down by 30% (or below the QPS completed by a point that could not
+    keep up) while not; geometric bisection once both sides are known."""
+    if good and bad:
+        return math.sqrt(good * bad)
+    if ok:
+        return qps * 1.25
+    return min(0.7 * qps, 0.95 * (point.completed_qps or qps))
+
+
+def _cap_batch(batcher: DynamicBatcher, expected: dict) -> None:
+    """A full batch takes at most a third of the bound (a request may wait for one batch, then run
+    in the next); a multiple of the requests an engine keeps in flight, so none idles."""
+    fit = int(expected["bound_ms"] / 3000 * expected["tiles_per_s"])
+    inflight = max(1, getattr(batcher.engine, "inflight", 1))
+    fit = max(inflight, fit - fit % inflight)
+    batcher.max_batch = max(1, min(batcher.max_batch, fit))
+
+
 def _search(lg, sut: Sut, s: ScenarioSettings, expected: dict, log_dir: Path) -> ScenarioResult:
     """Server: the highest target QPS LoadGen finds VALID under the p99 bound, within the budget.
 
-    Unless ``max_batch`` is set, batches are capped so that a full one takes at most a
-    third of the bound (a request may wait for one batch, then run in the next).
-    From 80% of the capacity, up by 25% while valid and down by 30% (or below
-    the completed QPS of a point that could not keep up) while not, then by
-    bisection (geometric) until the bracket is within 3% or the next point
-    would overrun ``search_seconds``.
+    Unless ``max_batch`` is set, batches are capped (:func:`_cap_batch`). Short
+    probes (a quarter of the queries, at most a third of the budget) find where
+    LoadGen's p99 meets the bound, starting from 80% of the capacity; full points
+    then start from the best probe and move by :func:`_next_qps` on LoadGen's
+    validity, until the bracket is within 3% or the next point would overrun
+    ``search_seconds``. Only full VALID points make the figure.
     """
-    start = time.monotonic()
-    if s.max_batch is None:  # a full batch takes at most a third of the bound
-        fit = int(expected["bound_ms"] / 3000 * expected["tiles_per_s"])
-        sut.batcher.max_batch = max(1, min(sut.batcher.max_batch, fit))
-    qps = s.target_qps or 0.8 * (s.capacity_qps or expected["tiles_per_s"])
-    good, bad, points, runs = None, None, [], {}
-    while True:
-        folder = log_dir / "points" / f"{len(points) + 1:02d}-qps-{qps:.1f}"
-        point, runs[folder.name] = _server_point(lg, sut, s, expected, qps, folder)
+    start, points, runs = time.monotonic(), [], {}
+    if s.max_batch is None:
+        _cap_batch(sut.batcher, expected)
+
+    def run(qps: float, probe: bool) -> ServerPoint:
+        kind = "probe" if probe else "qps"
+        folder = log_dir / "points" / f"{len(points) + 1:02d}-{kind}-{qps:.1f}"
+        point, runs[folder.name] = _server_point(lg, sut, s, expected, qps, folder, probe)
         points.append(point)
+        return point
+
+    qps = s.target_qps or 0.8 * (s.capacity_qps or expected["tiles_per_s"])
+    if not s.target_qps:
+        qps = _probe(run, qps, expected["bound_ms"], s, start)
+    good, bad = None, None
+    while True:
+        point = run(qps, False)
         if point.valid:
-            good = qps if good is None else max(good, qps)
+            good = max(good or 0.0, qps)
         else:
-            bad = qps if bad is None else min(bad, qps)
+            bad = min(bad or math.inf, qps)
         if s.target_qps or (good and bad and bad / good < 1.03):
             break
-        if good and bad:
-            qps = math.sqrt(good * bad)
-        elif point.valid:
-            qps *= 1.25
-        else:  # down by 30%, or to just under what the engine kept up with
-            qps = min(0.7 * qps, 0.95 * (point.completed_qps or qps))
+        qps = _next_qps(qps, point, point.valid, good, bad)
         if time.monotonic() - start + _point_seconds(s, qps) > s.search_seconds:
             break
     return _server_result(sut.batcher.engine.name, s, expected, points, runs, log_dir)
+
+
+def _probe(run, qps: float, bound_ms: float, s: ScenarioSettings, start: float) -> float:
+    """Probes from ``qps``; the highest whose p99 met the bound (else the lowest tried, lowered)."""
+    good, bad, budget = None, None, s.search_seconds / 3
+    for _ in range(5):
+        point = run(qps, True)
+        ok = point.p99_ms is not None and point.p99_ms <= bound_ms
+        if ok:
+            good = max(good or 0.0, qps)
+        else:
+            bad = min(bad or math.inf, qps)
+        if good and bad and bad / good < 1.1:
+            break
+        qps = _next_qps(qps, point, ok, good, bad)
+        if time.monotonic() - start + _point_seconds(s, qps) / 4 > budget:
+            break
+    return good or qps
 
 
 def _server_result(engine, s, expected, points, runs, log_dir: Path) -> ScenarioResult:
     """The search's result: its best valid point's logs copied to ``log_dir``, or the note."""
     bound = expected["bound_ms"]
     valid = [p for p in points if p.valid]
+    full = [p for p in points if not p.probe] or points
     best = max(valid, key=lambda p: p.target_qps) if valid else \
-        min(points, key=lambda p: p.p99_ms if p.p99_ms is not None else math.inf)
+        min(full, key=lambda p: p.p99_ms if p.p99_ms is not None else math.inf)
     for name in LOG_FILES:
         source = log_dir / "points" / best.log_dir / name
         if source.exists():
