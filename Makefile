@@ -14,7 +14,7 @@ PIPC   := $(PIP) install --constraint constraints.txt
 demo: $(STAMP)
 	$(BIN)/segbench demo
 
-# PYTEST_ARGS: more pytest options (.ci/run: make test PYTEST_ARGS="-rs --durations=15")
+# PYTEST_ARGS: more pytest options (.ci/run: make test PYTEST_ARGS="-ra --durations=15")
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider --continue-on-collection-errors tests/ $(PYTEST_ARGS)
 
