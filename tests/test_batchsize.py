@@ -132,9 +132,9 @@ def test_bench_records_each_engines_choice(engine, tmp_path):
     report = run_bench(BenchConfig.flat(model=onnx_path, engines=["ort-fp32"], scenes=[scene],
                                    reference="ort-fp32", batch="auto", out=tmp_path / "bench",
                                    quick=True), show_table=False)
-    (row,) = report["engines"]
-    assert row["status"] == "ok", row.get("reason")
-    choice = row["batch_choice"]
+    (row,) = report.engines
+    assert row.status == "ok", row.reason
+    choice = row.batch_choice
     assert row["latency"]["batch"] == choice["batch"]
     assert choice["tiles_per_s"][str(choice["batch"])] == max(choice["tiles_per_s"].values())
 

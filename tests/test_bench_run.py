@@ -29,24 +29,24 @@ def _config(tmp_path, model, scenes, **kw):
 
 def test_bench_report_is_complete_and_repeatable(tmp_path, tiny_onnx, scenes):
     report = run_bench(_config(tmp_path, tiny_onnx, scenes))
-    rows = {r["name"]: r for r in report["engines"]}
-    assert rows["trt-fp16"]["status"] == "skipped" and rows["trt-fp16"]["reason"]
+    rows = {r.name: r for r in report.engines}
+    assert rows["trt-fp16"].status == "skipped" and rows["trt-fp16"].reason
     ok = [rows["ort-fp32"], rows["openvino-fp32"]]
-    assert all(r["status"] == "ok" for r in ok)
-    assert rows["openvino-fp32"]["accuracy"]["agreement"] >= 0.999
-    assert rows["ort-fp32"]["scene"]["km2_per_h"] > 0 and rows["ort-fp32"]["artifact_bytes"] > 0
-    assert report["machine"]["cores"] >= 1 and "onnxruntime" in report["machine"]["libraries"]
+    assert all(r.status == "ok" for r in ok)
+    assert rows["openvino-fp32"].accuracy.agreement >= 0.999
+    assert rows["ort-fp32"].scene.km2_per_h > 0 and rows["ort-fp32"].artifact_bytes > 0
+    assert report.machine.cores >= 1 and "onnxruntime" in report.machine.libraries
     saved = json.loads((tmp_path / "bench" / "report.json").read_text())
-    assert [r["name"] for r in saved["engines"]] == [r["name"] for r in report["engines"]]
+    assert [r["name"] for r in saved["engines"]] == [r.name for r in report.engines]
     again = run_bench(_config(tmp_path, tiny_onnx, scenes, out=tmp_path / "again"))
-    for a, b in zip(report["engines"][:2], again["engines"][:2], strict=True):
-        assert a["accuracy"]["confusion"] == b["accuracy"]["confusion"]  # exactly the same
+    for a, b in zip(report.engines[:2], again.engines[:2], strict=True):
+        assert a.accuracy.confusion == b.accuracy.confusion  # exactly the same
 
 
 def test_scene_without_labels_still_measures_latency(tmp_path, tiny_onnx, scenes):
     report = run_bench(_config(tmp_path, tiny_onnx, scenes, labels=[], engines=["ort-fp32"]))
-    row = report["engines"][0]
-    assert row["accuracy"] is None and row["latency"]["batch1"]["p50"] > 0
+    row = report.engines[0]
+    assert row.accuracy is None and row.latency.batch1.p50 > 0
 
 
 def test_misaligned_labels_and_unknown_engines(tmp_path, tiny_onnx, scenes):
@@ -79,16 +79,16 @@ def test_interrupted_bench_keeps_finished_engines(tmp_path, tiny_onnx, scenes, m
 
 def test_agreement_without_labels(tmp_path, tiny_onnx, scenes):
     """No ground truth: the accuracy columns stay empty, agreement with the reference is measured."""
-    from segbench.bench.report import table_rows
+    from segbench.bench.tables import table_rows
 
     report = run_bench(_config(tmp_path, tiny_onnx, scenes, labels=[],
                                engines=["ort-fp32", "openvino-fp32"]))
-    rows = {r["name"]: r for r in report["engines"]}
-    assert rows["ort-fp32"]["accuracy"] is None  # the reference: nothing to compare with
-    accuracy = rows["openvino-fp32"]["accuracy"]
-    assert accuracy["agreement"] >= 0.999 and accuracy.get("miou") is None
+    rows = {r.name: r for r in report.engines}
+    assert rows["ort-fp32"].accuracy is None  # the reference: nothing to compare with
+    accuracy = rows["openvino-fp32"].accuracy
+    assert accuracy.agreement >= 0.999 and accuracy.miou is None
     header, cells = table_rows(report)
-    ov = cells[[r["name"] for r in report["engines"]].index("openvino-fp32")]
+    ov = cells[[r.name for r in report.engines].index("openvino-fp32")]
     assert ov[header.index("agree %")] != "" and ov[header.index("mIoU %")] == ""
 
 
@@ -118,15 +118,15 @@ def test_an_engine_that_raises_becomes_a_failed_row(tmp_path, tiny_onnx, tiny_sp
     # a built engine whose graph is then replaced: the bench reuses the build, ONNX Runtime fails
     _unrunnable_onnx(build(tiny_onnx, "ort-fp32", config.out / "engines"), tiny_spec)
     report = run_bench(config)
-    rows = {r["name"]: r for r in report["engines"]}
+    rows = {r.name: r for r in report.engines}
     failed = rows["ort-fp32"]
-    assert failed["status"] == "failed" and len(failed["reason"].splitlines()) == 1
-    assert "Reshape" in failed["reason"] or "shape" in failed["reason"]
+    assert failed.status == "failed" and len(failed.reason.splitlines()) == 1
+    assert "Reshape" in failed.reason or "shape" in failed.reason
     log = config.out / "ort-fp32.error.log"
-    assert failed["log"] == str(log)
+    assert failed.log == str(log)
     text = log.read_text()
     assert "Traceback" in text and "onnxruntime" in text and "measure_engine" in text
-    assert rows["openvino-fp32"]["status"] == "ok" and rows["openvino-fp32"]["accuracy"]["miou"] > 0
+    assert rows["openvino-fp32"].status == "ok" and rows["openvino-fp32"].accuracy.miou > 0
     saved = json.loads((config.out / "report.json").read_text())
     assert [r["status"] for r in saved["engines"]] == ["failed", "ok"]
 
@@ -141,11 +141,11 @@ def test_a_runtime_error_while_building_does_not_stop_the_bench(tmp_path, tiny_s
     config = _config(tmp_path, model, scenes, engines=["ort-int8", "ort-fp32"], reference="ort-int8",
                      calib=[scenes[0]], calib_tiles=2)
     report = run_bench(config)
-    rows = {r["name"]: r for r in report["engines"]}
-    assert [r["name"] for r in report["engines"]] == ["ort-int8", "ort-fp32"]
+    rows = {r.name: r for r in report.engines}
+    assert [r.name for r in report.engines] == ["ort-int8", "ort-fp32"]
     for name, where in (("ort-int8", "qualify"), ("ort-fp32", "measure_engine")):
         row = rows[name]
-        assert row["status"] == "failed" and row["reason"].startswith("Fail: [ONNXRuntimeError]")
+        assert row.status == "failed" and row.reason.startswith("Fail: [ONNXRuntimeError]")
         text = (config.out / f"{name}.error.log").read_text()
-        assert row["log"] == str(config.out / f"{name}.error.log") and where in text
+        assert row.log == str(config.out / f"{name}.error.log") and where in text
     assert (config.out / "report.md").is_file()

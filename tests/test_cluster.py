@@ -383,13 +383,13 @@ def test_bench_measures_an_engines_scaling(engine64, tmp_path):
     report = run_bench(BenchConfig.flat(model=engine64.parent / "m64.onnx", engines=["ort-fp32"],
                                         scenes=[scene], reference="ort-fp32", overlap=OVERLAP, batch=2,
                                         out=tmp_path / "bench", quick=True, workers=2), show_table=False)
-    (row,) = report["engines"]
-    assert row["status"] == "ok", row.get("reason")
-    scaling = row["scaling"]
-    assert scaling["workers"] == 2 and set(scaling["megapixels_per_s"]) == {"1", "2"}
-    assert all(rate > 0 for rate in scaling["megapixels_per_s"].values())
-    rates = scaling["megapixels_per_s"]
-    assert scaling["efficiency"] == pytest.approx(rates["2"] / (2 * rates["1"]))
+    (row,) = report.engines
+    assert row.status == "ok", row.reason
+    scaling = row.scaling
+    assert scaling.workers == 2 and set(scaling.megapixels_per_s) == {"1", "2"}
+    assert all(rate > 0 for rate in scaling.megapixels_per_s.values())
+    rates = scaling.megapixels_per_s
+    assert scaling.efficiency == pytest.approx(rates["2"] / (2 * rates["1"]))
     assert not list((tmp_path / "bench" / "ort-fp32").glob("workers-*"))  # measured, not kept
 
 

@@ -129,8 +129,8 @@ def test_the_bench_reports_and_tables_the_disagreement(tmp_path):
     """Through the bench: a row per engine with its share, confusion and seams; the map beside its
     labels with --maps, styled for QGIS; the table's differ % and seam err % columns."""
     pytest.importorskip("openvino")
-    from segbench.bench.report import table_rows
     from segbench.bench.run import BenchConfig, run_bench
+    from segbench.bench.tables import table_rows
     from segbench.geo.style import qml_path
     from tests.conftest import tiny_conv_onnx
 
@@ -141,13 +141,13 @@ def test_the_bench_reports_and_tables_the_disagreement(tmp_path):
     report = run_bench(BenchConfig.flat(model=model, engines=["ort-fp32", "openvino-fp32"], scenes=[scene],
                                    labels=[labels], reference="ort-fp32", out=tmp_path / "bench", batch=2,
                                    quick=True, maps=True), show_table=False)
-    rows = {r["name"]: r for r in report["engines"]}
-    other = rows["openvino-fp32"]["disagreement"]
-    assert other["pixels"] == 90 * 100 and 0 <= other["share"] < 0.01  # fp32 and fp32: near-ties only
-    (path,) = other["maps"]
+    rows = {r.name: r for r in report.engines}
+    other = rows["openvino-fp32"].disagreement
+    assert other.pixels == 90 * 100 and 0 <= other.share < 0.01  # fp32 and fp32: near-ties only
+    (path,) = other.maps
     assert path.endswith("s.disagreement.tif") and qml_path(path).is_file()
-    assert rows["ort-fp32"]["disagreement"]["share"] == 0  # the reference, against itself
-    assert rows["ort-fp32"]["disagreement"]["seam"]["error_in_band"] is not None
+    assert rows["ort-fp32"].disagreement.share == 0  # the reference, against itself
+    assert rows["ort-fp32"].disagreement.seam.error_in_band is not None
     header, cells = table_rows(report)
     assert "differ %" in header and "seam err %" in header
     assert " / " in cells[0][header.index("seam err %")]

@@ -239,5 +239,5 @@ def test_bench_reports_which_configuration_measured_what(tmp_path, ov_artifact):
                out_dir=str(tmp_path / "bench"), overlap=OVERLAP, blend="mean", batch=BATCH, isprs=False,
                quick=True)
     row = measure_engine(job)
-    assert row["latency"]["config"] == "LATENCY"
-    assert re.fullmatch(rf"THROUGHPUT, \d+ requests, batch {BATCH}", row["scene"]["config"])
+    assert row["latency"].config == "LATENCY"
+    assert re.fullmatch(rf"THROUGHPUT, \d+ requests, batch {BATCH}", row["scene"].config)

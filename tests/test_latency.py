@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from segbench.bench.latency import LatencyStats
-from segbench.bench.report import render_table, table_rows, to_csv, to_markdown
+from segbench.bench.model import Report
+from segbench.bench.tables import render_table, table_rows, to_csv, to_markdown
 
 # MLPerf LoadGen's early-stopping floors (SingleStream, tolerance 0, 99 % confidence)
 P90_MIN_SAMPLES, P99_MIN_SAMPLES = 64, 662
@@ -32,11 +33,12 @@ def test_percentiles_from_too_few_samples_are_not_stated():
     assert d["p90"] is None and d["n"] == P90_MIN_SAMPLES - 1
 
 
-def _report(*stats: LatencyStats) -> dict:
+def _report(*stats: LatencyStats) -> Report:
     rows = [{"name": f"engine{i}", "status": "ok", "device": "cpu",
-             "latency": {"batch1": s.to_dict()}, "scene": {"megapixels_per_s": 1.0}}
+             "latency": {"batch1": s.to_dict(), "batch": 1},
+             "scene": {"megapixels_per_s": 1.0, "seconds": 1.0, "megapixels": 1.0}}
             for i, s in enumerate(stats)]
-    return {"engines": rows, "rule": ""}
+    return Report.model_validate({"engines": rows, "rule": ""})
 
 
 def test_renderings_show_the_sample_count_and_never_an_unstated_p90():

@@ -10,7 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from segbench.bench.report import honest_limits, latency_accuracy_figure
+from segbench.bench.figures import honest_limits, latency_accuracy_figure
+from segbench.bench.model import Accuracy, EngineRow, Latency, LatencyStats, Ranking, Report
 from tests.conftest import make_spec, tiny_conv_onnx, write_scene
 
 pytest.importorskip("matplotlib")
@@ -21,10 +22,11 @@ def test_the_accuracy_axis_holds_the_reference_and_never_zooms_into_noise():
     low, high = honest_limits([60.0, 40.0], reference=70.0)
     assert low < 40.0 and high > 70.0  # every value and the reference, padded
     def row(name, miou, p50):
-        return {"name": name, "status": "ok", "accuracy": {"miou": miou}, "latency": {"batch1": {"p50": p50}}}
+        stats = LatencyStats(n=20, mean=p50, std=0.0, p50=p50, min=p50, max=p50)
+        return EngineRow(name=name, accuracy=Accuracy(miou=miou), latency=Latency(batch1=stats, batch=1))
 
-    report = {"ranking": {"reference": "torch-fp32"},
-              "engines": [row("torch-fp32", 0.6322, 40.0), row("ort-int8", 0.6320, 14.0)]}
+    report = Report(ranking=Ranking(reference="torch-fp32"),
+                    engines=[row("torch-fp32", 0.6322, 40.0), row("ort-int8", 0.6320, 14.0)])
     fig = latency_accuracy_figure(report)
     low, high = fig.axes[0].get_ylim()
     assert low <= 63.22 <= high and high - low >= 2.0  # 0.02 points are not a cliff
@@ -54,9 +56,9 @@ def test_the_page_is_one_self_contained_file_with_every_row_and_figure(bench):
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing fetched from anywhere
     assert page.count("<svg") >= 2  # the latency-accuracy plot and the IoU heat map, inline
     body = page[page.index("<tbody>"):page.index("</tbody>")]
-    assert body.count("<tr>") == len(report["engines"])
-    for row in report["engines"]:
-        assert f">{row['name']}<" in body
+    assert body.count("<tr>") == len(report.engines)
+    for row in report.engines:
+        assert f">{row.name}<" in body
     # the scene, then each engine's labels, and the second engine's disagreement map
     assert page.count("src='data:image/png;base64,") == 1 + 2 + 1
     assert "where it differs from the reference" in page and "Machine" in page
@@ -80,5 +82,5 @@ def test_the_page_renders_in_headless_chromium(bench, tmp_path):
     console = [line for line in done.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not console, console
     dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-    assert dom.count("<tr>") >= len(report["engines"]) + 1 and dom.count("<svg") >= 2
+    assert dom.count("<tr>") >= len(report.engines) + 1 and dom.count("<svg") >= 2
     shutil.copy(shot, out / "report-screenshot.png")  # for a person to look at

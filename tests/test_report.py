@@ -1,12 +1,14 @@
 """Reports from several machines merge into one ranking; reports of different models do not merge."""
 
 import json
-from dataclasses import asdict
 
 import pytest
 
-from segbench.bench.rank import RankRule, rank
-from segbench.bench.report import merge_reports, plot, table_rows, to_csv, to_markdown
+from segbench.bench.figures import plot
+from segbench.bench.model import Report, parse
+from segbench.bench.rank import RankRule
+from segbench.bench.report import merge_reports, rank_report
+from segbench.bench.tables import table_rows, to_csv, to_markdown
 from segbench.errors import SegbenchError
 
 MODEL = {"architecture": "segformer-b0", "classes": 6, "bands": 3, "tile": 512,
@@ -15,20 +17,29 @@ MODEL = {"architecture": "segformer-b0", "classes": 6, "bands": 3, "tile": 512,
 
 
 def _row(name, miou, p50, mps, device="cpu"):
-    gpu = {"peak_allocated_bytes": 3 * 2**30, "device": "NVIDIA H200"} if device == "cuda" else None
+    gpu = {"peak_allocated_bytes": 3 * 2**30, "device": "NVIDIA H200", "allocated_bytes": 0,
+           "peak_reserved_bytes": 3 * 2**30, "device_used_bytes": 4 * 2**30,
+           "device_total_bytes": 141 * 2**30} if device == "cuda" else None
     return {"name": name, "status": "ok", "device": device, "precision": name.rsplit("-", 1)[1],
             "accuracy": {"miou": miou, "oa": 0.9, "agreement": None},
-            "latency": {"batch1": {"n": 80, "p50": p50, "p90": p50 * 1.1}},
-            "scene": {"megapixels_per_s": mps}, "memory": {"peak_rss_bytes": 2**29, "gpu": gpu},
+            "latency": {"batch1": stats(p50), "batch": 1},
+            "scene": {"megapixels_per_s": mps, "seconds": 1.0, "megapixels": mps},
+            "memory": {"peak_rss_bytes": 2**29, "gpu": gpu},
             "artifact_bytes": 2**20}
 
 
-def _report(machine: dict, rows: list[dict], model: dict = MODEL, reference: str = "torch-fp32") -> dict:
+def stats(p50: float, n: int = 80) -> dict:
+    """Latency figures of ``n`` calls around ``p50`` ms."""
+    return {"n": n, "p50": p50, "p90": p50 * 1.1, "mean": p50, "std": 0.0, "min": p50, "max": p50 * 1.2}
+
+
+def _report(machine: dict, rows: list[dict], model: dict = MODEL, reference: str = "torch-fp32") -> Report:
     """A report as run_bench leaves it: rows ranked on their own machine."""
     rule = RankRule(reference)
-    rank(rows, rule)
-    return {"machine": machine, "model": dict(model), "config": {"reference": reference},
-            "rule": rule.text(), "ranking": asdict(rule), "engines": rows, "created": machine["hostname"]}
+    report = Report.model_validate({"machine": machine, "model": dict(model), "engines": rows,
+                                    "config": {"reference": reference},
+                                    "ranking": rule.to_model().model_dump(), "created": machine["hostname"]})
+    return rank_report(report)
 
 
 @pytest.fixture
@@ -46,43 +57,40 @@ def gpu_box():
         _row("ort-int8", 0.70, 30.0, 0.5)])
 
 
-def _ok(report):
-    return [r for r in report["engines"] if r["status"] == "ok"]
-
-
 def test_each_report_alone_has_its_own_rank_one(cpu_box, gpu_box):
-    assert [r["name"] for r in cpu_box["engines"] if r["rank"] == 1] == ["openvino-int8"]
-    assert [r["name"] for r in gpu_box["engines"] if r["rank"] == 1] == ["torch-fp16"]
+    assert [r.name for r in cpu_box.engines if r.rank == 1] == ["openvino-int8"]
+    assert [r.name for r in gpu_box.engines if r.rank == 1] == ["torch-fp16"]
 
 
 def test_merged_reports_are_ranked_once(cpu_box, gpu_box):
     merged = merge_reports([cpu_box, gpu_box])
-    rows = {(r["machine"], r["name"]): r for r in merged["engines"]}
+    rows = {(r.machine, r.name): r for r in merged.engines}
     assert len(rows) == 7
-    ranks = sorted(r["rank"] for r in merged["engines"] if r["rank"] is not None)
+    ranks = sorted(r.rank for r in merged.engines if r.rank is not None)
     assert ranks == list(range(1, len(ranks) + 1))  # one order: a single rank 1
-    assert rows[("gpu-box (NVIDIA H200)", "torch-fp16")]["rank"] == 1
-    assert rows[("cpu-box (EPYC x2)", "openvino-int8")]["rank"] == 3
-    assert not rows[("gpu-box (NVIDIA H200)", "ort-int8")]["qualified"]
+    assert rows[("gpu-box (NVIDIA H200)", "torch-fp16")].rank == 1
+    assert rows[("cpu-box (EPYC x2)", "openvino-int8")].rank == 3
+    assert not rows[("gpu-box (NVIDIA H200)", "ort-int8")].qualified
     # One Pareto front of latency against mIoU: the CPU rows are dominated by the GPU's.
-    front = {key for key, r in rows.items() if r["pareto"]}
+    front = {key for key, r in rows.items() if r.pareto}
     assert front == {("gpu-box (NVIDIA H200)", "torch-fp16"), ("gpu-box (NVIDIA H200)", "torch-fp32")}
-    assert all(r["model"] == "segformer-b0" for r in merged["engines"])
-    assert merged["model"]["class_names"] == MODEL["class_names"]
+    assert all(r.model == "segformer-b0" for r in merged.engines)
+    assert merged.model.class_names == MODEL["class_names"]
     # the inputs keep their own ranking
-    assert [r["name"] for r in cpu_box["engines"] if r["rank"] == 1] == ["openvino-int8"]
+    assert [r.name for r in cpu_box.engines if r.rank == 1] == ["openvino-int8"]
 
 
 def test_merging_a_merged_report_keeps_every_machine(cpu_box, gpu_box):
     laptop = _report({"hostname": "laptop", "cpu": "i7", "cores": 8, "gpu": None},
                      [_row("torch-fp32", 0.80, 40.0, 1.5), _row("openvino-int8", 0.796, 8.0, 3.0)])
-    saved = json.loads(json.dumps(merge_reports([cpu_box, gpu_box])))  # as read back from merged.json
+    # as read back from merged.json
+    saved = parse(json.loads(merge_reports([cpu_box, gpu_box]).model_dump_json()), "merged.json")
     again = merge_reports([saved, laptop])
-    assert {r["machine"] for r in again["engines"]} == \
+    assert {r.machine for r in again.engines} == \
         {"cpu-box (EPYC x2)", "gpu-box (NVIDIA H200)", "laptop (i7 x8)"}
-    assert [m["hostname"] for m in again["machines"]] == ["cpu-box", "gpu-box", "laptop"]
-    assert [r["rank"] for r in again["engines"]].count(1) == 1
-    assert sum(r["pareto"] for r in again["engines"]) == 2
+    assert [m.hostname for m in again.machines] == ["cpu-box", "gpu-box", "laptop"]
+    assert [r.rank for r in again.engines].count(1) == 1
+    assert sum(r.pareto for r in again.engines) == 2
 
 
 @pytest.mark.parametrize("change", [{"architecture": "deeplabv3plus-r18"},
@@ -126,7 +134,8 @@ def test_int8_engines_show_what_their_search_did(cpu_box):
               "met": True, "unchecked": None, "tried": 5, "search_seconds": 41.0}
     row = {**_row("ort-int8", 0.62, 14.0, 2.0), "int8": record,
            "precision_label": precision_label({"int8": record})}
-    report = {**cpu_box, "engines": [*cpu_box["engines"], row]}
+    report = cpu_box.model_copy(update={"engines": [*cpu_box.engines, Report.model_validate(
+        {"engines": [row]}).engines[0]]})
     header, rows = table_rows(report)
     assert rows[-1][header.index("precision")] == "int8 (2 fp32)"
     md = to_markdown(report)

@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("mmseg")
 
+from segbench.bench.model import Accuracy  # noqa: E402
 from segbench.bench.report import load_report  # noqa: E402
 from segbench.errors import InputError  # noqa: E402
 from segbench.study.run import run_study  # noqa: E402
@@ -72,9 +73,9 @@ def finished(tmp_path_factory, data):
 
 def _cells(report: dict) -> dict:
     """(network, engine) -> (mIoU, agreement) of every engine row, for comparing two studies."""
-    (dataset,) = report["datasets"]
-    return {(n["name"], e["name"]): (e["accuracy"]["miou"], e["accuracy"]["agreement"])
-            for n in dataset["networks"] for e in n["engines"]}
+    (dataset,) = report.datasets
+    return {(n.name, e.name): (e.accuracy.miou, e.accuracy.agreement)
+            for n in dataset.networks for e in n.engines}
 
 
 def test_the_study_table_equals_the_eval_and_bench_reports(finished):
@@ -82,26 +83,26 @@ def test_the_study_table_equals_the_eval_and_bench_reports(finished):
 
     study, report = finished
     assert json.loads((study.out / "study.json").read_text()) == json.loads(json.dumps(report))
-    (dataset,) = report["datasets"]
-    assert dataset["split"] == "test" and dataset["excluded_classes"] == ["clutter"]
-    assert [n["family"] for n in dataset["networks"]] == ["fast CNN", "transformer"]
-    for network in dataset["networks"]:
-        assert network["status"] == "ok", network["reason"]
-        folder = study.out / "synthetic" / network["name"]
+    (dataset,) = report.datasets
+    assert dataset.split == "test" and dataset.excluded_classes == ["clutter"]
+    assert [n.family for n in dataset.networks] == ["fast CNN", "transformer"]
+    for network in dataset.networks:
+        assert network.status == "ok", network.reason
+        folder = study.out / "synthetic" / network.name
         model = json.loads((folder / "model" / "cell.json").read_text())
         # the network's figures are its eval report's, with the ISPRS convention applied
-        expected = metrics_from_counts(model["eval"]["confusion"], dataset["classes"], ["clutter"])
-        assert network["accuracy"] == expected
-        all_classes = metrics_from_counts(model["eval"]["confusion"], dataset["classes"])
+        expected = metrics_from_counts(model["eval"]["confusion"], dataset.classes, ["clutter"])
+        assert network.accuracy == Accuracy(**expected)
+        all_classes = metrics_from_counts(model["eval"]["confusion"], dataset.classes)
         assert all_classes["miou"] == pytest.approx(model["eval"]["mIoU"])
-        assert network["params"] > 1e6 and network["gflops"] > 0 and network["train_seconds"] > 0
+        assert network.params > 1e6 and network.gflops > 0 and network.train_seconds > 0
         # its engine rows are its bench report's rows
-        bench = load_report(folder / "bench" / "report.json")["engines"]
-        assert [{k: v for k, v in e.items() if not k.startswith("study_") and k != "network"}
-                for e in network["engines"]] == bench
-        assert [e["name"] for e in network["engines"]] == ["torch-fp32", "ort-fp32"]
-        reference, ort = network["engines"]
-        assert ort["accuracy"]["agreement"] > 0.99 and ort["qualified"]
+        bench = load_report(folder / "bench" / "report.json").engines
+        assert [e.model_copy(update={"study_rank": None, "study_pareto": False, "network": None})
+                for e in network.engines] == bench
+        assert [e.name for e in network.engines] == ["torch-fp32", "ort-fp32"]
+        reference, ort = network.engines
+        assert ort.accuracy.agreement > 0.99 and ort.qualified
         _equals_iou_metric(reference, dataset)
 
 
@@ -115,22 +116,22 @@ def _equals_iou_metric(row: dict, dataset: dict) -> None:
     from segbench.raster import read_all
     from segbench.train.layout import DatasetInfo
 
-    pairs = DatasetInfo.load(dataset["path"]).pairs(dataset["split"])
-    classes = len(dataset["classes"])
+    pairs = DatasetInfo.load(dataset.path).pairs(dataset.split)
+    classes = len(dataset.classes)
     areas = [IoUMetric.intersect_and_union(torch.from_numpy(read_all(pred)[0].astype(np.int64)),
                                            torch.from_numpy(read_all(label)[0].astype(np.int64)),
                                            classes, 255)
-             for pred, (_, label) in zip(row["scene"]["outputs"], pairs, strict=True)]
+             for pred, (_, label) in zip(row.scene.outputs, pairs, strict=True)]
     totals = [sum(a[i] for a in areas) for i in range(4)]
     theirs = IoUMetric.total_area_to_metrics(*totals, ["mIoU", "mFscore"], nan_to_num=None, beta=1)
-    kept = [i for i, name in enumerate(dataset["classes"]) if name not in dataset["excluded_classes"]]
-    ours = row["accuracy"]
-    for i, name in enumerate(dataset["classes"]):
-        iou = ours["per_class"][name]["iou"]
+    kept = [i for i, name in enumerate(dataset.classes) if name not in dataset.excluded_classes]
+    ours = row.accuracy
+    for i, name in enumerate(dataset.classes):
+        iou = ours.per_class[name].iou
         assert (iou is None and np.isnan(theirs["IoU"][i])) or iou == pytest.approx(theirs["IoU"][i])
-    assert ours["miou"] == pytest.approx(np.nanmean(np.asarray(theirs["IoU"])[kept]))
-    assert ours["mf1"] == pytest.approx(np.nanmean(np.asarray(theirs["Fscore"])[kept]))
-    assert ours["oa"] == pytest.approx(theirs["aAcc"])
+    assert ours.miou == pytest.approx(np.nanmean(np.asarray(theirs["IoU"])[kept]))
+    assert ours.mf1 == pytest.approx(np.nanmean(np.asarray(theirs["Fscore"])[kept]))
+    assert ours.oa == pytest.approx(theirs["aAcc"])
 
 
 def test_a_rerun_keeps_every_finished_cell(finished):
@@ -152,14 +153,14 @@ def test_adding_an_engine_runs_only_that_engine(finished, tmp_path, data):
     shutil.copytree(study.out, copy)
     changed = _write_study(tmp_path, data, "copy", engines=("torch-fp32", "ort-fp32", "openvino-fp32"))
     model_cells = {p: p.read_text() for p in copy.rglob("model/cell.json")}
-    kept = {n["name"]: n["engines"] for n in report["datasets"][0]["networks"]}
+    kept = {n.name: n.engines for n in report.datasets[0].networks}
     result = run_study(load_study(changed))
     assert {p: p.read_text() for p in copy.rglob("model/cell.json")} == model_cells  # not retrained
-    for network in result["datasets"][0]["networks"]:
-        rows = {e["name"]: e for e in network["engines"]}
+    for network in result.datasets[0].networks:
+        rows = {e.name: e for e in network.engines}
         assert set(rows) == {"torch-fp32", "ort-fp32", "openvino-fp32"}
-        for old in kept[network["name"]]:  # measured before: kept as they were, latency and all
-            assert rows[old["name"]]["latency"] == old["latency"]
+        for old in kept[network.name]:  # measured before: kept as they were, latency and all
+            assert rows[old.name].latency == old.latency
 
 
 def test_a_killed_study_resumes_and_ends_with_the_same_table(finished, tmp_path, data):
@@ -196,12 +197,12 @@ def test_a_failing_cell_is_recorded_and_the_rest_completes(tmp_path, data):
                         extra_networks=f', {{ name = "broken", config = "{config}", '
                                        f'checkpoint = "{broken}" }}')
     report = run_study(load_study(path))
-    networks = {n["name"]: n for n in report["datasets"][0]["networks"]}
-    assert networks["broken"]["status"] == "failed"
-    assert "corrupt" in networks["broken"]["reason"] and networks["broken"]["source"] == "imported"
+    networks = {n.name: n for n in report.datasets[0].networks}
+    assert networks["broken"].status == "failed"
+    assert "corrupt" in networks["broken"].reason and networks["broken"].source == "imported"
     assert (tmp_path / "failing" / "synthetic" / "broken" / "model" / "error.log").is_file()
     for name in ("fcn-hrnet18s", "segformer-b0"):
-        assert networks[name]["status"] == "ok" and networks[name]["engines"][0]["status"] == "ok"
+        assert networks[name].status == "ok" and networks[name].engines[0].status == "ok"
 
 
 @pytest.mark.parametrize("text, message", [
@@ -260,8 +261,8 @@ def test_an_interrupted_study_on_two_workers_resumes_and_equals_the_sequential_o
     assert {p: p.read_text() for p in kept} == kept  # finished before the interruption: not redone
     assert _cells(resumed) == _cells(report)  # the sequential run's figures
     assert _keys(out) == _keys(study.out)  # and its cells, with the same keys
-    rows = {n["name"]: n["accuracy"] for n in resumed["datasets"][0]["networks"]}
-    assert rows == {n["name"]: n["accuracy"] for n in report["datasets"][0]["networks"]}
+    rows = {n.name: n.accuracy for n in resumed.datasets[0].networks}
+    assert rows == {n.name: n.accuracy for n in report.datasets[0].networks}
     assert not [p for p in out.rglob("*") if ".part-" in p.name or ".stage-" in p.name]
 
 
@@ -308,8 +309,8 @@ quick = true
         if proc.poll() is None:
             proc.kill()
     report = json.loads((tmp_path / "kill" / "study.json").read_text())
-    (network,) = report["datasets"][0]["networks"]
-    assert network["status"] == "ok" and network["engines"][0]["status"] == "ok"
+    (network,) = report.datasets[0].networks
+    assert network.status == "ok" and network.engines[0].status == "ok"
     logs = sorted(train.rglob("scalars.json"))  # mmengine's, one per run
     assert len(logs) == 2  # trained twice: the killed run, then the one elsewhere
     logged = [json.loads(line)["iter"] for line in logs[-1].read_text().splitlines() if '"iter"' in line]
@@ -391,7 +392,7 @@ def test_the_plan_lists_every_cell_and_estimates_from_the_measured_rates(finishe
     longer = _write_study(tmp_path, data, "planned")
     longer.write_text(longer.read_text().replace("iters = 2", "iters = 200"))
     plan = plan_study(load_study(longer), rates_from=[study.out / "study.json"])
-    rates = {n["name"]: 2 / n["train_seconds"] for n in report["datasets"][0]["networks"]}
+    rates = {n.name: 2 / n.train_seconds for n in report.datasets[0].networks}
     for cell in plan.cells:
         assert cell.state == "to run" and cell.rate == pytest.approx(rates[cell.network])
         assert cell.model_s == pytest.approx(200 / rates[cell.network])

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from segbench.bench.metrics import metrics_from_counts
+from segbench.bench.model import Report, Study, parse
 from segbench.bench.rank import RankRule, rank
 from segbench.cli import main
 from segbench.errors import InputError
 from segbench.study.merge import merge_studies
+from segbench.study.outputs import write_study
 from segbench.study.render import (
     rank_study,
     render_tables,
@@ -22,7 +24,6 @@ from segbench.study.render import (
     to_latex,
     to_latex_document,
     to_markdown,
-    write_study,
 )
 
 POTSDAM = ["impervious_surface", "building", "low_vegetation", "tree", "car", "clutter"]
@@ -91,7 +92,6 @@ def _network(name: str, family: str, engines: list[tuple], classes, excluded, se
     rows += [_not_run("openvino-fp32", "failed", "OpenVINO could not compile the model: unsupported op "
                       "GridSample_3; see the log"),
              _not_run("trt-fp16", "skipped", "TensorRT is not installed; run pip install tensorrt")]
-    rank(rows, RULE)  # each network's own bench ranking
     return {"name": name, "family": family, "source": "trained", "status": "ok", "reason": None,
             "params": 12_788_000 + seed * 1_000_000, "gflops": 54.3 + seed, "tile": 512,
             "train_seconds": 812.4 * (seed + 1), "accuracy": _eval(classes, seed, excluded, empty),
@@ -119,16 +119,20 @@ def make_study(machine: dict, speed: float = 1.0, two_datasets: bool = True) -> 
             loveda["networks"].append(_network(name, family, [(e, m - 0.2, p, s) for e, m, p, s in engines],
                                                LOVEDA, [], seed + 7, speed, device))
         datasets.append(loveda)
-    report = {"kind": "study", "segbench": "0.1.0", "created": f"2026-11-25T11:00:00 {machine['hostname']}",
-              "machine": machine, "study": {"name": "seed", "out": "studies/seed-out"},
-              "rule": RULE.text(), "ranking": RULE.to_dict(), "datasets": datasets}
+    created = f"2026-11-25T11:00:00 {machine['hostname']}"
+    report = parse({"kind": "study", "segbench": "0.1.0", "created": created, "machine": machine,
+                    "study": {"name": "seed", "out": "studies/seed-out"}, "rule": RULE.text(),
+                    "ranking": RULE.to_dict(), "datasets": datasets}, "a test study")
+    for dataset in report.datasets:
+        for network in dataset.networks:
+            rank(network.engines, RULE)  # each network's own bench ranking
     return rank_study(report)
 
 
-def _rows(report: dict, dataset: str = "potsdam") -> dict:
+def _rows(report: Study, dataset: str = "potsdam") -> dict:
     """{(machine, network, engine): row} of a dataset."""
-    d = next(d for d in report["datasets"] if d["name"] == dataset)
-    return {(r.get("machine"), n["name"], r["name"]): r for n in d["networks"] for r in n["engines"]}
+    d = next(d for d in report.datasets if d.name == dataset)
+    return {(r.machine, n.name, r.name): r for n in d.networks for r in n.engines}
 
 
 @pytest.fixture
@@ -141,25 +145,25 @@ def study():
 def test_ranks_are_across_networks(study):
     assert rank_study(study) is study
     rows = _rows(study)
-    ranks = {(n, e): r["study_rank"] for (_, n, e), r in rows.items() if r["study_rank"]}
+    ranks = {(n, e): r.study_rank for (_, n, e), r in rows.items() if r.study_rank}
     # qualified rows by scene throughput, across networks (each qualified against its own reference)
     assert ranks == {("bisenetv2", "ort-int8"): 1, ("bisenetv2", "torch-fp32"): 2,
                      ("pspnet-r18", "ort-int8"): 3, ("pspnet-r18", "torch-fp32"): 4,
                      ("segformer-b0", "torch-fp32"): 5}
     # segformer's int8 is fast but loses more than 1% of segformer's own mIoU: not ranked
-    assert not rows[(None, "segformer-b0", "ort-int8")]["qualified"]
-    assert rows[(None, "pspnet-r18", "trt-fp16")]["study_rank"] is None
+    assert not rows[(None, "segformer-b0", "ort-int8")].qualified
+    assert rows[(None, "pspnet-r18", "trt-fp16")].study_rank is None
     # a network's own bench rank 1 is not the study's
-    assert rows[(None, "pspnet-r18", "ort-int8")]["rank"] == 1
+    assert rows[(None, "pspnet-r18", "ort-int8")].rank == 1
 
 
 def test_pareto_front_by_hand(study):
     # (p50 ms, mIoU): bise int8 (5, .699), bise fp32 (10, .700), seg int8 (15, .800), psp int8 (20, .775),
     # psp fp32 (40, .780), seg fp32 (60, .820): psp's two are dominated by seg int8 (faster and better).
-    front = {(n, e) for (_, n, e), r in _rows(study).items() if r["study_pareto"]}
+    front = {(n, e) for (_, n, e), r in _rows(study).items() if r.study_pareto}
     assert front == {("bisenetv2", "ort-int8"), ("bisenetv2", "torch-fp32"), ("segformer-b0", "ort-int8"),
                      ("segformer-b0", "torch-fp32")}
-    loveda = {(n, e) for (_, n, e), r in _rows(study, "loveda_urban").items() if r["study_pareto"]}
+    loveda = {(n, e) for (_, n, e), r in _rows(study, "loveda_urban").items() if r.study_pareto}
     assert loveda == {("segformer-b0", "ort-int8"), ("segformer-b0", "torch-fp32")}
 
 
@@ -202,7 +206,7 @@ def test_markdown_one_row_per_network_and_engine(study):
     failed = dict(zip(header, nets[1], strict=True))
     assert failed["train"] == "failed" and failed["mIoU %"] == ""
     assert "- danet-r50: failed: CUDA out of memory during training" in md
-    best = max(n["accuracy"]["miou"] for n in study["datasets"][0]["networks"] if n["accuracy"])
+    best = max(n.accuracy.miou for n in study.datasets[0].networks if n.accuracy)
     assert f"**{100 * best:.2f}**" in md
 
 
@@ -212,32 +216,32 @@ def test_csv_parses_back_to_the_report(study):
     rows = {(r["dataset"], r["network"], r["engine"]): r for r in engines}
     for (_, network, engine), row in _rows(study).items():
         got = rows[("potsdam", network, engine)]
-        assert got["status"] == row["status"]
-        if row["status"] != "ok":
-            assert got["p50_ms"] == "" and got["reason"] == row["reason"]
+        assert got["status"] == row.status
+        if row.status != "ok":
+            assert got["p50_ms"] == "" and got["reason"] == row.reason
             continue
-        assert float(got["p50_ms"]) == pytest.approx(row["latency"]["batch1"]["p50"])
-        assert float(got["miou_pct"]) == pytest.approx(100 * row["accuracy"]["miou"])
-        assert float(got["megapixels_per_s"]) == pytest.approx(row["scene"]["megapixels_per_s"])
-        assert float(got["peak_rss_mib"]) == pytest.approx(row["memory"]["peak_rss_bytes"] / 2**20)
-        assert int(got["latency_n"]) == row["latency"]["batch1"]["n"]
-        assert got["study_rank"] == str(row["study_rank"] or "")
-        assert got["qualified"] == ("yes" if row["qualified"] else "no")
+        assert float(got["p50_ms"]) == pytest.approx(row.latency.batch1.p50)
+        assert float(got["miou_pct"]) == pytest.approx(100 * row.accuracy.miou)
+        assert float(got["megapixels_per_s"]) == pytest.approx(row.scene.megapixels_per_s)
+        assert float(got["peak_rss_mib"]) == pytest.approx(row.memory.peak_rss_bytes / 2**20)
+        assert int(got["latency_n"]) == row.latency.batch1.n
+        assert got["study_rank"] == str(row.study_rank or "")
+        assert got["qualified"] == ("yes" if row.qualified else "no")
     assert rows[("potsdam", "bisenetv2", "ort-int8")]["km2_per_h"] == ""  # not known: empty, never 0
 
     networks = list(csv.DictReader(io.StringIO(to_csv(study, "networks"))))
     assert len(networks) == 4 + 2
     by_name = {(r["dataset"], r["network"]): r for r in networks}
-    for n in study["datasets"][0]["networks"]:
-        got = by_name[("potsdam", n["name"])]
-        if n["accuracy"] is None:
-            assert got["miou_pct"] == "" and got["status"] == "failed" and got["reason"] == n["reason"]
+    for n in study.datasets[0].networks:
+        got = by_name[("potsdam", n.name)]
+        if n.accuracy is None:
+            assert got["miou_pct"] == "" and got["status"] == "failed" and got["reason"] == n.reason
             continue
-        assert float(got["params_m"]) == pytest.approx(n["params"] / 1e6)
-        assert float(got["miou_pct"]) == pytest.approx(100 * n["accuracy"]["miou"])
-        for cls, figures in n["accuracy"]["per_class"].items():
+        assert float(got["params_m"]) == pytest.approx(n.params / 1e6)
+        assert float(got["miou_pct"]) == pytest.approx(100 * n.accuracy.miou)
+        for cls, figures in n.accuracy.per_class.items():
             cell = got[f"iou_{cls}_pct"]
-            expected = None if figures["iou"] is None else pytest.approx(100 * figures["iou"])
+            expected = None if figures.iou is None else pytest.approx(100 * figures.iou)
             assert (cell == "") if expected is None else float(cell) == expected
     # each dataset's classes are columns; another dataset's rows leave them empty
     assert by_name[("potsdam", "pspnet-r18")]["iou_road_pct"] == ""
@@ -268,7 +272,7 @@ def _check_tabular(tex: str) -> None:
 
 def test_latex_tables_are_complete_booktabs(study):
     tables = study_tables(study)
-    assert [(t.dataset["name"], t.kind) for t in tables] == [
+    assert [(t.dataset.name, t.kind) for t in tables] == [
         ("potsdam", "networks"), ("potsdam", "engines"), ("loveda_urban", "networks"),
         ("loveda_urban", "engines")]
     for table in tables:
@@ -278,7 +282,7 @@ def test_latex_tables_are_complete_booktabs(study):
     blocks = re.findall(r"^\\multicolumn\{\d+\}\{l\}\{\\emph\{([^}]*)\}\} \\\\$", nets, re.M)
     assert blocks == ["CNN context", "attention", "transformer", "fast CNN"]
     assert r"low\_vegetation" in nets and r"mIoU \%" in nets and r"clutter\textsuperscript{\dag}" in nets
-    best = max(n["accuracy"]["miou"] for n in study["datasets"][0]["networks"] if n["accuracy"])
+    best = max(n.accuracy.miou for n in study.datasets[0].networks if n.accuracy)
     assert rf"\textbf{{{100 * best:.2f}}}" in nets
     assert r"\emph{failed: CUDA out of memory during training}" in nets  # what went wrong, not what to do
     engines = to_latex(tables[1])
@@ -347,15 +351,15 @@ def test_merge_of_two_machines_reranks_and_labels_rows():
     rows = _rows(merged)
     assert len(rows) == 24
     assert {m for m, _, _ in rows} == {"gpu-box (NVIDIA H200)", "cpu-box (EPYC x2)"}
-    ranks = sorted(r["study_rank"] for r in rows.values() if r["study_rank"])
+    ranks = sorted(r.study_rank for r in rows.values() if r.study_rank)
     assert ranks == list(range(1, 11))  # one order across both machines
-    assert rows[("gpu-box (NVIDIA H200)", "bisenetv2", "ort-int8")]["study_rank"] == 1
-    assert rows[("cpu-box (EPYC x2)", "bisenetv2", "ort-int8")]["study_rank"] == 3  # 2.4 MP/s, after 8 and 5
-    assert not any(r["study_pareto"] for (m, _, _), r in rows.items() if m.startswith("cpu"))
-    assert [m["hostname"] for m in merged["machines"]] == ["gpu-box", "cpu-box"]
+    assert rows[("gpu-box (NVIDIA H200)", "bisenetv2", "ort-int8")].study_rank == 1
+    assert rows[("cpu-box (EPYC x2)", "bisenetv2", "ort-int8")].study_rank == 3  # 2.4 MP/s, after 8 and 5
+    assert not any(r.study_pareto for (m, _, _), r in rows.items() if m.startswith("cpu"))
+    assert [m.hostname for m in merged.machines] == ["gpu-box", "cpu-box"]
     # the failed network appears once; datasets and networks matched by name
-    potsdam = merged["datasets"][0]
-    assert [n["name"] for n in potsdam["networks"]] == ["pspnet-r18", "danet-r50", "segformer-b0",
+    potsdam = merged.datasets[0]
+    assert [n.name for n in potsdam.networks] == ["pspnet-r18", "danet-r50", "segformer-b0",
                                                          "bisenetv2"]
     md = to_markdown(merged)
     header, _, *table = _md_table(md, "potsdam (test split, 6 classes): engines")
@@ -364,18 +368,18 @@ def test_merge_of_two_machines_reranks_and_labels_rows():
 
 
 def test_merge_of_merged_keeps_machine_labels():
-    saved = json.loads(json.dumps(merge_studies([make_study(GPU), make_study(CPU, 0.25)])))
+    saved = parse(json.loads(merge_studies([make_study(GPU), make_study(CPU, 0.25)]).model_dump_json()), "x")
     again = merge_studies([saved, make_study(LAPTOP, 0.5, two_datasets=False)])
     assert {m for m, _, _ in _rows(again)} == \
         {"gpu-box (NVIDIA H200)", "cpu-box (EPYC x2)", "laptop (i7 x8)"}
     assert len(_rows(again, "loveda_urban")) == 16  # the laptop did not run it
-    assert [m["hostname"] for m in again["machines"]] == ["gpu-box", "cpu-box", "laptop"]
-    assert [r["study_rank"] for r in _rows(again).values()].count(1) == 1
+    assert [m.hostname for m in again.machines] == ["gpu-box", "cpu-box", "laptop"]
+    assert [r.study_rank for r in _rows(again).values()].count(1) == 1
 
 
 def test_merge_refuses_different_class_sets():
     other = make_study(CPU)
-    other["datasets"][0]["classes"][0] = "road"
+    other.datasets[0].classes[0] = "road"
     with pytest.raises(InputError, match="different classes") as info:
         merge_studies([make_study(GPU), other])
     message = str(info.value)
@@ -383,14 +387,16 @@ def test_merge_refuses_different_class_sets():
     assert "study from gpu-box (NVIDIA H200)" in message and "'potsdam'" in message
 
 
-def _bench_report(machine: dict, classes: list[str], architecture: str = "pspnet-r18") -> dict:
+def _bench_report(machine: dict, classes: list[str], architecture: str = "pspnet-r18") -> Report:
     rows = [_engine("torch-fp32", 0.78, 300.0, 0.1, 1.0, "cpu"), _engine("openvino-int8", 0.776, 30.0, 9.0,
                                                                          1.0, "cpu")]
-    rank(rows, RULE)
-    return {"segbench": "0.1.0", "created": "2026-11-26", "machine": machine, "config": {},
-            "rule": RULE.text(), "ranking": RULE.to_dict(), "engines": rows,
-            "model": {"architecture": architecture, "classes": len(classes), "class_names": classes,
-                      "checkpoint_digest": "ab12", "bands": 3, "tile": 512, "params": None, "gflops": None}}
+    report = parse({"segbench": "0.1.0", "created": "2026-11-26", "machine": machine, "config": {},
+                    "rule": RULE.text(), "ranking": RULE.to_dict(), "engines": rows,
+                    "model": {"architecture": architecture, "classes": len(classes), "class_names": classes,
+                              "checkpoint_digest": "ab12", "bands": 3, "tile": 512, "params": None,
+                              "gflops": None}}, "a test report")
+    rank(report.engines, RULE)
+    return report
 
 
 def test_bench_report_joins_the_dataset_of_its_classes():
@@ -398,13 +404,13 @@ def test_bench_report_joins_the_dataset_of_its_classes():
     rows = _rows(merged)
     laptop = {e: r for (m, n, e), r in rows.items() if m == "laptop (i7 x8)"}
     assert set(laptop) == {"torch-fp32", "openvino-int8"}
-    assert all(r["network"] == "pspnet-r18" for r in laptop.values())
-    assert laptop["openvino-int8"]["study_rank"] == 1  # 9 MP/s beats the GPU's 8
+    assert all(r.network == "pspnet-r18" for r in laptop.values())
+    assert laptop["openvino-int8"].study_rank == 1  # 9 MP/s beats the GPU's 8
     assert len(_rows(merged, "loveda_urban")) == 8
     # a model no study dataset has: a new network under its catalogue family
     merged = merge_studies([make_study(GPU), _bench_report(LAPTOP, POTSDAM, "stdc1")])
-    stdc = next(n for n in merged["datasets"][0]["networks"] if n["name"] == "stdc1")
-    assert stdc["family"] == "fast CNN" and len(stdc["engines"]) == 2
+    stdc = next(n for n in merged.datasets[0].networks if n.name == "stdc1")
+    assert stdc.family == "fast CNN" and len(stdc.engines) == 2
 
 
 def test_bench_report_of_other_classes_is_refused():
@@ -420,7 +426,7 @@ def test_cli_report_merges_studies_and_keeps_bench_reports_as_they_were(tmp_path
     for name, report in (("gpu", make_study(GPU)), ("cpu", make_study(CPU, 0.25)),
                          ("bench", _bench_report(LAPTOP, POTSDAM))):
         paths.append(tmp_path / f"{name}.json")
-        paths[-1].write_text(json.dumps(report))
+        paths[-1].write_text(report.model_dump_json())
     out = tmp_path / "out"
     assert main(["report", *map(str, paths), "-o", str(out)]) == 0
     merged = json.loads((out / "merged.json").read_text())
@@ -443,12 +449,12 @@ def test_the_study_page_has_a_section_per_dataset_and_renders_in_chromium(study,
     write_study(study, tmp_path)
     page = (tmp_path / "study.html").read_text()
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # self-contained
-    for dataset in study["datasets"]:
-        assert f"<h2>{dataset['name']}</h2>" in page
-    networks = sum(len(d["networks"]) for d in study["datasets"])
-    engines = sum(len(n.get("engines") or []) for d in study["datasets"] for n in d["networks"])
-    assert page.count("<tr>") == len(study["datasets"]) * 2 + networks + engines  # headers and rows
-    assert page.count("<svg") >= 2 * len(study["datasets"])  # a heat map and a plot per dataset
+    for dataset in study.datasets:
+        assert f"<h2>{dataset.name}</h2>" in page
+    networks = sum(len(d.networks) for d in study.datasets)
+    engines = sum(len(n.engines or []) for d in study.datasets for n in d.networks)
+    assert page.count("<tr>") == len(study.datasets) * 2 + networks + engines  # headers and rows
+    assert page.count("<svg") >= 2 * len(study.datasets)  # a heat map and a plot per dataset
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")

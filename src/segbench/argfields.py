@@ -166,3 +166,32 @@ def ratio_or_off(text: str) -> float | bool:
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"{text} is neither 'off' nor a ratio in (0, 1]")
     return value
+
+
+def bounded(low: float, high: float) -> Callable[[str], float]:
+    """A number in ``[low, high]``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} must be a number from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+#: LoadGen's scenarios as segbench names them (segbench.bench.scenarios runs them)
+SCENARIO_NAMES = ("single-stream", "multi-stream", "server", "offline", "accuracy")
+
+
+def scenario_names(text: str) -> tuple[str, ...]:
+    """Comma-separated scenario names, each one of :data:`SCENARIO_NAMES`."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in SCENARIO_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or repr(text)} is not a scenario; choose "
+                                         f"from {', '.join(SCENARIO_NAMES)}")
+    return names
+

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from segbench.argfields import option, positive, ratio_or_off
+from segbench.argfields import bounded, option, positive, ratio_or_off, scenario_names
 from segbench.bench.rank import RankRule
 from segbench.export.quantize import CALIBRATION_METHODS
 from segbench.tiler.options import TilingOptions
 
 INT8 = "int8 engines"  # the argument group of the int8 options (bench and build)
+SCENARIOS = "production scenarios (MLPerf LoadGen)"
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,22 @@ class BenchOptions(TilingOptions):
                                 "report the worst (kept in its spec and the bench report)")
     maps: bool = option(False, help="write where each engine's labels differ from the reference's, beside "
                                     "its labels (<scene>.disagreement.tif, styled for QGIS)")
+    scenarios: tuple[str, ...] = option(
+        (), parse=scenario_names, metavar="NAME[,NAME]", group=SCENARIOS,
+        default_help="none: latency and whole scenes only",
+        help="MLPerf scenarios LoadGen runs each engine in: single-stream, multi-stream, server, offline, "
+             "accuracy (logs in <out>/<engine>/loadgen/<scenario>/)")
+    server_latency_ms: float | None = option(
+        None, parse=bounded(0.1, 60_000.0), group=SCENARIOS, default_help="10x the first engine's p50",
+        help="the Server scenario's p99 bound, one for every engine of the run (ms)")
+    scenario_seconds: float = option(60.0, parse=bounded(1.0, 3600.0), group=SCENARIOS,
+                                     help="the time budget of each engine's Server QPS search (s)")
+    max_queue_ms: float = option(2.0, parse=bounded(0.0, 1000.0), group=SCENARIOS,
+                                 help="the longest a request waits in the dynamic batcher for others (ms)")
+    rank_by: str = option("throughput", choices=("throughput", "server"),
+                          help="rank qualified engines by whole-scene MP/s, or by Server QPS under the bound")
+    price_per_hour: float | None = option(None, parse=bounded(0.0, 1e6), metavar="USD",
+                                          help="the machine's price per hour: the table gains $/1000 km²")
     quick: bool = False  # fewer latency iterations (tests, the demo); not on the command line
 
     @classmethod
@@ -58,7 +75,7 @@ class BenchOptions(TilingOptions):
     def rule(self) -> RankRule:
         """The ranking rule these options give."""
         return RankRule(self.reference, self.min_ratio, self.max_latency_ms,
-                        int(self.max_memory_mb * 2**20) if self.max_memory_mb else None)
+                        int(self.max_memory_mb * 2**20) if self.max_memory_mb else None, self.rank_by)
 
 
 #: what a study's ``[bench]`` turns on where the command line does not: a study's tables link each

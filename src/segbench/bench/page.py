@@ -22,6 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from segbench.bench.figures import latency_accuracy_figure, pyplot, server_latency_figure
+from segbench.bench.model import EngineRow, Machine, Report
+from segbench.bench.tables import model_line, notes, precision_lines, table_rows
+
 #: the longest side of a thumbnail, in pixels
 THUMBNAIL = 240
 
@@ -72,25 +76,23 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 """
 
 
-def bench_page(report: dict) -> str:
+def bench_page(report: Report) -> str:
     """The page of a bench report (or a merged one)."""
-    from segbench.bench.report import _model_line, latency_accuracy_figure, table_rows
-
     header, rows = table_rows(report)
     parts = ["<h1>segbench: accuracy, latency and memory per engine</h1>",
-             f"<p class=muted>{esc(_model_line(report).strip())}</p>",
-             "<h2>Ranking</h2>", table(header, rows), f"<p class=muted>{esc(report.get('rule', ''))}</p>"]
-    notes = [f"{r['name']}: {r.get('status')}: {r.get('reason')}" for r in report["engines"]
-             if r.get("status") != "ok"]
-    if notes:
-        parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+             f"<p class=muted>{esc(model_line(report).strip())}</p>",
+             "<h2>Ranking</h2>", table(header, rows), f"<p class=muted>{esc(report.rule)}</p>"]
+    if said := notes(report):
+        parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in said) + "</ul>")
     parts += ["<h2>Latency against accuracy</h2>", figure(latency_accuracy_figure(report))]
-    if (heat := iou_figure(_engine_iou(report), report.get("model", {}).get("class_names") or [],
-                            "per-class IoU (%) by engine")) is not None:
+    if (load := server_latency_figure(report)) is not None:
+        parts += ["<h2>Latency under load (LoadGen Server)</h2>", figure(load)]
+    classes = report.model.class_names if report.model else []
+    if (heat := iou_figure(_engine_iou(report), classes, "per-class IoU (%) by engine")) is not None:
         parts += ["<h2>Per-class IoU</h2>", heat]
     parts += _int8_section(report)
     parts += _thumbnails(report)
-    parts += ["<h2>Machine</h2>", machine(report)]
+    parts += ["<h2>Machine</h2>", machine(report.machine, report.segbench)]
     return page("segbench report", parts)
 
 
@@ -135,19 +137,25 @@ def figure(fig) -> str:
     return f"<div class=figure>{svg[svg.index('<svg'):]}</div>"
 
 
-def _engine_iou(report: dict) -> tuple[list[str], np.ndarray] | None:
-    classes = (report.get("model") or {}).get("class_names") or []
-    rows = [r for r in report["engines"]
-            if r.get("status") == "ok" and (r.get("accuracy") or {}).get("per_class")]
+def _engine_iou(report: Report) -> tuple[list[str], np.ndarray] | None:
+    classes = report.model.class_names if report.model else []
+    rows = [r for r in report.ok_rows if r.accuracy and r.accuracy.per_class]
     if not rows or not classes:
         return None
-    grid = np.array([[_pct((r["accuracy"]["per_class"].get(c) or {}).get("iou")) for c in classes]
-                     + [_pct(r["accuracy"].get("miou"))] for r in rows], float)
-    return [r["name"] + (f" [{r['machine']}]" if r.get("machine") else "") for r in rows], grid
+    return [r.label for r in rows], iou_grid(rows, classes)
 
 
-def _pct(value) -> float:
-    return math.nan if value is None else 100 * value
+def iou_grid(rows: Sequence, classes: Sequence[str]) -> np.ndarray:
+    """IoU (%) of each row (an engine, or a network of a study) x (classes, mIoU), NaN where undefined."""
+    def pct(value: float | None) -> float:
+        return math.nan if value is None else 100 * value
+
+    def iou(accuracy, name: str) -> float | None:
+        found = accuracy.per_class.get(name) if accuracy else None
+        return found.iou if found else None
+
+    return np.array([[pct(iou(r.accuracy, c)) for c in classes] + [pct(r.accuracy and r.accuracy.miou)]
+                     for r in rows], float).reshape(len(rows), len(classes) + 1)
 
 
 def iou_figure(data, classes: list[str], title: str) -> str | None:
@@ -157,12 +165,7 @@ def iou_figure(data, classes: list[str], title: str) -> str | None:
     labels, grid = data
     if not np.isfinite(grid).any():
         return None
-    from segbench.extras import require
-
-    matplotlib = require("matplotlib", "the report page")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("the report page")
     cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
     finite = grid[np.isfinite(grid)]
     low, high = math.floor(finite.min() / 10) * 10, math.ceil(finite.max() / 10) * 10
@@ -184,31 +187,26 @@ def iou_figure(data, classes: list[str], title: str) -> str | None:
     return figure(fig)
 
 
-def _int8_section(report: dict) -> list[str]:
+def _int8_section(report: Report) -> list[str]:
     """What each int8 engine's search did and each fp16 graph kept in float32, with the layers that
     reduced precision hurts most where they were explained."""
-    from segbench.bench.report import precision_lines
-
-    rows = [r for r in report["engines"] if precision_lines(r)]
+    rows = [r for r in report.engines if precision_lines(r)]
     if not rows:
         return []
     parts = ["<h2>int8 and fp16 engines</h2>"]
     for r in rows:
-        lines = precision_lines(r)
-        items = "".join(f"<li>{esc(x)}</li>" for x in lines)
-        parts.append(f"<h3>{esc(r['name'])}</h3><ul>{items}</ul>")
+        items = "".join(f"<li>{esc(x)}</li>" for x in precision_lines(r))
+        parts.append(f"<h3>{esc(r.name)}</h3><ul>{items}</ul>")
     return parts
 
 
-def _thumbnails(report: dict) -> list[str]:
+def _thumbnails(report: Report) -> list[str]:
     """For each scene, the scene, and each engine's labels and disagreement map, side by side."""
-    from segbench.bench.disagreement import AGREE_COLOUR, map_path
+    from segbench.bench.disagreement import AGREE_COLOUR
 
-    config = report.get("config") or {}
-    scenes = config.get("scenes") or []
-    model = report.get("model") or {}
-    palette = model.get("palette")
-    classes = model.get("class_names") or []
+    scenes = report.config.scenes
+    palette = report.model.palette if report.model else None
+    classes = report.model.class_names if report.model else []
     if not scenes:
         return []
     parts = ["<h2>Scenes</h2>"]
@@ -219,21 +217,26 @@ def _thumbnails(report: dict) -> list[str]:
                      "agrees with the reference</span></p>")
     for i, scene in enumerate(scenes):
         figures = [_thumb(_scene_rgb(scene), Path(scene).name)]
-        for r in report["engines"]:
-            outputs = ((r.get("scene") or {}).get("outputs") or [])
-            if r.get("status") != "ok" or i >= len(outputs):
-                continue
-            labels = outputs[i]
-            figures.append(_thumb(_paletted(labels, palette), f"{r['name']}: labels"))
-            differ = map_path(labels)
-            if Path(differ).is_file():
-                share = (r.get("disagreement") or {}).get("share")
-                note = f" ({100 * share:.2f}% of pixels)" if share is not None else ""
-                figures.append(_thumb(_paletted(differ, [AGREE_COLOUR, *(palette or [])]),
-                                      f"{r['name']}: where it differs from the reference{note}"))
+        for r in report.ok_rows:
+            if i < len(r.outputs):
+                figures += _engine_thumbs(r, r.outputs[i], palette)
         shown = "".join(f for f in figures if f)
         parts.append(f"<h3>{esc(Path(scene).name)}</h3><div class=thumbs>{shown}</div>")
     return parts
+
+
+def _engine_thumbs(row: EngineRow, labels: str, palette) -> list[str]:
+    """An engine's labels of one scene and, where it was written, its disagreement map."""
+    from segbench.bench.disagreement import AGREE_COLOUR, map_path
+
+    figures = [_thumb(_paletted(labels, palette), f"{row.name}: labels")]
+    differ = map_path(labels)
+    if Path(differ).is_file():
+        share = row.disagreement.share if row.disagreement else None
+        note = f" ({100 * share:.2f}% of pixels)" if share is not None else ""
+        figures.append(_thumb(_paletted(differ, [AGREE_COLOUR, *(palette or [])]),
+                              f"{row.name}: where it differs from the reference{note}"))
+    return figures
 
 
 def _thumb(image: np.ndarray | None, caption: str) -> str:
@@ -299,15 +302,16 @@ def _paletted(path: str, palette: Sequence[Sequence[int]] | None) -> np.ndarray 
     return colours[values]
 
 
-def machine(report: dict) -> str:
-    m = report.get("machine") or {}
-    rows = [("host", m.get("hostname")), ("CPU", f"{m.get('cpu')} ({m.get('cores')} cores)"),
-            ("memory", f"{(m.get('memory_bytes') or 0) / 2**30:.1f} GiB"), ("platform", m.get("platform")),
-            ("Python", m.get("python"))]
-    if m.get("gpu"):
-        rows.append(("GPU", f"{m['gpu'].get('name')} (CUDA {m['gpu'].get('cuda')}, driver "
-                            f"{m['gpu'].get('driver')})"))
-    rows += [(name, version) for name, version in sorted((m.get("libraries") or {}).items())]
-    if report.get("segbench"):
-        rows.append(("segbench", report["segbench"]))
+def machine(m: Machine | None, segbench: str | None = None) -> str:
+    """The machine (and the segbench that ran on it) as a definition list."""
+    rows: list[tuple[str, object]] = []
+    if m is not None:
+        rows += [("host", m.hostname), ("CPU", f"{m.cpu} ({m.cores} cores)"),
+                 ("memory", f"{(m.memory_bytes or 0) / 2**30:.1f} GiB"), ("platform", m.platform),
+                 ("Python", m.python)]
+        if m.gpu:
+            rows.append(("GPU", f"{m.gpu.name} (CUDA {m.gpu.cuda}, driver {m.gpu.driver})"))
+        rows += sorted(m.libraries.items())
+    if segbench:
+        rows.append(("segbench", segbench))
     return "<dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in rows if v) + "</dl>"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from segbench.bench.model import EngineRow, Provenance, Ranking
 
 
 @dataclass(frozen=True)
@@ -14,20 +16,25 @@ class RankRule:
     ratio: float = 0.99
     max_latency_ms: float | None = None
     max_memory_bytes: int | None = None
+    by: str = "throughput"  # or "server": Server QPS under the p99 bound (LoadGen)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_report(cls, report: dict) -> RankRule:
+    def from_report(cls, report: Provenance) -> RankRule:
         """The rule a report was ranked by: its ``ranking``, else read from its bench configuration."""
-        if report.get("ranking"):
-            names = {f.name for f in fields(cls)}
-            return cls(**{k: v for k, v in report["ranking"].items() if k in names})
-        config = report.get("config") or {}
-        memory_mb = config.get("max_memory_mb")
-        return cls(config.get("reference", cls.reference), config.get("min_ratio", cls.ratio),
-                   config.get("max_latency_ms"), int(memory_mb * 2**20) if memory_mb else None)
+        if report.ranking is not None:
+            return cls(**report.ranking.model_dump())
+        config = getattr(report, "config", None)  # a bench report's settings; a study has none
+        if config is None:
+            return cls()
+        memory_mb = config.max_memory_mb
+        return cls(config.reference or cls.reference, config.min_ratio or cls.ratio,
+                   config.max_latency_ms, int(memory_mb * 2**20) if memory_mb else None)
+
+    def to_model(self) -> Ranking:
+        return Ranking(**asdict(self))
 
     def text(self) -> str:
         parts = [f"An engine qualifies when its mIoU is at least {self.ratio:.0%} of "
@@ -36,53 +43,58 @@ class RankRule:
             parts.append(f"its p50 tile latency is at most {self.max_latency_ms:g} ms")
         if self.max_memory_bytes is not None:
             parts.append(f"its peak memory is at most {self.max_memory_bytes / 2**20:.0f} MiB")
-        return (", ".join(parts) + ". Qualified engines are ranked by scene throughput (MP/s); "
+        order = ("Server QPS under the p99 bound (LoadGen)" if self.by == "server"
+                 else "scene throughput (MP/s)")
+        return (", ".join(parts) + f". Qualified engines are ranked by {order}; "
                 "* marks the Pareto front of p50 latency against mIoU.")
 
 
-def _get(row: dict, *path):
-    for key in path:
-        if not isinstance(row, dict):
-            return None
-        row = row.get(key)
-    return row
-
-
-def rank(rows: list[dict], rule: RankRule) -> list[dict]:
+def rank(rows: list[EngineRow], rule: RankRule) -> list[EngineRow]:
     """Annotate engine rows (in place) with ``qualified``, ``rank``, ``pareto`` and ``rank_reason``."""
-    ok = [r for r in rows if r.get("status") == "ok"]
-    ref = next((r for r in ok if r["name"] == rule.reference), None)
-    ref_miou = _get(ref, "accuracy", "miou") if ref else None
+    ok = [r for r in rows if r.ok]
+    ref = next((r for r in ok if r.name == rule.reference), None)
+    ref_miou = ref.miou if ref else None
     for r in rows:
-        r["qualified"], r["rank"], r["pareto"], r["rank_reason"] = False, None, False, None
-        if r.get("status") != "ok":
-            r["rank_reason"] = r.get("reason") or r.get("status")
+        r.qualified, r.rank, r.pareto, r.rank_reason = False, None, False, None
+        if not r.ok:
+            r.rank_reason = r.reason or r.status
             continue
-        miou = _get(r, "accuracy", "miou")
-        latency = _get(r, "latency", "batch1", "p50")
-        memory = _get(r, "memory", "peak_rss_bytes")
-        if ref_miou is not None and miou is not None and miou < rule.ratio * ref_miou:
-            r["rank_reason"] = f"mIoU {miou:.4f} < {rule.ratio:.0%} of {rule.reference}"
-        elif rule.max_latency_ms is not None and (latency is None or latency > rule.max_latency_ms):
-            r["rank_reason"] = "over the latency budget"
-        elif rule.max_memory_bytes is not None and (memory is None or memory > rule.max_memory_bytes):
-            r["rank_reason"] = "over the memory budget"
-        else:
-            r["qualified"] = True
-            if ref_miou is None or miou is None:
-                r["rank_reason"] = "no accuracy to compare: qualified on budgets only"
-    qualified = sorted((r for r in ok if r["qualified"]),
-                       key=lambda r: -(_get(r, "scene", "megapixels_per_s") or 0.0))
-    for i, r in enumerate(qualified, 1):
-        r["rank"] = i
+        r.rank_reason = _unqualified(r, rule, ref_miou)
+        if r.rank_reason is None:
+            r.qualified = True
+            if ref_miou is None or r.miou is None:
+                r.rank_reason = "no accuracy to compare: qualified on budgets only"
+    for i, r in throughput_order(ok, rule.by):
+        r.rank = i
     for r in pareto_front(ok):
-        r["pareto"] = True
+        r.pareto = True
     return rows
 
 
-def pareto_front(rows: list[dict]) -> list[dict]:
+def throughput_order(rows: list[EngineRow], by: str = "throughput") -> list[tuple[int, EngineRow]]:
+    """The qualified rows, fastest first, numbered from 1: by scene throughput, or (``by="server"``)
+    by Server QPS under the bound, rows without one last in scene throughput's order."""
+    def speed(r: EngineRow) -> tuple[float, float]:
+        return (-(r.server_qps or 0.0) if by == "server" else 0.0, -(r.megapixels_per_s or 0.0))
+
+    return list(enumerate(sorted((r for r in rows if r.qualified), key=speed), 1))
+
+
+def _unqualified(row: EngineRow, rule: RankRule, ref_miou: float | None) -> str | None:
+    """Why ``row`` does not qualify under ``rule``; None when it does."""
+    miou, latency, memory = row.miou, row.p50_ms, row.peak_rss_bytes
+    if ref_miou is not None and miou is not None and miou < rule.ratio * ref_miou:
+        return f"mIoU {miou:.4f} < {rule.ratio:.0%} of {rule.reference}"
+    if rule.max_latency_ms is not None and (latency is None or latency > rule.max_latency_ms):
+        return "over the latency budget"
+    if rule.max_memory_bytes is not None and (memory is None or memory > rule.max_memory_bytes):
+        return "over the memory budget"
+    return None
+
+
+def pareto_front(rows: list[EngineRow]) -> list[EngineRow]:
     """Rows not dominated in (p50 latency lower, mIoU higher); rows lacking either are left out."""
-    pts = [(r, _get(r, "latency", "batch1", "p50"), _get(r, "accuracy", "miou")) for r in rows]
+    pts = [(r, r.p50_ms, r.miou) for r in rows]
     pts = [(r, lat, miou) for r, lat, miou in pts if lat is not None and miou is not None]
     front = []
     for r, lat, miou in pts:

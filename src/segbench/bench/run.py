@@ -11,7 +11,6 @@ finished.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -23,23 +22,32 @@ from pathlib import Path
 from rich.console import Console
 
 from segbench.bench.disagreement import AGREE_COLOUR, map_categories
+from segbench.bench.energy import EnergyMeter
 from segbench.bench.int8 import int8_setup
 from segbench.bench.latency import P90_MIN_SAMPLES, time_callable
 from segbench.bench.memory import PeakMemory, describe, gpu_memory, run_in_child
 from segbench.bench.metrics import AgreementCounter, ConfusionMatrix
+from segbench.bench.model import (
+    Accuracy,
+    BatchChoice,
+    Cost,
+    Disagreement,
+    EngineRow,
+    GpuMemory,
+    Latency,
+    LatencyStats,
+    Memory,
+    ModelInfo,
+    Report,
+    Scaling,
+    Scenario,
+    SceneRun,
+    Stages,
+)
 from segbench.bench.options import BenchOptions
-from segbench.bench.report import (
-    console as make_console,
-)
-from segbench.bench.report import (
-    load_report,
-    merge_reports,
-    new_report,
-    rank_report,
-    render_table,
-    write_all,
-    write_json,
-)
+from segbench.bench.report import console as make_console
+from segbench.bench.report import load_report, provenance, rank_report, write_all, write_json
+from segbench.bench.tables import render_table
 from segbench.errors import InputError, SegbenchError
 from segbench.export.qualify import precision_label
 from segbench.files import atomic_output, sha256_bytes
@@ -48,6 +56,12 @@ from segbench.raster import LABEL_NODATA, label_targets, open_raster, sample_til
 from segbench.signals import raise_if_pending
 from segbench.spec import ModelSpec
 from segbench.tiler import auto_batch
+from segbench.tiler.windows import stride_for
+
+#: the Server scenario's p99 bound, when not given: this many times the first engine's batch-1 p50
+SERVER_BOUND_FACTOR = 10
+#: LoadGen's minimum duration of a scenario run in quick benches (tests, the demo)
+QUICK_DURATION_MS = 2_000
 
 
 @dataclass(frozen=True)
@@ -80,20 +94,20 @@ class BenchConfig:
 
 
 def run_bench(config: BenchConfig, console: Console | None = None, show_table: bool = True,
-              on_engine: Callable[[dict], None] | None = None) -> dict:
+              on_engine: Callable[[EngineRow], None] | None = None) -> Report:
     """Build, measure and rank every engine of ``config``; returns the report.
 
     ``on_engine`` is called with each engine's row as it is done (a study's
     progress); ``show_table`` prints the ranked table at the end.
     """
     run = BenchRun(config, console)
-    rows: list[dict] = []
+    rows: list[EngineRow] = []
     reference_labels: list[str] | None = None
     for name in run.order:  # the reference first, so the others can be compared with its labels
         raise_if_pending()
         row = run.kept(name) or run.measure(name, reference_labels)
-        if name == config.options.reference and row["status"] == "ok":
-            reference_labels = row["scene"]["outputs"]
+        if name == config.options.reference and row.ok:
+            reference_labels = row.outputs
         rows.append(row)
         run.write(rows)
         if on_engine is not None:
@@ -127,9 +141,11 @@ class BenchRun:
         reference = config.options.reference
         self.order = sorted((k.name for k in self.kinds.values()), key=lambda n: n != reference)
         self._int8: tuple | None = None
-        self._header: dict | None = None
+        self._header: Report | None = None
+        self._library = None  # the scenarios' sample library, read for the first engine that needs it
+        self._bound_ms: float | None = None  # the Server p99 bound of every engine of the run
 
-    def kept(self, name: str) -> dict | None:
+    def kept(self, name: str) -> EngineRow | None:
         """``name``'s row from an earlier run on the same inputs, if its labels are still there."""
         row = self.previous.get(name)
         if not _reusable(row, self.inputs):
@@ -137,25 +153,26 @@ class BenchRun:
         self.console.print(f"[green]{name}[/green]: kept from the earlier run: {_summary(row)}")
         return row
 
-    def measure(self, name: str, reference_labels: list[str] | None) -> dict:
+    def measure(self, name: str, reference_labels: list[str] | None) -> EngineRow:
         """Build ``name`` and measure it in a fresh process; a failure is a failed row."""
         from segbench.engines.registry import availability
 
         kind, console = self.kinds[name], self.console
-        row = {"name": name, "backend": kind.backend, "precision": kind.precision,
-               "device": kind.device, "status": "ok", "reason": None, "inputs": self.inputs}
+        row = EngineRow(name=name, backend=kind.backend, precision=kind.precision, device=kind.device,
+                        inputs=self.inputs)
         if (reason := availability(name)) is not None:
-            row.update(status="skipped", reason=reason)
             console.print(f"[yellow]{name}: skipped: {reason}[/yellow]")
-            return row
+            return row.model_copy(update={"status": "skipped", "reason": reason})
         try:
-            row.update(self._measure(name, reference_labels))
+            return row.model_copy(update=self._measure(name, reference_labels))
         except Exception as exc:  # noqa: BLE001  (one engine's failure is one failed row)
-            row.update(status="failed", reason=describe(exc), log=str(_error_log(self.out, name, exc)))
-            console.print(f"[red]{name}: failed: {row['reason']} (log: {row['log']})[/red]")
+            row = row.model_copy(update={"status": "failed", "reason": describe(exc),
+                                         "log": str(_error_log(self.out, name, exc))})
+            console.print(f"[red]{name}: failed: {row.reason} (log: {row.log})[/red]")
         return row
 
     def _measure(self, name: str, reference_labels: list[str] | None) -> dict:
+        """The measured fields of ``name``'s row (typed values, by field name)."""
         from segbench.engines.registry import build
 
         config, console, out, row = self.config, self.console, self.out, {}
@@ -178,7 +195,7 @@ class BenchRun:
             with console.status(f"choosing {name}'s batch size"):
                 choice = run_in_child(auto_batch, str(artifact), [str(s) for s in config.scenes],
                                       options.overlap)
-            row["batch_choice"] = choice.to_dict()
+            row["batch_choice"] = BatchChoice(**choice.to_dict())
             batch = choice.batch
             console.print(f"{name}: {choice.describe()}")
         job = _Job(artifact=str(artifact), scenes=[str(s) for s in config.scenes],
@@ -191,11 +208,48 @@ class BenchRun:
             with console.status(f"scaling {name} on 1 and {config.workers} Dask workers"):
                 row["scaling"] = measure_scaling(artifact, config, batch, out / name)
             console.print(f"{name}: {_scaling_summary(row['scaling'])}")
-        console.print(f"[green]{name}[/green]: {_summary(row)}")
-        if row["latency"]["noisy"]:
+        if options.scenarios:
+            row["scenarios"] = self._scenarios(name, artifact, batch, row["latency"].batch1.p50)
+        row["cost"] = self._cost(row["scene"], row.pop("energy"), row.get("scenarios") or [])
+        console.print(f"[green]{name}[/green]: {_summary(EngineRow(name=name, **row))}")
+        if row["latency"].noisy:
             console.print(f"[yellow]{name}: latency varies by more than 10% between runs (coefficient "
                           "of variation); the machine may be busy.[/yellow]")
         return row
+
+    def _scenarios(self, name: str, artifact: Path, batch: int, p50_ms: float) -> list[Scenario]:
+        """LoadGen's scenarios of ``name`` (each in a child process), on the bench's windows."""
+        from segbench.bench.samples import sample_library
+        from segbench.bench.scenarios import run_scenarios
+
+        options, console = self.config.options, self.console
+        if self._library is None:
+            self._library = sample_library(self.config.scenes, self.spec, options.overlap, self.config.labels)
+        if self._bound_ms is None:  # one bound for every engine: given, or 10x the first one's tile
+            self._bound_ms = options.server_latency_ms or SERVER_BOUND_FACTOR * p50_ms
+        settings = [_settings(scenario, options, batch, self._bound_ms) for scenario in options.scenarios]
+        with console.status(f"{name}: LoadGen {', '.join(options.scenarios)} (in a fresh process each)"):
+            results = run_scenarios(artifact, self._library.tiles, self.out, settings, self._library.targets)
+        scenarios = [Scenario.model_validate(r.to_dict()) for r in results]
+        for found in scenarios:
+            console.print(f"{name}: {_scenario_summary(found)}")
+        return scenarios
+
+    def _cost(self, scene: SceneRun, energy, scenarios: list[Scenario]) -> Cost:
+        """What a scene costs with the engine: km^2 per hour (whole scenes; Offline x each window's new
+        area), US dollars per 1,000 km^2 at ``--price-per-hour``, energy per km^2 where measured."""
+        options, area = self.config.options, _area_km2([str(s) for s in self.config.scenes])
+        offline = next((s.figure for s in scenarios if s.scenario == "offline" and s.valid), None)
+        pixel_m2 = area * 1e6 / _pixels(self.config.scenes) if area else None
+        stride = stride_for(self.spec.tile, options.overlap, default=self.spec.stride)
+        km2_h = scene.km2_per_h
+        return Cost(
+            km2_per_h=km2_h,
+            offline_km2_per_h=offline * stride**2 * pixel_m2 * 3600 / 1e6 if offline and pixel_m2 else None,
+            usd_per_1000_km2=(options.price_per_hour / km2_h * 1000
+                              if options.price_per_hour is not None and km2_h else None),
+            joules_per_km2=energy.joules / area if energy.joules is not None and area else None,
+            energy_source=energy.source, energy_note=energy.note)
 
     def _calibration(self, kind) -> tuple:
         """The calibration tiles and int8 request, made once for the first engine that needs them
@@ -209,32 +263,28 @@ class BenchRun:
                                     options.int8_ratio, options.explain, _excluded(config, self.spec))
         return self._int8
 
-    def report(self, rows: list[dict]) -> dict:
+    def report(self, rows: list[EngineRow]) -> Report:
         """The ranked report of ``rows`` (in :attr:`order`)."""
         if self._header is None:  # the machine, versions, options and model, described once
             spec, config = self.spec, self.config
-            header = new_report(config.to_dict(), self.rule.text())
-            header["ranking"] = self.rule.to_dict()
             options = spec.build.options if spec.build else {}
-            header["model"] = {"architecture": spec.architecture, "classes": spec.num_classes,
-                               "class_names": list(spec.classes),
-                               "palette": [list(c) for c in spec.palette],
-                               "checkpoint_digest": spec.checkpoint_digest,
-                               "bands": spec.num_bands, "tile": spec.tile,
-                               "params": options.get("params"), "gflops": options.get("gflops")}
-            self._header = header
-        report = {**copy.deepcopy(self._header), "engines": list(rows)}
-        rank_report(report)
-        return report
+            model = ModelInfo(architecture=spec.architecture, classes=spec.num_classes,
+                              class_names=list(spec.classes), palette=[list(c) for c in spec.palette],
+                              checkpoint_digest=spec.checkpoint_digest, bands=spec.num_bands,
+                              tile=spec.tile, params=options.get("params"), gflops=options.get("gflops"))
+            self._header = Report(**provenance(), config=config.to_dict(), rule=self.rule.text(),
+                                  ranking=self.rule.to_model(), model=model)
+        report = self._header.model_copy(deep=True, update={"engines": [r.model_copy() for r in rows]})
+        return rank_report(report)
 
-    def write(self, rows: list[dict]) -> dict:
+    def write(self, rows: list[EngineRow]) -> Report:
         """``report.json`` of the rows so far (rewritten after each engine: an interrupted bench keeps
         what it finished)."""
         report = self.report(rows)
         write_json(report, self.out / "report.json")
         return report
 
-    def finish(self, rows: list[dict], show_table: bool = True) -> dict:
+    def finish(self, rows: list[EngineRow], show_table: bool = True) -> Report:
         """The report and its renderings (table, page); the table printed when ``show_table``."""
         report = self.write(rows)
         paths = write_all(report, self.out)
@@ -244,10 +294,10 @@ class BenchRun:
         return report
 
 
-def measure_engine_task(config: BenchConfig, name: str, reference: dict | None) -> dict:
+def measure_engine_task(config: BenchConfig, name: str, reference: EngineRow | None) -> EngineRow:
     """One engine's row, measured where this runs (a Dask worker), compared with the ``reference``
     engine's row when it is given and ok; quiet, its failure a failed row."""
-    labels = reference["scene"]["outputs"] if reference and reference.get("status") == "ok" else None
+    labels = reference.outputs if reference and reference.ok else None
     return BenchRun(config, Console(quiet=True)).measure(name, labels)
 
 
@@ -267,18 +317,17 @@ def _inputs_key(config: BenchConfig) -> str:
     return sha256_bytes(json.dumps(fields, sort_keys=True).encode())[:16]
 
 
-def _previous_rows(path: Path) -> dict[str, dict]:
+def _previous_rows(path: Path) -> dict[str, EngineRow]:
     """The engine rows of an earlier report at ``path``, by engine name (none if it is unreadable)."""
     try:
-        return {r["name"]: r for r in load_report(path).get("engines", [])}
-    except (SegbenchError, OSError, KeyError, TypeError):
+        return {r.name: r for r in load_report(path).engines}
+    except (SegbenchError, OSError):
         return {}
 
 
-def _reusable(row: dict | None, inputs: str) -> bool:
+def _reusable(row: EngineRow | None, inputs: str) -> bool:
     """An earlier row measured on the same inputs, whose label rasters are still there."""
-    return bool(row and row.get("status") == "ok" and row.get("inputs") == inputs
-                and all(Path(p).is_file() for p in row.get("scene", {}).get("outputs", [])))
+    return bool(row and row.ok and row.inputs == inputs and all(Path(p).is_file() for p in row.outputs))
 
 
 def _excluded(config: BenchConfig, spec: ModelSpec) -> tuple[str, ...]:
@@ -295,16 +344,45 @@ def _error_log(out: Path, name: str, exc: Exception) -> Path:
     return path
 
 
-def _summary(row: dict) -> str:
-    parts = []
-    if (acc := row.get("accuracy")) and acc.get("miou") is not None:
-        parts.append(f"mIoU {100 * acc['miou']:.2f}%")
-    parts.append(f"p50 {row['latency']['batch1']['p50']:.1f} ms")
-    parts.append(f"{row['scene']['megapixels_per_s']:.2f} MP/s")
+def _settings(scenario: str, options: BenchOptions, batch: int, bound_ms: float):
+    """LoadGen's settings of one scenario of the bench: the batcher up to the engine's batch, the
+    Server search under the run's one bound; quick benches (tests, the demo) run 2 s per scenario."""
+    from segbench.bench.scenarios import ScenarioSettings
+
+    quick = {"min_duration_ms": QUICK_DURATION_MS} if options.quick else {}
+    if options.quick and scenario != "server":
+        quick["min_query_count"] = 16  # the Server search keeps the queries a p99 claim needs
+    return ScenarioSettings.default(scenario, max_batch=batch, max_queue_ms=options.max_queue_ms,
+                                    search_seconds=options.scenario_seconds,
+                                    latency_bound_ms=bound_ms if scenario == "server" else None, **quick)
+
+
+def _scenario_summary(found: Scenario) -> str:
+    """One line on a scenario's result: its figure, or why it has none."""
+    where = f" (logs: {found.log_dir})"
+    if found.valid and found.figure is not None:
+        extra = (f", p99 {found.p99_ms:.0f} ms, mean batch {found.mean_batch:.1f}"
+                 if found.scenario == "server" and found.p99_ms is not None else "")
+        return f"{found.scenario} {found.figure:.1f} {found.unit}{extra}{where}"
+    return f"{found.scenario}: {found.note or 'INVALID (too few queries for a figure)'}{where}"
+
+
+def _pixels(scenes: list[Path]) -> int:
+    total = 0
+    for scene in scenes:
+        with open_raster(scene) as ds:
+            total += ds.width * ds.height
+    return total
+
+
+def _summary(row: EngineRow) -> str:
+    parts = [f"mIoU {100 * row.miou:.2f}%"] if row.miou is not None else []
+    parts.append(f"p50 {row.p50_ms:.1f} ms")
+    parts.append(f"{row.megapixels_per_s:.2f} MP/s")
     return ", ".join(parts)
 
 
-def measure_scaling(artifact: Path, config: BenchConfig, batch: int, folder: Path) -> dict:
+def measure_scaling(artifact: Path, config: BenchConfig, batch: int, folder: Path) -> Scaling:
     """The scenes in chunks on a LocalCluster of 1 and of ``config.workers`` workers (one thread
     each, the cores shared): MP/s at each and the efficiency, ``rate(N) / (N * rate(1))``."""
     from segbench.cluster import dask_client, segment_on_cluster
@@ -322,15 +400,13 @@ def measure_scaling(artifact: Path, config: BenchConfig, batch: int, folder: Pat
         shutil.rmtree(folder / f"workers-{n}", ignore_errors=True)  # the labels were measured, not kept
     n = config.workers
     efficiency = rates[n] / (n * rates[1]) if rates[1] and rates[n] else None
-    return {"workers": n, "megapixels_per_s": {str(k): v for k, v in rates.items()},
-            "efficiency": efficiency}
+    return Scaling(workers=n, megapixels_per_s={str(k): v for k, v in rates.items()}, efficiency=efficiency)
 
 
-def _scaling_summary(scaling: dict) -> str:
-    rates = scaling["megapixels_per_s"]
-    n = scaling["workers"]
+def _scaling_summary(scaling: Scaling) -> str:
+    rates, n = scaling.megapixels_per_s, scaling.workers
     return (f"{rates['1']:.2f} MP/s on 1 Dask worker, {rates[str(n)]:.2f} on {n} "
-            f"(efficiency {100 * scaling['efficiency']:.0f}%)")
+            f"(efficiency {100 * (scaling.efficiency or 0):.0f}%)")
 
 
 #: the renderings of report.json that the bench writes beside it
@@ -411,11 +487,12 @@ def measure_engine(job: _Job) -> dict:
         engine = _for_scenes(engine, job.artifact, job.batch)
         os.makedirs(job.out_dir, exist_ok=True)
         results = []
-        for scene in job.scenes:
-            dest = Path(job.out_dir) / f"{Path(scene).stem}.labels.tif"
-            results.append(segment(scene, engine, dest, overlap=job.overlap, blend=job.blend,
-                                   batch=job.batch))
-            style_labels(dest, spec.classes, spec.palette)
+        with EnergyMeter() as meter:
+            for scene in job.scenes:
+                dest = Path(job.out_dir) / f"{Path(scene).stem}.labels.tif"
+                results.append(segment(scene, engine, dest, overlap=job.overlap, blend=job.blend,
+                                       batch=job.batch))
+                style_labels(dest, spec.classes, spec.palette)
         gpu = gpu_memory()
         device_memory = engine.device_memory_bytes
         inference_precision = engine.inference_precision
@@ -426,42 +503,40 @@ def measure_engine(job: _Job) -> dict:
     seconds = sum(r.seconds for r in results)
     megapixels = sum(r.megapixels for r in results)
     area = _area_km2(job.scenes)
-    stages = {k: sum(getattr(r.stages, k) for r in results)
-              for k in ("read", "infer", "blend", "write", "idle")}
-    row = {
-        "latency": {"config": latency_config, "batch1": batch1.to_dict(), "batch": job.batch,
-                    f"batch{job.batch}": batchb.to_dict(),
-                    "per_tile_ms_at_batch": batchb.p50 / job.batch,
-                    "noisy": batch1.noisy or batchb.noisy},
-        "scene": {"config": scene_config, "seconds": seconds, "megapixels": megapixels,
-                  "megapixels_per_s": megapixels / seconds if seconds else None,
-                  "km2_per_h": area / seconds * 3600 if area and seconds else None,
-                  "windows": sum(r.windows for r in results),
-                  "skipped_windows": sum(r.skipped for r in results), "stages": stages,
-                  "outputs": [r.output for r in results]},
-        "memory": {"peak_rss_bytes": mem.peak_rss_bytes,
-                   "children_peak_rss_bytes": mem.children_peak_rss_bytes or None,
-                   "gpu": gpu, "engine_device_bytes": device_memory},
+    stages = Stages(**{k: sum(getattr(r.stages, k) for r in results) for k in Stages.model_fields})
+    at_batch = LatencyStats(**batchb.to_dict())
+    return {
+        "latency": Latency(config=latency_config, batch1=LatencyStats(**batch1.to_dict()), batch=job.batch,
+                           at_batch=at_batch, per_tile_ms_at_batch=batchb.p50 / job.batch,
+                           noisy=batch1.noisy or batchb.noisy),
+        "scene": SceneRun(config=scene_config, seconds=seconds, megapixels=megapixels,
+                          megapixels_per_s=megapixels / seconds if seconds else None,
+                          km2_per_h=area / seconds * 3600 if area and seconds else None,
+                          windows=sum(r.windows for r in results),
+                          skipped_windows=sum(r.skipped for r in results), stages=stages,
+                          outputs=[r.output for r in results]),
+        "memory": Memory(peak_rss_bytes=mem.peak_rss_bytes,
+                         children_peak_rss_bytes=mem.children_peak_rss_bytes or None,
+                         gpu=GpuMemory(**gpu) if gpu else None, engine_device_bytes=device_memory),
         "accuracy": accuracy,
+        "inference_precision": inference_precision or None,
+        "disagreement": differ,
+        "energy": meter.energy,  # the scenes' (the parent turns it into the row's cost)
     }
-    if inference_precision:
-        row["inference_precision"] = inference_precision
-    if differ is not None:
-        row["disagreement"] = differ
-    return row
 
 
-def _disagreement(job: _Job, spec: ModelSpec, outputs: list[str]) -> dict | None:
+def _disagreement(job: _Job, spec: ModelSpec, outputs: list[str]) -> Disagreement | None:
     """Where this engine's labels differ from the reference's (maps with ``job.maps``), the
     confusion and the seam band (:mod:`segbench.bench.disagreement`); the reference itself gets its
     seam band against the ground truth (None without labels)."""
     reference = job.reference_labels
     if not reference and not job.labels:
         return None
-    from segbench.bench.disagreement import Disagreement, compare_scene
+    from segbench.bench.disagreement import Disagreement as Counter
+    from segbench.bench.disagreement import compare_scene
     from segbench.tiler import stride_for
 
-    found = Disagreement(spec.classes)
+    found = Counter(spec.classes)
     step = stride_for(spec.tile, job.overlap, default=spec.stride)
     for i, mine in enumerate(outputs):
         truth = job.labels[i] if job.labels else None
@@ -471,7 +546,7 @@ def _disagreement(job: _Job, spec: ModelSpec, outputs: list[str]) -> dict | None
     if job.maps:
         for path in found.maps:
             style_labels(path, map_categories(spec.classes), [AGREE_COLOUR, *spec.palette])
-    return found.to_dict()
+    return Disagreement(**found.to_dict())
 
 
 def _for_scenes(engine, artifact: Path, batch: int):
@@ -488,7 +563,7 @@ def _for_scenes(engine, artifact: Path, batch: int):
     return load(artifact, mode="throughput", batch=batch)
 
 
-def _score(job: _Job, spec: ModelSpec, outputs: list[str]) -> dict | None:
+def _score(job: _Job, spec: ModelSpec, outputs: list[str]) -> Accuracy | None:
     """Metrics over whole stitched scenes (with labels) and agreement with the reference's labels
     (with or without labels); None when there is neither."""
     if not job.labels and not job.reference_labels:
@@ -515,12 +590,10 @@ def _score(job: _Job, spec: ModelSpec, outputs: list[str]) -> dict | None:
                     if ds is not None:
                         ds.close()
     if not job.labels:
-        return {"agreement": agree.value}
+        return Accuracy(agreement=agree.value)
     exclude = ("clutter",) if job.isprs and "clutter" in spec.classes else ()  # as _excluded
-    metrics = cm.metrics(spec.classes, exclude)
-    metrics["agreement"] = agree.value
-    metrics["confusion"] = cm.counts.tolist()
-    return metrics
+    return Accuracy(**cm.metrics(spec.classes, exclude), agreement=agree.value,
+                    confusion=cm.counts.tolist())
 
 
 def _area_km2(scenes: list[str]) -> float | None:
@@ -532,14 +605,3 @@ def _area_km2(scenes: list[str]) -> float | None:
             return None
         total += info.pixel_area_m2 * info.width * info.height / 1e6
     return total
-
-
-def show_reports(paths: list[Path], out: Path | None = None, console: Console | None = None) -> dict:
-    """Render one report, or merge several (e.g. a GPU box and a CPU box) into one table."""
-    console = console or make_console()
-    report = merge_reports([load_report(p) for p in paths])
-    console.print(render_table(report))
-    if out is not None:
-        written = write_all(report, out, stem="merged" if len(paths) > 1 else "report")
-        console.print(f"Written: {', '.join(str(p) for p in written)}")
-    return report

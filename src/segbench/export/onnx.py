@@ -97,6 +97,16 @@ def compiled_ops(model) -> list[str]:
     return sorted(set(names))
 
 
+def _exported_program(torch, module, example, spec: ModelSpec):
+    """``torch.export`` of the deploy module with a dynamic batch; one sentence when it fails."""
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    try:
+        with _quiet():
+            return torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    except Exception as exc:
+        raise ExportError(f"torch.export failed for {spec.architecture}: {first_line(exc)}") from exc
+
+
 def export_model(
     checkpoint: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -131,14 +141,7 @@ def export_model(
     tiles = _verification_tiles(spec, verify_tiles, seed)
     start = time.perf_counter()
     example = torch.from_numpy(tiles[:2].copy())  # batch 2: size-1 dims get specialised
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    try:
-        with _quiet():
-            program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
-    except Exception as exc:
-        raise ExportError(
-            f"torch.export failed for {spec.architecture}: {first_line(exc)}"
-        ) from exc
+    program = _exported_program(torch, module, example, spec)
     with torch.inference_mode():
         reference = np.concatenate([module(torch.from_numpy(t[None])).numpy() for t in tiles])
     pt2 = out.with_suffix(".pt2")

@@ -17,7 +17,6 @@ leaves every finished cell in place for the next run.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import socket
@@ -29,9 +28,10 @@ from pathlib import Path
 from rich.console import Console
 
 from segbench.bench.memory import describe
+from segbench.bench.model import EngineRow
 from segbench.errors import InputError
 from segbench.signals import raise_if_pending
-from segbench.study.run import (
+from segbench.study.cells import (
     Cell,
     StudyProgress,
     bench_cell,
@@ -39,6 +39,8 @@ from segbench.study.run import (
     dataset_info,
     model_cell,
     model_cell_work,
+    needs_gpu,
+    training_progress,
     write_study_json,
 )
 from segbench.study.studyfile import DatasetEntry, NetworkEntry, Study
@@ -56,11 +58,6 @@ def run_study_on_cluster(study: Study, client, console: Console) -> dict:
     run = _ClusterStudy(study, client, console)
     run.check()
     return run.run()
-
-
-def needs_gpu(study: Study) -> bool:
-    """Whether the study's trainings run on CUDA (then each model cell asks its worker for ``GPU=1``)."""
-    return study.recipe.device.startswith("cuda")
 
 
 def training_resources(study: Study) -> dict[str, int] | None:
@@ -288,11 +285,10 @@ class _ClusterStudy:
             row = future.result()
         except Exception as exc:  # noqa: BLE001  (a worker died too often while measuring it)
             kind = bench.run.kinds[name]
-            row = {"name": name, "backend": kind.backend, "precision": kind.precision,
-                   "device": kind.device, "status": "failed", "reason": describe(exc),
-                   "inputs": bench.run.inputs}
+            row = EngineRow(name=name, backend=kind.backend, precision=kind.precision, device=kind.device,
+                            status="failed", reason=describe(exc), inputs=bench.run.inputs)
         bench.rows[name] = row
-        self.progress.advance(f"{bench.cell.label} / {name}: {row['status']}")
+        self.progress.advance(f"{bench.cell.label} / {name}: {row.status}")
         bench.run.write([bench.rows[n] for n in bench.run.order if n in bench.rows])
         if bench.complete:
             self._bench_finish(bench)
@@ -300,7 +296,7 @@ class _ClusterStudy:
     def _bench_finish(self, bench: _BenchCell) -> None:
         report = bench.run.finish([bench.rows[n] for n in bench.run.order], show_table=False)
         self._bench_done(bench.cell.record({"report": str(bench.cell.folder / "report.json"),
-                                            "engines": len(report["engines"])},
+                                            "engines": len(report.engines)},
                                            bench.started, self.console))
 
     def _bench_done(self, record: dict) -> None:
@@ -346,29 +342,3 @@ class _ClusterStudy:
                 text += f" (+{len(plan.unknown)} cells not yet measured)"
             self._estimated = (now, text)
         return self._estimated[1]
-
-
-@dataclass(frozen=True)
-class TrainingProgress:
-    """Where a model cell's training is, from mmengine's ``vis_data/scalars.json`` of its last run."""
-
-    iteration: int
-    seconds_per_iteration: float | None  # mmengine's own timer, over its last logging interval
-
-
-def training_progress(folder: Path) -> TrainingProgress | None:
-    """The last iteration a model cell's training logged, and its measured time per iteration."""
-    train = folder / "train"
-    logs = sorted(train.rglob("scalars.json"), key=lambda p: p.stat().st_mtime) if train.is_dir() else []
-    if not logs:
-        return None
-    with open(logs[-1], "rb") as f:
-        f.seek(max(0, os.path.getsize(logs[-1]) - 8192))
-        lines = [line for line in f.read().splitlines() if b'"iter"' in line]
-    for line in reversed(lines):
-        try:
-            logged = json.loads(line)
-        except ValueError:  # the first line of the tail, cut, or one being written
-            continue
-        return TrainingProgress(int(logged["iter"]), logged.get("time"))
-    return None

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from segbench.bench.model import Study as StudyReport
+from segbench.bench.model import read
 from segbench.engines.registry import get_kind
 from segbench.errors import InputError
 from segbench.study.studyfile import Study
@@ -69,8 +71,7 @@ class Plan:
 
 def plan_study(study: Study, rates_from: Sequence[str | Path] = ()) -> Plan:
     """Every cell of ``study`` with its state, needs and time left, from measured rates."""
-    from segbench.study.cluster import needs_gpu, training_progress
-    from segbench.study.run import bench_cell, model_cell, read_cell
+    from segbench.study.cells import bench_cell, model_cell, needs_gpu, read_cell, training_progress
 
     out = Path(study.out)
     records = {(d.name, n.name): (read_cell(out / d.name / n.name / "model"),
@@ -121,7 +122,7 @@ def plan_study(study: Study, rates_from: Sequence[str | Path] = ()) -> Plan:
 
 def _current_key(study, dataset, network, model_cell) -> str | None:
     """The model cell's key as the study is now (None when its dataset cannot be read)."""
-    from segbench.study.run import dataset_info
+    from segbench.study.cells import dataset_info
 
     try:
         return model_cell(study, dataset, dataset_info(dataset), network).key
@@ -132,12 +133,12 @@ def _current_key(study, dataset, network, model_cell) -> str | None:
 def _rates(study: Study, records: dict, rates_from: Sequence[str | Path]) -> dict[str, tuple[float, str]]:
     """Measured training rate per network: this study's trainings first, then the other studies'."""
     rates: dict[str, tuple[float, str]] = {}
-    for report in _other_studies(rates_from):
-        iters = report.get("study", {}).get("recipe", {}).get("iters")
-        for dataset in report.get("datasets", []):
-            for row in dataset.get("networks", []):
-                if iters and row.get("train_seconds"):
-                    rates.setdefault(row["name"], (iters / row["train_seconds"], str(report["_path"])))
+    for path, report in zip(rates_from, _other_studies(rates_from), strict=True):
+        iters = ((report.study or {}).get("recipe") or {}).get("iters")  # the study file, as read
+        for dataset in report.datasets:
+            for network in dataset.networks:
+                if iters and network.train_seconds:
+                    rates.setdefault(network.name, (iters / network.train_seconds, str(path)))
     for (_, network), (model, _) in records.items():
         if model and model.get("status") == "ok" and model.get("train_seconds"):
             rates[network] = (study.recipe.iters / model["train_seconds"], "this study")
@@ -150,21 +151,19 @@ def _bench_seconds(records: dict, engines: int, rates_from: Sequence[str | Path]
     per_engine = [bench["seconds"] / max(1, bench.get("engines") or 1) for _, bench in records.values()
                   if bench and bench.get("status") == "ok" and bench.get("seconds")]
     if not per_engine:
-        per_engine = [row["bench_seconds"] / max(1, len(row.get("engines") or []))
-                      for report in _other_studies(rates_from) for dataset in report.get("datasets", [])
-                      for row in dataset.get("networks", []) if row.get("bench_seconds")]
+        per_engine = [network.bench_seconds / max(1, len(network.engines))
+                      for report in _other_studies(rates_from) for dataset in report.datasets
+                      for network in dataset.networks if network.bench_seconds]
     return engines * sum(per_engine) / len(per_engine) if per_engine else None
 
 
-def _other_studies(paths: Sequence[str | Path]) -> list[dict]:
-    from segbench.study.merge import is_study, load_any_report
-
+def _other_studies(paths: Sequence[str | Path]) -> list[StudyReport]:
     studies = []
     for path in paths:
-        report = load_any_report(path)
-        if not is_study(report):
+        report = read(path)
+        if not isinstance(report, StudyReport):
             raise InputError(f"{path} is a bench report; --rates-from takes a study's study.json.")
-        studies.append({**report, "_path": str(path)})
+        studies.append(report)
     return studies
 
 

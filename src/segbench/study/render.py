@@ -27,9 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segbench import __version__
-from segbench.bench.rank import pareto_front
-from segbench.bench.report import _g, _num, _p90, honest_limits
-from segbench.files import atomic_output, write_text
+from segbench.bench import columns as shared
+from segbench.bench.columns import Column, is_nan
+from segbench.bench.columns import figure as _figure
+from segbench.bench.columns import label as _label
+from segbench.bench.figures import honest_limits
+from segbench.bench.model import Dataset, EngineRow, Network
+from segbench.bench.model import Study as StudyReport
+from segbench.bench.page import iou_grid as grid_of
+from segbench.bench.rank import pareto_front, throughput_order
+from segbench.files import atomic_output
 from segbench.train.catalogue import ATTENTION, CNN, FAST, TRANSFORMER
 
 FAMILIES = (CNN, ATTENTION, TRANSFORMER, FAST)  # the tables' order; other families follow
@@ -40,7 +47,7 @@ STUDY_RULE = ("Ranks and the Pareto front (*) are across every network's engines
 
 # -- ranking ---------------------------------------------------------------------------------------
 
-def rank_study(report: dict) -> dict:
+def rank_study(report: StudyReport) -> StudyReport:
     """Rank every (network, engine) row of each dataset together (in place); returns the report.
 
     A row qualifies as its own bench ranked it (against its network's
@@ -48,89 +55,36 @@ def rank_study(report: dict) -> dict:
     throughput (1 = fastest) and ``study_pareto`` marks the front of mIoU
     against p50 latency at batch 1 among all measured rows.
     """
-    for dataset in report.get("datasets", []):
-        rows = engine_rows(dataset)
+    for dataset in report.datasets:
+        rows = dataset.engine_rows()
         for row in rows:
-            row["study_rank"], row["study_pareto"] = None, False
-        ok = [r for r in rows if r.get("status") == "ok"]
-        qualified = sorted((r for r in ok if r.get("qualified")),
-                           key=lambda r: -(_g("scene", "megapixels_per_s")(r) or 0.0))
-        for i, row in enumerate(qualified, 1):
-            row["study_rank"] = i
+            row.study_rank, row.study_pareto = None, False
+        ok = [r for r in rows if r.ok]
+        for i, row in throughput_order(ok):
+            row.study_rank = i
         for row in pareto_front(ok):
-            row["study_pareto"] = True
+            row.study_pareto = True
     return report
 
 
-def engine_rows(dataset: dict) -> list[dict]:
-    """Every engine row of every network of the dataset (the report's own dicts)."""
-    return [r for n in dataset.get("networks", []) for r in n.get("engines") or []]
-
-
-def ordered_networks(dataset: dict) -> list[dict]:
+def ordered_networks(dataset: Dataset) -> list[Network]:
     """The dataset's networks grouped by family, in the paper's family order (stable within a family)."""
-    def key(network: dict) -> tuple[int, str]:
+    def key(network: Network) -> tuple[int, str]:
         family = family_of(network)
         return (FAMILIES.index(family), "") if family in FAMILIES else (len(FAMILIES), family)
 
-    return sorted(dataset.get("networks", []), key=key)
+    return sorted(dataset.networks, key=key)
 
 
-def family_of(network: dict) -> str:
-    return network.get("family") or "other"
-
-
-def merged_machines(report: dict) -> bool:
-    """Whether the report's rows carry the machine they ran on (a merged study)."""
-    return any(r.get("machine") for d in report.get("datasets", []) for r in engine_rows(d))
+def family_of(network: Network) -> str:
+    return network.family or "other"
 
 
 # -- one column definition serves the terminal, Markdown, CSV and LaTeX ---------------------------
 
-@dataclass(frozen=True)
-class Column:
-    """A table column: its header, its CSV key, its figure (in the column's unit) and that figure as shown."""
-
-    header: str
-    key: str
-    value: Callable[[dict], object]
-    text: Callable[[dict], str]
-    numeric: bool = True
-    best: bool = False      # the highest figure of the table is emphasised
-    latex: bool = True      # shown in the LaTeX table
-    csv_only: bool = False  # only in the CSV (status, reason, units the text already shows)
-
-
-def _figure(header: str, key: str, get: Callable[[dict], object], scale: float = 1.0,
-            fmt: str = ".2f", best: bool = False, csv_only: bool = False, undefined: str = "") -> Column:
-    """A figure column; ``undefined`` is shown for a row that ran but has no figure (NaN IoU)."""
-    def value(row: dict) -> float | None:
-        v = get(row)
-        return v if v is None or scale == 1 else v * scale
-
-    def text(row: dict) -> str:
-        v = value(row)
-        return undefined if v is None and row.get("status") == "ok" else _num(fmt)(v)
-
-    return Column(header, key, value, text, best=best, csv_only=csv_only)
-
-
-def _label(header: str, key: str, get: Callable[[dict], object], latex: bool = True,
-           csv_only: bool = False) -> Column:
-    return Column(header, key, get, lambda r: str(get(r) or ""), numeric=False, latex=latex,
-                  csv_only=csv_only)
-
-
-def _status_text(row: dict, ok_text: Callable[[dict], str]) -> str:
+def _status_text(row: Network | EngineRow, ok_text: Callable[[Network | EngineRow], str]) -> str:
     """``ok_text(row)`` for a row that ran, else its status (skipped, failed, pending)."""
-    return ok_text(row) if row.get("status") == "ok" else row.get("status") or ""
-
-
-def best_tiles_per_s(row: dict) -> float | None:
-    """Tiles per second at the best of the batch sizes tried (batch 1 or the tiler's batch)."""
-    ms = [_g("latency", "batch1", "p50")(row), _g("latency", "per_tile_ms_at_batch")(row)]
-    rates = [1000.0 / m for m in ms if m]
-    return max(rates) if rates else None
+    return ok_text(row) if row.ok else row.status
 
 
 def duration(seconds: float | None) -> str:
@@ -142,74 +96,77 @@ def duration(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
 
 
-def _uniform_tile(networks: list[dict]) -> int | None:
-    tiles = {n.get("tile") for n in networks if n.get("tile")}
+def _uniform_tile(networks: list[Network]) -> int | None:
+    tiles = {n.tile for n in networks if n.tile}
     return tiles.pop() if len(tiles) == 1 else None
 
 
-def network_columns(dataset: dict) -> list[Column]:
+def _accuracy(name: str) -> Callable[[Network], float | None]:
+    return lambda n: getattr(n.accuracy, name) if n.accuracy else None
+
+
+def _class_iou(name: str) -> Callable[[Network], float | None]:
+    def get(network: Network) -> float | None:
+        found = network.accuracy.per_class.get(name) if network.accuracy else None
+        return found.iou if found else None
+
+    return get
+
+
+def _train_text(network: Network) -> str:
+    return duration(network.train_seconds) or ("imported" if network.source == "imported" else "")
+
+
+def network_columns(dataset: Dataset) -> list[Column]:
     """The network table's columns: cost, per-class IoU, the class means, OA, training time."""
-    excluded = set(dataset.get("excluded_classes") or [])
-    tile = _uniform_tile(dataset.get("networks", []))
+    excluded = set(dataset.excluded_classes)
+    tile = _uniform_tile(dataset.networks)
     cols = [
-        _label("network", "network", _g("name")),
+        _label("network", "network", lambda n: n.name),
         _label("family", "family", family_of, latex=False),
-        _label("source", "source", _g("source"), latex=False),
-        _figure("params M", "params_m", _g("params"), 1e-6),
-        _figure(f"GFLOPs @{tile}" if tile else "GFLOPs", "gflops", _g("gflops"), fmt=".1f"),
+        _label("source", "source", lambda n: n.source, latex=False),
+        _figure("params M", "params_m", lambda n: n.params, 1e-6),
+        _figure(f"GFLOPs @{tile}" if tile else "GFLOPs", "gflops", lambda n: n.gflops, fmt=".1f"),
     ]
     if not tile:
-        cols.append(Column("tile", "tile", _g("tile"), lambda r: str(r.get("tile") or "")))
-    for name in dataset.get("classes", []):
+        cols.append(Column("tile", "tile", lambda n: n.tile, lambda n: str(n.tile or "")))
+    for name in dataset.classes:
         cols.append(_figure(name + ("†" if name in excluded else ""), f"iou_{name}_pct",
-                            _g("accuracy", "per_class", name, "iou"), 100, best=True, undefined="n/a"))
+                            _class_iou(name), 100, best=True, undefined="n/a"))
     cols += [
-        _figure("mIoU %", "miou_pct", _g("accuracy", "miou"), 100, best=True),
-        _figure("mF1 %", "mf1_pct", _g("accuracy", "mf1"), 100, best=True),
-        _figure("OA %", "oa_pct", _g("accuracy", "oa"), 100, best=True),
-        Column("train", "train_s", _g("train_seconds"),
-               lambda r: _status_text(r, lambda r: duration(r.get("train_seconds"))
-                                      or ("imported" if r.get("source") == "imported" else ""))),
-        _label("status", "status", _g("status"), csv_only=True),
-        _label("reason", "reason", _g("reason"), csv_only=True),
+        _figure("mIoU %", "miou_pct", _accuracy("miou"), 100, best=True),
+        _figure("mF1 %", "mf1_pct", _accuracy("mf1"), 100, best=True),
+        _figure("OA %", "oa_pct", _accuracy("oa"), 100, best=True),
+        Column("train", "train_s", lambda n: n.train_seconds, lambda n: _status_text(n, _train_text)),
+        _label("status", "status", lambda n: n.status, csv_only=True),
+        _label("reason", "reason", lambda n: n.reason, csv_only=True),
     ]
     return cols
 
 
-def _rank_text(row: dict) -> str:
-    return _status_text(row, lambda r: str(r["study_rank"]) if r.get("study_rank") else "–")
+def _rank_text(row: EngineRow) -> str:
+    return _status_text(row, lambda r: str(r.study_rank) if r.study_rank else "–")
 
 
 def engine_columns(machines: bool) -> list[Column]:
     """The engine table's columns (a machine column when the study merges several machines)."""
     cols = [
-        _label("network", "network", _g("network")),
-        _label("family", "family", _g("family"), csv_only=True),
-        _label("engine", "engine", _g("name")),
+        _label("network", "network", lambda r: r.network),
+        _label("family", "family", lambda r: r.family, csv_only=True),
+        shared.ENGINE,
     ]
     if machines:
-        cols.append(_label("machine", "machine", _g("machine")))
+        cols.append(_label("machine", "machine", lambda r: r.machine))
     cols += [
-        _label("device", "device", _g("device")),
-        _figure("p50 ms", "p50_ms", _g("latency", "batch1", "p50"), fmt=".1f"),
-        Column("p90 ms", "p90_ms", _g("latency", "batch1", "p90"),
-               lambda r: _p90(_g("latency", "batch1")(r))),
-        _figure("n", "latency_n", _g("latency", "batch1", "n"), fmt="d", csv_only=True),
-        _figure("tiles/s", "tiles_per_s", best_tiles_per_s, fmt=".1f"),
-        _figure("MP/s", "megapixels_per_s", _g("scene", "megapixels_per_s")),
-        _figure("km²/h", "km2_per_h", _g("scene", "km2_per_h"), fmt=".1f"),
-        _figure("peak MiB", "peak_rss_mib", _g("memory", "peak_rss_bytes"), 2**-20, ".0f"),
-        _figure("size MiB", "artifact_mib", _g("artifact_bytes"), 2**-20, ".1f"),
-        _figure("mIoU %", "miou_pct", _g("accuracy", "miou"), 100, best=True),
-        _figure("agree %", "agreement_pct", _g("accuracy", "agreement"), 100),
-        Column("qualified", "qualified", _g("qualified"),
-               lambda r: ("yes" if r.get("qualified") else "no") if r.get("status") == "ok" else "",
-               numeric=False),
-        Column("rank", "study_rank", _g("study_rank"), _rank_text),
-        Column("Pareto", "study_pareto", _g("study_pareto"),
-               lambda r: "*" if r.get("study_pareto") else "", numeric=False),
-        _label("status", "status", _g("status"), csv_only=True),
-        _label("reason", "reason", lambda r: r.get("reason") or r.get("rank_reason"), csv_only=True),
+        shared.DEVICE, shared.P50, shared.P90, shared.LATENCY_N, shared.TILES_PER_S, shared.MP_S,
+        shared.KM2_H, shared.PEAK, shared.SIZE, shared.MIOU, shared.AGREE,
+        Column("qualified", "qualified", lambda r: r.qualified,
+               lambda r: ("yes" if r.qualified else "no") if r.ok else "", numeric=False),
+        Column("rank", "study_rank", lambda r: r.study_rank, _rank_text),
+        Column("Pareto", "study_pareto", lambda r: r.study_pareto,
+               lambda r: "*" if r.study_pareto else "", numeric=False),
+        shared.STATUS,
+        _label("reason", "reason", lambda r: r.reason or r.rank_reason, csv_only=True),
     ]
     return cols
 
@@ -221,9 +178,9 @@ class StudyTable:
     """One table of one dataset: its columns, rows (grouped by family) and notes."""
 
     kind: str
-    dataset: dict
+    dataset: Dataset
     columns: list[Column]
-    rows: list[dict]
+    rows: list[Network] | list[EngineRow]
     groups: list[str]
     notes: list[str] = field(default_factory=list)
 
@@ -234,17 +191,17 @@ class StudyTable:
     def best(self, column: Column) -> float | None:
         """The highest figure of a ``best`` column among rows that ran; None when all of them tie
         (a column where every network scores 0 has no best)."""
-        values = [column.value(r) for r in self.rows if r.get("status") == "ok"]
-        values = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+        values = [column.value(r) for r in self.rows if r.ok]
+        values = [v for v in values if isinstance(v, (int, float)) and not is_nan(v)]
         if not column.best or len(set(values)) < 2:
             return None
         return max(values)
 
-    def is_best(self, column: Column, row: dict) -> bool:
+    def is_best(self, column: Column, row: Network | EngineRow) -> bool:
         best = self.best(column)
-        return best is not None and row.get("status") == "ok" and column.value(row) == best
+        return best is not None and row.ok and column.value(row) == best
 
-    def blocks(self) -> Iterator[tuple[str, list[dict]]]:
+    def blocks(self) -> Iterator[tuple[str, list]]:
         """(family, rows) for each family, in order."""
         pairs = zip(self.groups, self.rows, strict=True)
         for family, group in itertools.groupby(pairs, key=lambda p: p[0]):
@@ -255,35 +212,33 @@ class StudyTable:
         d = self.dataset
         what = ("networks: cost and accuracy" if self.kind == "networks"
                 else "engines: latency, throughput, memory and accuracy")
-        return f"{d['name']} ({d.get('split') or '?'} split, {len(d.get('classes', []))} classes): {what}"
+        return f"{d.name} ({d.split or '?'} split, {len(d.classes)} classes): {what}"
 
 
-def network_table(dataset: dict) -> StudyTable:
+def network_table(dataset: Dataset) -> StudyTable:
     networks = ordered_networks(dataset)
-    notes = _grouped((f"{n.get('status')}: {n.get('reason')}", n["name"]) for n in networks
-                     if n.get("status") != "ok")
-    excluded = dataset.get("excluded_classes") or []
+    notes = _grouped((f"{n.status}: {n.reason}", n.name) for n in networks if not n.ok)
+    excluded = dataset.excluded_classes
     if excluded:
         notes.append(f"† {', '.join(excluded)}: left out of mIoU and mF1 (ISPRS); OA counts every class.")
     return StudyTable("networks", dataset, network_columns(dataset), networks,
                       [family_of(n) for n in networks], notes)
 
 
-def engine_table(dataset: dict, machines: bool) -> StudyTable:
+def engine_table(dataset: Dataset, machines: bool) -> StudyTable:
     rows, groups, notes = [], [], []  # notes: (what is said, of which row or network)
     for network in ordered_networks(dataset):
         family = family_of(network)
-        for row in network.get("engines") or []:
-            rows.append({**row, "network": network["name"], "family": family})
+        for row in network.engines:
+            rows.append(row.model_copy(update={"network": network.name, "family": family}))
             groups.append(family)
             if what := _engine_note(row):
-                where = f" on {row['machine']}" if row.get("machine") else ""
-                notes.append((what, f"{network['name']} / {row.get('name')}{where}"))
-        if not network.get("engines"):
-            why = network.get("engines_reason") or (
-                f"the network is {network.get('status')}" if network.get("status") != "ok"
-                else "not benchmarked yet")
-            notes.append((f"no engines: {why}", network["name"]))
+                where = f" on {row.machine}" if row.machine else ""
+                notes.append((what, f"{network.name} / {row.name}{where}"))
+        if not network.engines:
+            why = network.engines_reason or (
+                f"the network is {network.status}" if not network.ok else "not benchmarked yet")
+            notes.append((f"no engines: {why}", network.name))
     return StudyTable("engines", dataset, engine_columns(machines), rows, groups, _grouped(notes))
 
 
@@ -295,34 +250,34 @@ def _grouped(notes) -> list[str]:
     return [f"{', '.join(names)}: {what}" for what, names in said.items()]
 
 
-def _engine_note(row: dict) -> str | None:
+def _engine_note(row: EngineRow) -> str | None:
     """Why a row has no figures, or why it is not ranked; None when there is nothing to say."""
-    if row.get("status") != "ok":
-        return f"{row.get('status')}: {row.get('reason')}"
-    if not row.get("qualified") and row.get("rank_reason"):
-        return f"not ranked: {row['rank_reason']}"
+    if not row.ok:
+        return f"{row.status}: {row.reason}"
+    if not row.qualified and row.rank_reason:
+        return f"not ranked: {row.rank_reason}"
     return None
 
 
-def study_tables(report: dict) -> list[StudyTable]:
+def study_tables(report: StudyReport) -> list[StudyTable]:
     """Both tables of every dataset, in order."""
-    machines = merged_machines(report)
-    return [t for d in report.get("datasets", []) for t in (network_table(d), engine_table(d, machines))]
+    machines = report.has_machines
+    return [t for d in report.datasets for t in (network_table(d), engine_table(d, machines))]
 
 
-def caption(table: StudyTable, report: dict) -> str:
+def caption(table: StudyTable, report: StudyReport) -> str:
     """What the table shows, in words (the ranking rule for the engine table)."""
     if table.kind == "networks":
-        tile = _uniform_tile(table.dataset.get("networks", []))
+        tile = _uniform_tile(table.dataset.networks)
         per = f"per {tile}×{tile} tile" if tile else "per tile"
         return (f"Parameters, GFLOPs {per}, per-class IoU, mIoU, mean F1 and overall accuracy (%) "
                 "of each network; the best figure of each column in bold.")
-    return f"{report.get('rule', '')} {STUDY_RULE}".strip()
+    return f"{report.rule} {STUDY_RULE}".strip()
 
 
 # -- terminal ---------------------------------------------------------------------------------------
 
-def render_tables(report: dict) -> list:
+def render_tables(report: StudyReport) -> list:
     """Rich tables of every dataset (print them with ``segbench.bench.report.console()``)."""
     from rich import box
     from rich.table import Table
@@ -349,13 +304,18 @@ def render_tables(report: dict) -> list:
 
 # -- Markdown -----------------------------------------------------------------------------------------
 
-def to_markdown(report: dict) -> str:
+def study_name(report: StudyReport) -> str | None:
+    """The study's name, from its study file."""
+    return (report.study or {}).get("name")
+
+
+def to_markdown(report: StudyReport) -> str:
     """Every table as Markdown: a section per dataset, the ranking rule and notes under each table."""
-    name = (report.get("study") or {}).get("name") or "study"
+    name = study_name(report) or "study"
     lines = [f"# segbench study: {name}", ""]
     for table in study_tables(report):
         if table.kind == "networks":
-            lines += [f"## {table.dataset['name']}", ""]
+            lines += [f"## {table.dataset.name}", ""]
         lines += [f"### {table.title}", ""]
         cols = table.shown
         lines.append("| " + " | ".join(c.header for c in cols) + " |")
@@ -375,7 +335,7 @@ def _md_escape(text: str) -> str:
 
 # -- CSV ----------------------------------------------------------------------------------------------
 
-def to_csv(report: dict, kind: str) -> str:
+def to_csv(report: StudyReport, kind: str) -> str:
     """One CSV of ``kind`` ("networks" or "engines") for all datasets, a dataset column first.
 
     Figures are in the unit of their column's name (``_pct``, ``_ms``, ``_mib``),
@@ -388,7 +348,7 @@ def to_csv(report: dict, kind: str) -> str:
     writer.writerow(header)
     for table in tables:
         for row in table.rows:
-            values = {"dataset": table.dataset["name"], **{c.key: c.value(row) for c in table.columns}}
+            values = {"dataset": table.dataset.name, **{c.key: c.value(row) for c in table.columns}}
             writer.writerow(_csv_cell(values.get(k)) for k in header)
     return buf.getvalue()
 
@@ -425,13 +385,14 @@ def to_latex(table: StudyTable) -> str:
         lines += [r"\midrule", rf"\multicolumn{{{len(cols)}}}{{l}}{{\emph{{{latex_escape(family)}}}}} \\"]
         previous = None
         for row in rows:
-            lines.append(_latex_row(table, cols, row, repeat=row.get("network") != previous) + r" \\")
-            previous = row.get("network")
+            network = getattr(row, "network", None)  # engine rows name their network
+            lines.append(_latex_row(table, cols, row, repeat=network != previous) + r" \\")
+            previous = network
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
-def _latex_row(table: StudyTable, cols: list[Column], row: dict, repeat: bool) -> str:
+def _latex_row(table: StudyTable, cols: list[Column], row: Network | EngineRow, repeat: bool) -> str:
     """One row's cells; a row that did not run spans its figures with its status and reason."""
     cells = []
     for c in cols:
@@ -439,12 +400,12 @@ def _latex_row(table: StudyTable, cols: list[Column], row: dict, repeat: bool) -
         if c.key == "network" and table.kind == "engines" and not repeat:
             text = ""  # the network is named on its first engine's row
         cells.append(rf"\textbf{{{text}}}" if table.is_best(c, row) else text)
-    if row.get("status") == "ok":
+    if row.ok:
         return " & ".join(cells)
     first = next((i for i, c in enumerate(cols) if c.numeric), len(cols) - 1)
-    why = row.get("status") or ""
-    if row.get("reason"):
-        why += f": {short_reason(row['reason'])}"
+    why = row.status
+    if row.reason:
+        why += f": {short_reason(row.reason)}"
     span = rf"\multicolumn{{{len(cols) - first}}}{{l}}{{\emph{{{latex_escape(why)}}}}}"
     return " & ".join(cells[:first] + [span])
 
@@ -454,9 +415,9 @@ def short_reason(reason: str | None) -> str:
     return (reason or "").split(";")[0].strip().rstrip(".")
 
 
-def to_latex_document(report: dict) -> str:
+def to_latex_document(report: StudyReport) -> str:
     """Every table as a LaTeX ``table`` float with caption and label (needs booktabs)."""
-    name = (report.get("study") or {}).get("name") or "study"
+    name = study_name(report) or "study"
     parts = [f"% segbench {__version__}: the tables of study {name}, rendered from study.json.",
              r"% Needs \usepackage{booktabs}; each tabular is also in <dataset>-<table>.tex for \input.",
              ""]
@@ -465,7 +426,7 @@ def to_latex_document(report: dict) -> str:
         for note in table.notes:
             parts.append(f"% {note}")
         parts += [r"\begin{table}", r"\centering", r"\small", rf"\caption{{{text}}}",
-                  rf"\label{{tab:{slug(table.dataset['name'])}-{table.kind}}}", to_latex(table).rstrip(),
+                  rf"\label{{tab:{slug(table.dataset.name)}-{table.kind}}}", to_latex(table).rstrip(),
                   r"\end{table}", ""]
     return "\n".join(parts)
 
@@ -498,7 +459,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_pareto(dataset: dict, path: str | os.PathLike[str]) -> Path:
+def plot_pareto(dataset: Dataset, path: str | os.PathLike[str]) -> Path:
     """PNG of :func:`pareto_figure`."""
     plt = _pyplot()
     with plt.rc_context(FIGURE_RC):
@@ -508,7 +469,7 @@ def plot_pareto(dataset: dict, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def pareto_figure(dataset: dict):
+def pareto_figure(dataset: Dataset):
     """mIoU (%) against p50 latency at batch 1 (log x): a marker per network, a colour per engine,
     the Pareto front as a step line and ringed points, legends beside the axes, and an accuracy axis
     that shows real differences only (:func:`segbench.bench.report.honest_limits`)."""
@@ -516,20 +477,19 @@ def pareto_figure(dataset: dict):
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    networks = [n for n in ordered_networks(dataset) if n.get("engines")]
-    points = [(n, r, _g("latency", "batch1", "p50")(r), _g("accuracy", "miou")(r))
-              for n in networks for r in n["engines"] if r.get("status") == "ok"]
+    networks = [n for n in ordered_networks(dataset) if n.engines]
+    points = [(n, r, r.p50_ms, r.miou) for n in networks for r in n.engines if r.ok]
     points = [(n, r, x, 100 * y) for n, r, x, y in points if x and y is not None]
-    marker = {n["name"]: MARKERS[i % len(MARKERS)] for i, n in enumerate(networks)}
+    marker = {n.name: MARKERS[i % len(MARKERS)] for i, n in enumerate(networks)}
     engines = list(dict.fromkeys(_engine_key(r) for _, r, _, _ in points))
     cmap = plt.get_cmap("tab10" if len(engines) <= 10 else "tab20")
     colour = {e: cmap(i % cmap.N) for i, e in enumerate(engines)}
     fig, ax = plt.subplots(figsize=(5.0, 3.3), dpi=200)  # with its legends, about a text width
     for n, r, x, y in points:
-        front = bool(r.get("study_pareto"))
-        ax.scatter(x, y, s=46 if front else 36, marker=marker[n["name"]], c=[colour[_engine_key(r)]],
+        front = r.study_pareto
+        ax.scatter(x, y, s=46 if front else 36, marker=marker[n.name], c=[colour[_engine_key(r)]],
                    edgecolors="black" if front else "white", linewidths=1.3 if front else 0.6, zorder=3)
-    front = sorted((x, y) for _, r, x, y in points if r.get("study_pareto"))
+    front = sorted((x, y) for _, r, x, y in points if r.study_pareto)
     if len(front) > 1:
         ax.step(*zip(*front, strict=True), where="post", color="0.35", linestyle="--", linewidth=1,
                 zorder=2)
@@ -546,10 +506,10 @@ def pareto_figure(dataset: dict):
         ax.text(0.5, 0.5, "no engine measured", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("p50 latency per tile, batch 1 (ms, log scale)")
     ax.set_ylabel("mIoU (%)")
-    ax.set_title(f"{dataset['name']}: accuracy against latency")
+    ax.set_title(f"{dataset.name}: accuracy against latency")
     ax.grid(True, which="major", alpha=0.3)
-    nets = [Line2D([], [], marker=marker[n["name"]], linestyle="", color="0.3", markersize=6,
-                   label=n["name"]) for n in networks]
+    nets = [Line2D([], [], marker=marker[n.name], linestyle="", color="0.3", markersize=6,
+                   label=n.name) for n in networks]
     nets.append(Line2D([], [], marker="o", linestyle="--", color="0.35", markerfacecolor="white",
                        markeredgecolor="black", markeredgewidth=1.3, label="Pareto front"))
     engs = [Line2D([], [], marker="o", linestyle="", color=colour[e], markersize=6, label=e)
@@ -558,8 +518,8 @@ def pareto_figure(dataset: dict):
     return fig
 
 
-def _engine_key(row: dict) -> str:
-    return row["name"] + (f" @ {row['machine']}" if row.get("machine") else "")
+def _engine_key(row: EngineRow) -> str:
+    return row.name + (f" @ {row.machine}" if row.machine else "")
 
 
 def _legends_beside(fig, ax, groups: list[tuple[str, list]]) -> None:
@@ -579,13 +539,13 @@ def _legends_beside(fig, ax, groups: list[tuple[str, list]]) -> None:
         top = box.y0 - 0.04
 
 
-def plot_iou(dataset: dict, path: str | os.PathLike[str]) -> Path:
+def plot_iou(dataset: Dataset, path: str | os.PathLike[str]) -> Path:
     """PNG heat map of per-class IoU (%): networks x classes and mIoU, values written in, NaN grey."""
     plt = _pyplot()
     import numpy as np
 
-    classes = list(dataset.get("classes", []))
-    excluded = set(dataset.get("excluded_classes") or [])
+    classes = list(dataset.classes)
+    excluded = set(dataset.excluded_classes)
     labels, grid = iou_grid(dataset)
     cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
     finite = grid[np.isfinite(grid)]
@@ -606,7 +566,7 @@ def plot_iou(dataset: dict, path: str | os.PathLike[str]) -> Path:
         ax.tick_params(length=0)
         for spine in ax.spines.values():
             spine.set_visible(False)
-        title = f"{dataset['name']}: per-class IoU (%)"
+        title = f"{dataset.name}: per-class IoU (%)"
         if excluded:
             title += f"\n† not in mIoU ({', '.join(sorted(excluded))})"
         ax.set_title(title)
@@ -618,18 +578,14 @@ def plot_iou(dataset: dict, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def iou_grid(dataset: dict):
+def iou_grid(dataset: Dataset):
     """Row labels and IoU (%) per network x (classes, mIoU), NaN where undefined (a row when none)."""
     import numpy as np
 
     networks = ordered_networks(dataset)
-    getters = [_g("accuracy", "per_class", c, "iou") for c in dataset.get("classes", [])]
-    getters.append(_g("accuracy", "miou"))
-    grid = np.array([[np.nan if (v := get(n)) is None else 100 * v for get in getters] for n in networks],
-                    dtype=float).reshape(len(networks), len(getters))
     if not networks:
-        return ["(no networks yet)"], np.full((1, len(getters)), np.nan)
-    return [_network_label(n) for n in networks], grid
+        return ["(no networks yet)"], np.full((1, len(dataset.classes) + 1), np.nan)
+    return [_network_label(n) for n in networks], grid_of(networks, dataset.classes)
 
 
 def _cell_text(value: float) -> str:
@@ -642,28 +598,5 @@ def _ink(cmap, fraction: float) -> str:
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
 
 
-def _network_label(network: dict) -> str:
-    status = network.get("status")
-    return network["name"] + ("" if status == "ok" else f" ({status})")
-
-
-# -- all of it ------------------------------------------------------------------------------------------
-
-def write_study(report: dict, out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write study.md, study-networks.csv, study-engines.csv, study.tex, one tabular per table
-    (<dataset>-networks.tex, <dataset>-engines.tex), each dataset's Pareto plot and IoU heat map,
-    and study.html (:mod:`segbench.study.page`)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    texts = {"study.md": to_markdown(report), "study.tex": to_latex_document(report)}
-    texts.update({f"study-{kind}.csv": to_csv(report, kind) for kind in TABLE_KINDS})
-    texts.update({f"{slug(t.dataset['name'])}-{t.kind}.tex": to_latex(t) for t in study_tables(report)})
-    paths = [write_text(out / name, text) for name, text in texts.items()]
-    for dataset in report.get("datasets", []):
-        paths.append(plot_pareto(dataset, out / f"{slug(dataset['name'])}-pareto.png"))
-        paths.append(plot_iou(dataset, out / f"{slug(dataset['name'])}-iou.png"))
-    from segbench.study.page import study_page
-
-    paths.append(write_text(out / "study.html", study_page(report)))
-    return paths
-
+def _network_label(network: Network) -> str:
+    return network.name + ("" if network.ok else f" ({network.status})")

@@ -31,6 +31,7 @@ mistake is reported in one sentence naming the key.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -222,6 +223,12 @@ def _bench(t: dict) -> BenchOptions:
 def _option_value(f: dataclasses.Field, hint: Any, value: Any, where: str) -> Any:
     """A study file's value for option ``f`` (of type ``hint``), or one sentence naming the key."""
     kinds = set(typing.get_args(hint)) - {type(None)} or {hint}
+    parse = f.metadata[KEY].parse if KEY in f.metadata else None
+    if isinstance(value, list) and parse is not None:  # scenarios = ["server", "offline"]
+        try:
+            return parse(",".join(map(str, value)))
+        except argparse.ArgumentTypeError as exc:
+            raise InputError(f"{where} {f.name}: {exc}.") from None
     if str in kinds and int in kinds and value == AUTO:  # batch = "auto"
         return value
     if bool in kinds and float in kinds and value is False:  # int8_target = false: plain int8

@@ -127,6 +127,29 @@ def train_pipeline(info: DatasetInfo, crop: int) -> list[dict]:
     return pipeline
 
 
+def _dataset(info: DatasetInfo, split: str, pipeline: list[dict]) -> dict:
+    """mmseg's dataset config of a split of segbench's GeoTIFF dataset layout."""
+    return dict(
+        type="BaseSegDataset",
+        data_root=str(info.root),
+        data_prefix=dict(img_path=f"{split}/images", seg_map_path=f"{split}/labels"),
+        img_suffix=".tif",
+        seg_map_suffix=".tif",
+        metainfo=dict(classes=list(info.classes), palette=[list(c) for c in info.palette]),
+        ignore_index=info.ignore_index,
+        reduce_zero_label=False,
+        pipeline=pipeline,
+    )
+
+
+def _val_pipeline(info: DatasetInfo) -> list[dict]:
+    return [
+        dict(type="LoadGeoTiffImage", bands=list(info.bands)),
+        dict(type="LoadGeoTiffLabel", ignore_index=info.ignore_index),
+        dict(type="PackSegInputs"),
+    ]
+
+
 def runner_config(
     model: dict,
     entry: CatalogueEntry,
@@ -143,26 +166,6 @@ def runner_config(
     wrapped in DDP, BN synchronised across CUDA devices (SyncBN, as mmseg's multi-GPU configs;
     gloo on CPU has no SyncBN, so each process keeps its own BN statistics there).
     """
-    metainfo = dict(classes=list(info.classes), palette=[list(c) for c in info.palette])
-
-    def dataset(split: str, pipeline: list[dict]) -> dict:
-        return dict(
-            type="BaseSegDataset",
-            data_root=str(info.root),
-            data_prefix=dict(img_path=f"{split}/images", seg_map_path=f"{split}/labels"),
-            img_suffix=".tif",
-            seg_map_suffix=".tif",
-            metainfo=metainfo,
-            ignore_index=info.ignore_index,
-            reduce_zero_label=False,
-            pipeline=pipeline,
-        )
-
-    val_pipeline = [
-        dict(type="LoadGeoTiffImage", bands=list(info.bands)),
-        dict(type="LoadGeoTiffLabel", ignore_index=info.ignore_index),
-        dict(type="PackSegInputs"),
-    ]
     optim, sched = optimizer_config(entry, recipe)
     val_interval = recipe.interval()
     has_val = bool(info.pairs("val"))
@@ -175,7 +178,7 @@ def runner_config(
             num_workers=recipe.workers,
             persistent_workers=recipe.workers > 0,
             sampler=dict(type="InfiniteSampler", shuffle=True),
-            dataset=dataset("train", train_pipeline(info, recipe.crop)),
+            dataset=_dataset(info, "train", train_pipeline(info, recipe.crop)),
         ),
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=recipe.iters,
                        val_interval=val_interval if has_val else recipe.iters + 1),
@@ -205,7 +208,7 @@ def runner_config(
             val_dataloader=dict(
                 batch_size=1, num_workers=0, persistent_workers=False,
                 sampler=dict(type="DefaultSampler", shuffle=False),
-                dataset=dataset("val", val_pipeline),
+                dataset=_dataset(info, "val", _val_pipeline(info)),
             ),
             val_evaluator=dict(type="IoUMetric", iou_metrics=["mIoU"]),
             val_cfg=dict(type="ValLoop"),

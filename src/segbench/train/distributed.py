@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from segbench.errors import InputError, SegbenchError
@@ -37,9 +38,10 @@ def is_main_rank() -> bool:
     return not in_rank() or dist.get_rank() == 0
 
 
-def train_on_processes(gpus: int, device: str, train_args: tuple, train_kwargs: dict) -> None:
-    """Run ``train(*train_args, **train_kwargs)`` as ``gpus`` ranks of one training; returns when
-    all are done."""
+def train_on_processes(train: Callable[..., object], gpus: int, device: str, train_args: tuple,
+                       train_kwargs: dict) -> None:
+    """Run ``train(*train_args, **train_kwargs)`` (a module-level function: each rank imports it) as
+    ``gpus`` ranks of one training; returns when all are done."""
     import torch
     import torch.multiprocessing as mp
 
@@ -48,7 +50,7 @@ def train_on_processes(gpus: int, device: str, train_args: tuple, train_kwargs: 
         raise InputError(f"Training on {gpus} GPUs needs {gpus} CUDA devices; this process sees "
                          f"{torch.cuda.device_count()} (CUDA_VISIBLE_DEVICES).")
     try:
-        mp.start_processes(_rank, args=(gpus, _free_port(), cuda, train_args, train_kwargs),
+        mp.start_processes(_rank, args=(gpus, _free_port(), cuda, train, train_args, train_kwargs),
                            nprocs=gpus, start_method="spawn", join=True)
     except mp.ProcessRaisedException as exc:
         raise DistributedTrainingError(f"A rank of the {gpus}-process training failed: "
@@ -59,12 +61,12 @@ def train_on_processes(gpus: int, device: str, train_args: tuple, train_kwargs: 
         raise DistributedTrainingError(f"A rank of the {gpus}-process training {how}.") from None
 
 
-def _rank(rank: int, world: int, port: int, cuda: bool, train_args: tuple, train_kwargs: dict) -> None:
+def _rank(rank: int, world: int, port: int, cuda: bool, train: Callable[..., object], train_args: tuple,
+          train_kwargs: dict) -> None:
     import torch
     import torch.distributed as dist
 
     from segbench.signals import end_with_parent, terminate_as_interrupt
-    from segbench.train.runner import train
 
     end_with_parent()
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),

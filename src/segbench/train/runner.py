@@ -52,7 +52,7 @@ def train(
         raise InputError(f"Train on at least 1 GPU (process), not {gpus}.")
     if gpus > 1:
         out_dir.mkdir(parents=True, exist_ok=True)
-        train_on_processes(gpus, device, (model_name, data, out_dir, recipe),
+        train_on_processes(train, gpus, device, (model_name, data, out_dir, recipe),
                            dict(device=device, progress=progress, resume=resume, pretrained=pretrained))
         path = checkpoint_of(out_dir, CHECKPOINT_NAME)
         return path, ModelSpec.load(path)
@@ -94,7 +94,15 @@ def train(
     model = getattr(model, "module", model)
     if not is_main_rank():  # rank 0 writes the checkpoint
         return out_dir / CHECKPOINT_NAME, None
-    spec = ModelSpec(
+    spec = _trained_spec(model, entry, info, recipe)
+    spec = save_checkpoint(out_dir / CHECKPOINT_NAME, model, model_cfg, spec)
+    write_text(out_dir / "train_seconds.txt", f"{seconds:.1f}\n")
+    return out_dir / CHECKPOINT_NAME, spec
+
+
+def _trained_spec(model, entry, info: DatasetInfo, recipe: Recipe) -> ModelSpec:
+    """The spec of a network trained on ``info``'s scenes with ``recipe``."""
+    return ModelSpec(
         classes=info.classes,
         palette=info.palette,
         bands=info.bands,
@@ -108,9 +116,6 @@ def train(
         input_dtype=info.dtype,
         gsd_m=info.training_gsd_m(),
     )
-    spec = save_checkpoint(out_dir / CHECKPOINT_NAME, model, model_cfg, spec)
-    write_text(out_dir / "train_seconds.txt", f"{seconds:.1f}\n")
-    return out_dir / CHECKPOINT_NAME, spec
 
 
 def _PretrainedHook(path: str | Path):  # noqa: N802  (a class factory: mmengine is imported lazily)
