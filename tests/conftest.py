@@ -365,3 +365,74 @@ def blob_pixels(size: int, seed: int, blob: int = 16) -> np.ndarray:
     cells = np.moveaxis(colours, -1, 0)
     data = np.kron(cells, np.ones((blob, blob))) + rng.normal(0, 8, (3, n * blob, n * blob))
     return np.clip(data, 0, 255)
+
+
+def outliers_in_several_inputs_onnx(path: Path, spec: ModelSpec, scale: float = 100.0) -> Path:
+    """:func:`outlier_conv_onnx` with a depthwise ``conv3`` and outliers in the inputs of two layers:
+    ``conv1``'s output channels 1 and 7 (``conv2``'s input, a plain convolution) and ``conv2``'s
+    channels 2 and 5 (the depthwise ``conv3``'s input, as SegFormer's Mix-FFN has), each ``scale``
+    times larger with the reader's weights divided by as much: the same function in float."""
+    import onnx
+    from onnx import numpy_helper
+
+    outlier_conv_onnx(path, spec, scale=scale, depthwise=True)
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    w = {name: numpy_helper.to_array(inits[name]).copy() for name in ("w1", "b1", "w2")}
+    picked = [1, 7]
+    w["w1"][picked] *= scale
+    w["b1"][picked] *= scale
+    w["w2"][:, picked] /= scale
+    for name, value in w.items():
+        inits[name].CopyFrom(numpy_helper.from_array(value, name))
+    onnx.save(model, str(path))
+    return path
+
+
+#: the colours of small-class scenes: red, green, blue ground, and small white squares (class 3)
+SMALL_CLASS_COLOURS = np.array([(200, 60, 50), (50, 190, 70), (60, 80, 210), (235, 235, 235)], float)
+
+
+def small_class_scene(path: Path, size: int = 192, seed: int = 0) -> Path:
+    """Blobs of red, green and blue ground with a 2x2 white square at the centre of every 32x32 cell:
+    any 32^2 window holds about 0.4% white pixels, the small class (cars in an urban scene)."""
+    rng = np.random.default_rng(seed)
+    n = size // 16
+    cells = SMALL_CLASS_COLOURS[rng.integers(0, 3, (n, n))] + rng.normal(0, 10, (n, n, 3))
+    data = np.kron(np.moveaxis(cells, -1, 0), np.ones((16, 16))) + rng.normal(0, 6, (3, size, size))
+    for r in range(15, size, 32):
+        for c in range(15, size, 32):
+            data[:, r:r + 2, c:c + 2] = SMALL_CLASS_COLOURS[3][:, None, None]
+    return write_scene(path, np.clip(data, 0, 255).astype(np.uint8))
+
+
+def small_class_onnx(path: Path, spec: ModelSpec) -> Path:
+    """A two-layer 1x1 conv net (``conv1`` -> ReLU -> ``conv2``) for :func:`small_class_scene`, exact in
+    float: three hidden channels ``100 * relu(band)`` carry red, green and blue, a fourth carries white
+    at a ten-thousandth of their size (``0.01 * relu(r + g + b - 6)``, its classifier weight 300 to
+    match), so per-tensor int8 of the hidden activation rounds white to nothing: the loss sits in one
+    small class, and pixel agreement barely sees it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    b, t = spec.num_bands, spec.tile
+    w1 = np.zeros((4, b, 1, 1))
+    w1[:3, :3, 0, 0] = 100 * np.eye(3)
+    w1[3, :3, 0, 0] = 0.01
+    b1 = np.array([0, 0, 0, -0.06])
+    w2 = np.zeros((4, 4, 1, 1))
+    w2[:3, :3, 0, 0] = np.eye(3) / 100
+    w2[3, 3, 0, 0] = 300.0
+    inits = [numpy_helper.from_array(np.array(spec.mean, np.float32).reshape(1, b, 1, 1), "mean"),
+             numpy_helper.from_array(np.array(spec.std, np.float32).reshape(1, b, 1, 1), "std")]
+    inits += [numpy_helper.from_array(v.astype(np.float32), n)
+              for n, v in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", np.zeros(4)))]
+    nodes = [helper.make_node("Sub", ["pixels", "mean"], ["centred"], name="sub"),
+             helper.make_node("Div", ["centred", "std"], ["x"], name="div"),
+             helper.make_node("Conv", ["x", "w1", "b1"], ["h1"], name="conv1"),
+             helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
+             helper.make_node("Conv", ["a1", "w2", "b2"], ["logits"], name="conv2")]
+    graph = helper.make_graph(
+        nodes, "small-class",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", b, t, t])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4, t, t])], inits)
+    return _save_graph(graph, path, spec)

@@ -12,10 +12,15 @@ the same tiles. Calibration scenes must never be the evaluation scenes; the
 digest of the tiles identifies a calibration set in the spec of every engine
 built from it.
 
-:func:`calibration_set` also draws held-out tiles from the same scenes, after
-the calibration tiles and overlapping none of them (windows calibration never
-saw), with their labels where the scenes' label rasters are given: what an
-int8 graph's accuracy target is checked on (:mod:`segbench.export.qualify`).
+:func:`calibration_set` also draws held-out tiles, with their labels where the
+scenes' label rasters are given: what an int8 graph's accuracy target is
+checked on (:mod:`segbench.export.qualify`). With two or more scenes, whole
+scenes are held out (a quarter of them, at least one, in the seeded order):
+the quantizer never sees them, as it will never see the scenes it is benched
+and deployed on. With one scene (or when the held-out scenes have no valid
+window), the held-out tiles are windows of the calibration scenes that no
+calibration tile overlaps, which share their imagery: the target then takes
+its largest margin.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from segbench.spec import ModelSpec
 
 #: cells per tile side of the coarse validity mask that pre-selects windows
 MASK_CELLS_PER_TILE = 8
+#: share of the calibration scenes held out whole (at least one, when there are two or more)
+HELD_OUT_SCENE_SHARE = 0.25
 
 
 def tiles_digest(tiles: np.ndarray) -> str:
@@ -57,13 +64,15 @@ def calibration_tiles(
 
 @dataclass(frozen=True)
 class CalibrationSet:
-    """Calibration tiles, and held-out tiles from windows they do not overlap (None: none found);
-    ``windows`` and ``held_out_windows`` are their ``(scene index, row, col)``."""
+    """Calibration tiles, and held-out tiles from scenes (``held_out_scenes``, indexes) or windows they
+    do not overlap (None: none found); ``windows`` and ``held_out_windows`` are their
+    ``(scene index, row, col)``."""
 
     tiles: np.ndarray
     held_out: HeldOut | None
     windows: tuple[tuple[int, int, int], ...] = ()
     held_out_windows: tuple[tuple[int, int, int], ...] = ()
+    held_out_scenes: tuple[int, ...] = ()
 
 
 def calibration_set(
@@ -82,13 +91,39 @@ def calibration_set(
         raise InputError(f"Give one label raster per calibration scene ({len(scenes)} scenes, "
                          f"{len(labels)} label rasters).")
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(scenes))
-    avoid: dict[int, list[tuple[int, int]]] = {int(i): [] for i in order}  # held-out windows per scene
-    draws = {int(i): _draw(Path(scenes[i]), spec, np.random.default_rng([seed, int(i)]), avoid[int(i)])
-             for i in order}
+    order = [int(i) for i in rng.permutation(len(scenes))]
+    held = order[:max(1, round(HELD_OUT_SCENE_SHARE * len(scenes)))] if held_out and len(scenes) > 1 else []
+    tiles, windows, kept = [], [], []
+    if held:  # whole scenes: the rest calibrate, the held-out ones only check
+        tiles, windows, _ = _gather(scenes, spec, [i for i in order if i not in held], seed, count, 0)
+        _, _, kept = _gather(scenes, spec, held, seed, 0, held_out)
+    if not tiles or not kept:  # one scene, or held-out scenes without a valid window: windows
+        held = []
+        tiles, windows, kept = _gather(scenes, spec, order, seed, count, held_out)
+    if not tiles:
+        names = ", ".join(Path(s).name for s in scenes)
+        raise InputError(
+            f"No calibration scene ({names}) has a {spec.tile}x{spec.tile} window of valid pixels: "
+            "they are smaller than a tile or mostly nodata; give larger training scenes."
+        )
+    if not kept:
+        return CalibrationSet(np.stack(tiles), None, tuple(windows))
+    targets = None
+    if labels:
+        targets = np.stack([_label_window(Path(labels[i]), spec, row, col) for i, row, col, _ in kept])
+    names = tuple(Path(scenes[i]).name for i in held)
+    return CalibrationSet(np.stack(tiles), HeldOut(np.stack([k[3] for k in kept]), targets, names),
+                          tuple(windows), tuple((i, row, col) for i, row, col, _ in kept), tuple(held))
+
+
+def _gather(scenes, spec: ModelSpec, order: list[int], seed: int, count: int, held_out: int) -> tuple:
+    """``count`` calibration tiles and ``held_out`` held-out windows from the scenes in ``order``, taking
+    turns: ``(tiles, windows, kept)``, ``kept`` the held-out ``(scene, row, col, pixels)``."""
+    avoid: dict[int, list[tuple[int, int]]] = {i: [] for i in order}  # held-out windows per scene
+    draws = {i: _draw(Path(scenes[i]), spec, np.random.default_rng([seed, i]), avoid[i]) for i in order}
     tiles: list[np.ndarray] = []
     windows: list[tuple[int, int, int]] = []
-    kept: list[tuple[int, int, int, np.ndarray]] = []  # (scene, row, col, pixels) held out
+    kept: list[tuple[int, int, int, np.ndarray]] = []
     while draws and (len(tiles) < count or len(kept) < held_out):
         for i in list(draws):
             if len(tiles) == count and len(kept) == held_out:
@@ -109,19 +144,7 @@ def calibration_set(
                 windows.append((i, row, col))
             elif not fresh:  # the scene's fresh windows are all drawn (they come first)
                 del draws[i]
-    if not tiles:
-        names = ", ".join(Path(s).name for s in scenes)
-        raise InputError(
-            f"No calibration scene ({names}) has a {spec.tile}x{spec.tile} window of valid pixels: "
-            "they are smaller than a tile or mostly nodata; give larger training scenes."
-        )
-    if not kept:
-        return CalibrationSet(np.stack(tiles), None, tuple(windows))
-    targets = None
-    if labels:
-        targets = np.stack([_label_window(Path(labels[i]), spec, row, col) for i, row, col, _ in kept])
-    return CalibrationSet(np.stack(tiles), HeldOut(np.stack([k[3] for k in kept]), targets), tuple(windows),
-                          tuple((i, row, col) for i, row, col, _ in kept))
+    return tiles, windows, kept
 
 
 def _label_window(path: Path, spec: ModelSpec, row: int, col: int) -> np.ndarray:

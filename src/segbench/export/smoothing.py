@@ -12,7 +12,13 @@ pooling, a LayerNormalization's scale and bias), else it is one ``Mul``
 before the layers that share the activation.
 
 Only layers whose activation channels are uneven are smoothed (the largest
-channel more than :data:`SPREAD` times the median). ONNX Runtime's own
+channel more than :data:`SPREAD` times the median). Every layer whose input is
+uneven takes its share: grouped and depthwise convolutions too (SegFormer's
+Mix-FFN reads its first projection through a depthwise 3x3; each input channel
+scales the weights of its own group), and each layer's channels are measured
+on the axis that layer reads them on (axis 1 for a convolution, the last for a
+MatMul or Gemm, also on a channels-last 4-D tensor); a layer left alone is
+named in :attr:`Smoothed.skipped` with the reason. ONNX Runtime's own
 SmoothQuant needs Intel Neural Compressor 2.x (its ONNX adaptor is gone from
 3.x), and NNCF's is part of its own quantizer, whose uint8 activations
 TensorRT refuses; this one rewrites the float graph, so every int8 format
@@ -45,10 +51,11 @@ class Smoothed:
     layers: tuple[str, ...]
     folded: int
     inserted: int
+    skipped: tuple[tuple[str, str], ...] = ()  # (layer, why) of uneven inputs left alone
 
     def to_dict(self) -> dict:
         return {"layers": list(self.layers), "folded": self.folded, "inserted": self.inserted,
-                "alpha": ALPHA, "spread": SPREAD}
+                "alpha": ALPHA, "spread": SPREAD, "skipped": [list(x) for x in self.skipped]}
 
 
 def smooth(graph: str | os.PathLike[str], dst: str | os.PathLike[str], tiles: np.ndarray,
@@ -75,16 +82,19 @@ def smooth(graph: str | os.PathLike[str], dst: str | os.PathLike[str], tiles: np
             groups.setdefault(n.input[0], []).append(n)
     if not groups:
         return _unchanged(model, dst)
-    ranks = {name: rank for name, rank in float_tensors(model).items() if name in groups}
-    channel_max = abs_max(model, ranks, tiles, per_channel=True)
+    channel_max = _channel_max(model, groups, tiles)
 
-    smoothed, folded, inserted = [], 0, 0
+    smoothed, skipped, folded, inserted = [], [], 0, 0
     for act, layers in groups.items():
         a = channel_max.get(act)
-        if a is None or not np.all(np.isfinite(a)) or a.max() <= spread * max(np.median(a), 1e-12):
+        if a is None:
+            skipped += [(n.name, "its input's rank is unknown") for n in layers]
+            continue
+        if not np.all(np.isfinite(a)) or a.max() <= spread * max(np.median(a), 1e-12):
             continue
         w = np.max([_weight_channel_max(n, inits) for n in layers], axis=0)
         if w.shape != a.shape:
+            skipped += [(n.name, f"{a.shape[0]} input channels, weights for {w.shape[0]}") for n in layers]
             continue
         s = np.where((a > 0) & (w > 0), a ** alpha / np.maximum(w, 1e-12) ** (1 - alpha), 1.0)
         s = np.clip(s, 1e-4, 1e4).astype(np.float32)
@@ -97,7 +107,36 @@ def smooth(graph: str | os.PathLike[str], dst: str | os.PathLike[str], tiles: np
             inserted += 1
         smoothed += [n.name for n in layers]
     onnx.save(model, str(dst))
-    return Smoothed(Path(dst), tuple(smoothed), folded, inserted)
+    return Smoothed(Path(dst), tuple(smoothed), folded, inserted, tuple(skipped))
+
+
+def _channel_max(model, groups: dict, tiles: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel max |x| of each group's activation, over the axis its layers read as channels:
+    axis 1 for a convolution, the last for MatMul/Gemm. Where that is not the axis
+    :func:`~segbench.export.probe.abs_max` reduces to (a channels-last 4-D input of a MatMul, a 1-D
+    convolution's 3-D input), a copy of the graph moves the axis last and flattens the rest."""
+    import onnx
+
+    ranks = float_tensors(model)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    wanted: dict[str, int] = {}
+    names: dict[str, str] = {}
+    for i, (act, layers) in enumerate(groups.items()):
+        rank = ranks.get(act, 0)
+        if not rank:
+            continue
+        axis = 1 if layers[0].op_type == "Conv" else rank - 1
+        if axis == (1 if rank == 4 else rank - 1):
+            wanted[act], names[act] = rank, act
+            continue
+        perm = [d for d in range(rank) if d != axis] + [axis]
+        moved, flat = f"_smooth_probe_t{i}", f"_smooth_probe_f{i}"
+        probe.graph.node.extend([onnx.helper.make_node("Transpose", [act], [moved], perm=perm),
+                                 onnx.helper.make_node("Flatten", [moved], [flat], axis=rank - 1)])
+        wanted[flat], names[act] = 2, flat
+    found = abs_max(probe, wanted, tiles, per_channel=True)
+    return {act: found[name] for act, name in names.items() if name in found}
 
 
 def _unchanged(model, dst) -> Smoothed:
@@ -119,9 +158,7 @@ def _attr(node, name: str, default):
 def _weight(node, inits, uses):
     """The weight initializer of a layer whose input channels can be rescaled, or None."""
     if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in inits:
-        if _attr(node, "group", 1) != 1:
-            return None
-        name = node.input[1]
+        name = node.input[1]  # grouped and depthwise too: each input channel scales its own group
     elif node.op_type == "MatMul" and node.input[1] in inits:
         name = node.input[1]
     elif node.op_type == "Gemm" and node.input[1] in inits and not _attr(node, "transA", 0):
@@ -146,8 +183,17 @@ def _input_axis(node) -> int:
     return 0  # MatMul / Gemm: (K, N)
 
 
+def _grouped(node, w: np.ndarray) -> np.ndarray:
+    """A convolution's weight ``(O, I/g, k...)`` as ``(g, O/g, I/g, k)``: input channel ``j`` is
+    ``[j // (I/g), :, j % (I/g)]`` (one group, as a plain convolution, is ``(1, O, I, k)``)."""
+    groups = _attr(node, "group", 1)
+    return w.reshape(groups, w.shape[0] // groups, w.shape[1], -1)
+
+
 def _weight_channel_max(node, inits) -> np.ndarray:
     w = np.abs(_weight_array(node, inits))
+    if node.op_type == "Conv":
+        return _grouped(node, w).max(axis=(1, 3)).ravel()
     axis = _input_axis(node)
     return w.max(axis=tuple(i for i in range(w.ndim) if i != axis))
 
@@ -156,10 +202,14 @@ def _scale_weight(node, inits, s: np.ndarray) -> None:
     from onnx import numpy_helper
 
     w = _weight_array(node, inits)
-    shape = [1] * w.ndim
-    shape[_input_axis(node)] = -1
-    inits[node.input[1]].CopyFrom(numpy_helper.from_array((w * s.reshape(shape)).astype(w.dtype),
-                                                          node.input[1]))
+    if node.op_type == "Conv":
+        g = _grouped(node, w)
+        scaled = (g * s.reshape(g.shape[0], 1, g.shape[2], 1)).reshape(w.shape)
+    else:
+        shape = [1] * w.ndim
+        shape[_input_axis(node)] = -1
+        scaled = w * s.reshape(shape)
+    inits[node.input[1]].CopyFrom(numpy_helper.from_array(scaled.astype(w.dtype), node.input[1]))
 
 
 def _fold_into_producer(act: str, s: np.ndarray, producers, consumers, layers, inits) -> bool:
