@@ -17,6 +17,7 @@ from segbench.errors import InputError
 from segbench.study.merge import merge_studies
 from segbench.study.outputs import write_study
 from segbench.study.render import (
+    LATEX_PACKAGES,
     rank_study,
     render_tables,
     study_tables,
@@ -300,10 +301,13 @@ def test_pdflatex_compiles_when_installed(study, tmp_path):
 
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex is not installed (the structure is checked by the other LaTeX test)")
-    (tmp_path / "t.tex").write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n"
+    packages = "".join(f"\\usepackage{{{p}}}" for p in LATEX_PACKAGES)
+    (tmp_path / "t.tex").write_text(f"\\documentclass{{article}}{packages}\\begin{{document}}\n"
                                     + to_latex_document(study) + "\\end{document}\n")
     subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
                    check=True, capture_output=True, timeout=120)
+    log = (tmp_path / "t.log").read_text(errors="replace")
+    assert "Overfull \\hbox" not in log, log[log.index("Overfull"):][:200]  # no table past the margin
 
 
 def test_terminal_tables(study):

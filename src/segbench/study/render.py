@@ -415,19 +415,26 @@ def short_reason(reason: str | None) -> str:
     return (reason or "").split(";")[0].strip().rstrip(".")
 
 
+#: the LaTeX a study's tables need (a table of a dozen columns and more is scaled to the text width)
+LATEX_PACKAGES = ("booktabs", "graphicx")
+
+
 def to_latex_document(report: StudyReport) -> str:
-    """Every table as a LaTeX ``table`` float with caption and label (needs booktabs)."""
+    """Every table as a LaTeX ``table`` float with caption and label, each scaled down to the text
+    width where it is wider (needs :data:`LATEX_PACKAGES`)."""
     name = study_name(report) or "study"
+    needs = ", ".join(rf"\usepackage{{{p}}}" for p in LATEX_PACKAGES)
     parts = [f"% segbench {__version__}: the tables of study {name}, rendered from study.json.",
-             r"% Needs \usepackage{booktabs}; each tabular is also in <dataset>-<table>.tex for \input.",
+             rf"% Needs {needs}; each tabular is also in <dataset>-<table>.tex for \input.",
              ""]
     for table in study_tables(report):
         text = latex_escape(f"{table.title}. {caption(table, report)}")
         for note in table.notes:
             parts.append(f"% {note}")
         parts += [r"\begin{table}", r"\centering", r"\small", rf"\caption{{{text}}}",
-                  rf"\label{{tab:{slug(table.dataset.name)}-{table.kind}}}", to_latex(table).rstrip(),
-                  r"\end{table}", ""]
+                  rf"\label{{tab:{slug(table.dataset.name)}-{table.kind}}}",
+                  r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
+                  to_latex(table).rstrip() + "}", r"\end{table}", ""]
     return "\n".join(parts)
 
 
