@@ -49,7 +49,7 @@ from segbench.bench.report import console as make_console
 from segbench.bench.report import load_report, provenance, rank_report, write_all, write_json
 from segbench.bench.tables import render_table
 from segbench.errors import InputError, SegbenchError
-from segbench.export.qualify import precision_label
+from segbench.export.qualify import chosen_line, precision_label
 from segbench.files import atomic_output, sha256_bytes
 from segbench.geo import style_labels
 from segbench.raster import LABEL_NODATA, label_targets, open_raster, sample_tiles, scene_info
@@ -178,15 +178,24 @@ class BenchRun:
         config, console, out, row = self.config, self.console, self.out, {}
         options = config.options
         calibration, int8 = self._calibration(self.kinds[name])
+        notes: list[str] = []
+
+        def note(line: str) -> None:
+            notes.append(line)
+            console.print(f"{name}: {line}")
+
         with console.status(f"building {name}"):
             artifact = build(config.model, name, out / "engines", calibration, options.calib_method,
-                             int8=int8, note=lambda line: console.print(f"{name}: {line}"))
+                             int8=int8, note=note)
         built = ModelSpec.load(artifact)
         row.update(artifact=str(artifact), artifact_bytes=built.build.artifact_bytes,
                    build_seconds=built.build.build_seconds)
         if search := built.build.options.get("int8"):
             row["int8"] = search
             row["precision_label"] = precision_label(built.build.options)
+            if not notes:  # a variant searched earlier: its record, as its search printed it
+                for line in filter(None, (search.get("criterion"), chosen_line(search))):
+                    console.print(f"{name}: {line}")
         elif "float32_nodes" in built.build.options:  # an fp16 graph: what stayed float32, and why
             kept = ("float32_nodes", "overflow_check", "sensitivity")
             row["fp16"] = {k: built.build.options[k] for k in kept if k in built.build.options}
@@ -261,6 +270,10 @@ class BenchRun:
             options = config.options
             self._int8 = int8_setup(self.spec, config.calib, config.calib_labels, options.calib_tiles,
                                     options.int8_ratio, options.explain, _excluded(config, self.spec))
+            int8_engines = any(k.graph == "int8" for k in self.kinds.values())
+            if int8_engines and options.int8_ratio is not None and not config.calib_labels:
+                self.console.print("int8: no labels for the calibration scenes (--calib-labels): the int8 "
+                                   "criterion scores the int8 labels against the float graph's")
         return self._int8
 
     def report(self, rows: list[EngineRow]) -> Report:
