@@ -349,6 +349,8 @@ class _Search:
             c = self._make(found.format, source, trial)
             if c.meets:
                 keep, found = list(trial), c
+                self.note(f"{c.format} with {name} back in int8 ({len(keep)} layer(s) in float): "
+                          f"{self._describe(c)}")
         return found
 
     def _fallback_order(self, source: Calibrated, layers: int) -> list[str]:
@@ -562,6 +564,8 @@ def describe_int8(record: dict) -> list[str]:
     if record.get("smoothing"):
         layers = record["smoothing"]["layers"]
         lines.append(f"outliers smoothed on {len(layers)} layer(s): {', '.join(layers)}")
+    for layer, why in (record.get("smoothing_tried") or {}).get("skipped") or []:
+        lines.append(f"smoothing left {layer} alone: {why}")
     if kept:
         lines.append(f"{len(kept)} of {record['quantized_layers'] + len(kept)} layers kept in float: "
                      + ", ".join(f"{k['name']} ({k['op']})" for k in kept))
