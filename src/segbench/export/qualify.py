@@ -416,7 +416,10 @@ class _Search:
 
     def _worst(self, ious: np.ndarray) -> dict | None:
         """The class whose IoU falls most from the float graph's, and by how much."""
-        change = ious - self.reference_ious
+        n = max(len(ious), len(self.reference_ious))  # the fallback counts the class ids it sees
+        pad = [np.pad(np.asarray(x, float), (0, n - len(x)), constant_values=np.nan)
+               for x in (ious, self.reference_ious)]
+        change = pad[0] - pad[1]
         if not np.any(np.isfinite(change)):
             return None
         i = int(np.nanargmin(np.where(np.isfinite(change), change, np.inf)))
