@@ -9,7 +9,7 @@ from segbench.argfields import KEY, cli_fields, flag
 from segbench.bench.options import STUDY_DEFAULTS, BenchOptions
 from segbench.cli import build_parser
 from segbench.errors import InputError
-from segbench.study.studyfile import _bench
+from segbench.study.studyfile import bench_options, load_study
 from segbench.workflow import SegmentOptions
 
 
@@ -57,17 +57,43 @@ def test_values_parse_to_the_objects_types():
 
 
 def test_a_study_bench_table_fills_the_same_object():
-    assert _bench({}) == BenchOptions(**STUDY_DEFAULTS)
-    assert _bench({}).batch == "auto" and _bench({"batch": "auto"}).batch == "auto"
-    assert _bench({"batch": 2, "overlap": 0, "int8_target": False, "maps": False}) == \
+    assert bench_options({}) == BenchOptions(**STUDY_DEFAULTS)
+    assert bench_options({}).batch == "auto" and bench_options({"batch": "auto"}).batch == "auto"
+    assert bench_options({"batch": 2, "overlap": 0, "int8_target": False, "maps": False}) == \
         BenchOptions(batch=2, overlap=0, int8_target=False, maps=False)
-    for table, words in [({"batch": "fast"}, "batch must be an integer of at least 1 or 'auto'"),
-                         ({"batch": 0}, "batch"), ({"overlap": -1}, "overlap"),
-                         ({"blend": "max"}, "blend must be one of"),
-                         ({"calib_method": "magic"}, "calib_method must be one of"),
-                         ({"maps": "yes"}, "maps must be true or false"),
-                         ({"min_ratio": 0}, "min_ratio must be a positive number"),
+    assert bench_options({"scenarios": ["server", "offline"], "max_queue_ms": 0}).scenarios == \
+        ("server", "offline")
+    for table, words in [({"batch": "fast"}, "batch should be 'auto'"),
+                         ({"batch": 0}, "batch should be greater than or equal to 1"),
+                         ({"overlap": -1}, "overlap should be greater than or equal to 0"),
+                         ({"blend": "max"}, "blend should be 'mean', 'cosine' or 'crop'"),
+                         ({"calib_method": "magic"}, "calib_method should be 'minmax'"),
+                         ({"maps": "yes"}, "maps should be a valid boolean"),
+                         ({"min_ratio": 0}, "min_ratio should be greater than 0"),
+                         ({"int8_target": 2}, "int8_target: 2.0 is neither 'off' nor a ratio"),
+                         ({"scenarios": ["nope"]}, "scenarios: nope is not a scenario"),
                          ({"batchsize": 4}, "unknown key(s) batchsize")]:
-        with pytest.raises(InputError, match=None) as error:
-            _bench(table)
-        assert str(error.value).startswith("[bench]") and words in str(error.value), str(error.value)
+        with pytest.raises(InputError) as error:
+            bench_options(table)
+        assert str(error.value).startswith("[bench] ") and words in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[study]\nname = ""\n', "[study] name: string should have at least 1 character"),
+    ('study = 3\n', "[study] must be a table"),
+    ('[study]\nname = "x"\n[[datasets]]\nname = "d"\n', "[[datasets]] #1 needs path"),
+    ('networks = [3]\n[study]\nname = "x"\n', "networks #1 should be a valid string; got 3"),
+    ('networks = [{ name = "n", weights = "w.pth" }]\n[study]\nname = "x"\n',
+     "networks #1 has unknown key(s) weights"),
+    ('[study]\nname = "x"\n[recipe]\niters = 0\n', "[recipe] iters should be greater than or equal to 1"),
+    ('[study]\nname = "x"\n[recipe]\nlr = { a = -1.0 }\n', "[recipe] lr should be greater than 0"),
+    ('[study]\nname = "x"\n[recipe]\ndevice = 1\n', "[recipe] device should be a valid string"),
+    ('bench = 1\n[study]\nname = "x"\n', "[bench] must be a table"),
+    ('colour = 1\n[study]\nname = "x"\n', "the study file has unknown key(s) colour"),
+])
+def test_study_file_mistakes_are_one_sentence_naming_the_key(tmp_path, text, message):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    with pytest.raises(InputError) as error:
+        load_study(path)
+    assert message in str(error.value) and str(error.value).count("\n") == 0, str(error.value)

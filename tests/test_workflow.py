@@ -128,8 +128,8 @@ def test_on_dask_the_same_labels_and_sidecars(tmp_path, engine):
     scene = _scene(tmp_path / "scene.tif", shape=(3, 270, 300))
     one = segment_scenes([scene], engine, tmp_path / "one.tif", SegmentOptions(batch=2))
     chunks = []
-    run = segment_scenes([scene], engine, tmp_path / "dask.tif", SegmentOptions(batch=2, workers=1, chunk=256),
-                         hooks=Hooks(progress=chunks.append))
+    run = segment_scenes([scene], engine, tmp_path / "dask.tif",
+                         SegmentOptions(batch=2, workers=1, chunk=256), hooks=Hooks(progress=chunks.append))
     assert run.worker_peaks and len(run.scenes) == 1 and chunks[-1].done == chunks[-1].total
     with rasterio.open(tmp_path / "one.tif") as a, rasterio.open(tmp_path / "dask.tif") as b:
         assert np.array_equal(a.read(), b.read())
