@@ -35,6 +35,7 @@ import numpy as np
 
 from segbench.bench.memory import run_in_child
 from segbench.bench.scenarios import ScenarioSettings, loadgen_dir, run_scenario
+from segbench.errors import SegbenchError
 
 ENGINES = ("ort-fp32", "ort-int8", "openvino-fp32", "openvino-int8")
 TILES = 64
@@ -172,7 +173,11 @@ def main() -> None:
             print(f"{name}: skipped, not available here")
             continue
         artifact = build_engine(work, name, args.tile)
-        rows.append(measure(name, artifact, tiles, work / "out", args))
+        try:
+            rows.append(measure(name, artifact, tiles, work / "out", args))
+        except SegbenchError as exc:  # one engine's failure is reported; the others still run
+            print(f"{name}: failed: {exc}", flush=True)
+            continue
         print(report(rows[-1]), flush=True)
     (work / "bench_scenarios.json").write_text(json.dumps(rows, indent=1))
     print(f"logs and figures in {work}")

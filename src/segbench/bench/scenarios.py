@@ -9,7 +9,8 @@ tile's uint8 labels (argmax). Scenarios, as LoadGen defines them:
 - ``multi-stream``: ``samples_per_query`` (8) samples per query, one query at a time; p99.
 - ``server``: Poisson arrivals at a target QPS; the figure is the highest target QPS
   whose run is VALID under a p99 bound, found by a search within a time budget
-  (each point long enough for LoadGen's early stopping: about 662 queries for p99).
+  (short probes, then points long enough for LoadGen's early stopping: about 662
+  queries for p99); every point is kept, for latency against offered QPS.
 - ``offline``: every sample at once; samples per second.
 - ``accuracy``: an AccuracyOnly run (every tile once); ``mlperf_log_accuracy.json`` is
   decoded and scored into a confusion matrix, and checked against the same
