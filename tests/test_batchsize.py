@@ -135,8 +135,8 @@ def test_bench_records_each_engines_choice(engine, tmp_path):
     (row,) = report.engines
     assert row.status == "ok", row.reason
     choice = row.batch_choice
-    assert row["latency"]["batch"] == choice["batch"]
-    assert choice["tiles_per_s"][str(choice["batch"])] == max(choice["tiles_per_s"].values())
+    assert row.latency.batch == choice.batch
+    assert choice.tiles_per_s[str(choice.batch)] == max(choice.tiles_per_s.values())
 
 
 def test_an_engine_on_a_gpu_also_tries_larger_batches():

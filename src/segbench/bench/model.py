@@ -205,6 +205,7 @@ class ServerPoint(Record):
     queries: int
     mean_batch: float
     log_dir: str
+    probe: bool = Field(False, description="a short run that only guided the search (never VALID)")
 
 
 class Scenario(Record):
