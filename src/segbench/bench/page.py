@@ -1,19 +1,20 @@
 """``report.html``: one self-contained page a person opens in any browser (and the pieces of
 ``study.html``, :mod:`segbench.study.page`).
 
-No network and no CDN: the figures are inline SVG drawn by matplotlib (the
-latency-accuracy plot with the honest accuracy axis of
-:func:`segbench.bench.report.honest_limits`, per-class IoU as a heat map),
-the thumbnails inline PNG read from the COGs' overviews (the scene, each
-engine's labels, its disagreement map), the styles inline, and the one script
-a few lines that sort a table by the column clicked. A merged or a single
-report renders alike.
+The pages are jinja2 templates (``segbench/bench/templates``, autoescaped); this
+module gathers what they show. No network and no CDN: the figures are inline
+SVG drawn by matplotlib (the latency-accuracy plot with the honest accuracy axis
+of :func:`segbench.bench.figures.honest_limits`, per-class IoU as a heat map,
+latency under load), the thumbnails inline PNG read from the COGs' overviews
+(the scene, each engine's labels, its disagreement map), the styles inline, and
+the one script a few lines that sort a table by the column clicked. A merged or
+a single report renders alike.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 import math
 import os
@@ -21,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 
 from segbench.bench.figures import latency_accuracy_figure, pyplot, server_latency_figure
 from segbench.bench.model import EngineRow, Machine, Report
@@ -29,93 +32,38 @@ from segbench.bench.tables import model_line, notes, precision_lines, table_rows
 #: the longest side of a thumbnail, in pixels
 THUMBNAIL = 240
 
-_STYLE = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d232a; margin: 2em auto;
-       max-width: 1180px; padding: 0 1.2em; }
-h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { font-size: 1.25em; margin-top: 2em;
-  border-bottom: 1px solid #d8dde3; padding-bottom: .2em; } h3 { font-size: 1.05em; margin-top: 1.4em; }
-.muted { color: #5b6670; } .wide { overflow-x: auto; }
-table { border-collapse: collapse; margin: .6em 0; font-size: 13px; }
-th, td { padding: .3em .65em; border-bottom: 1px solid #e3e7eb; text-align: right; white-space: nowrap; }
-th { background: #f3f5f7; cursor: pointer; user-select: none; position: sticky; top: 0; }
-th:first-child, td:first-child, td.text { text-align: left; }
-th.sorted-asc::after { content: " \\25B2"; font-size: .7em; }
-th.sorted-desc::after { content: " \\25BC"; font-size: .7em; }
-tr:hover td { background: #f7f9fb; } .figure { margin: 1em 0; } .figure svg { max-width: 100%; height: auto; }
-.thumbs { display: flex; gap: 1em; flex-wrap: wrap; align-items: flex-start; }
-.thumbs figure { margin: 0; } .thumbs img { image-rendering: pixelated; border: 1px solid #d8dde3; }
-figcaption { font-size: 12px; color: #5b6670; max-width: 260px; } .legend span { display: inline-block;
-  margin-right: .9em; font-size: 12px; } .legend i { display: inline-block; width: .9em; height: .9em;
-  margin-right: .3em; vertical-align: -1px; border: 1px solid #9aa4ad; }
-dl { display: grid; grid-template-columns: max-content auto; gap: .15em 1em; font-size: 13px; }
-dt { color: #5b6670; }
-"""
-
-# Sort a table by the column clicked: numbers as numbers (the leading number of a cell), text as text.
-_SCRIPT = """
-document.querySelectorAll("table.sortable").forEach(function (table) {
-  table.querySelectorAll("th").forEach(function (th, column) {
-    th.addEventListener("click", function () {
-      var ascending = !th.classList.contains("sorted-asc");
-      table.querySelectorAll("th").forEach(function (h) { h.classList.remove("sorted-asc", "sorted-desc"); });
-      th.classList.add(ascending ? "sorted-asc" : "sorted-desc");
-      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
-      function key(row) {
-        var text = row.cells[column].textContent.trim(), number = parseFloat(text);
-        return isNaN(number) ? text.toLowerCase() : number;
-      }
-      rows.sort(function (a, b) {
-        var x = key(a), y = key(b);
-        if (x === "" || y === "") { return x === "" ? 1 : -1; }
-        return (x < y ? -1 : x > y ? 1 : 0) * (ascending ? 1 : -1);
-      });
-      rows.forEach(function (row) { body.appendChild(row); });
-    });
-  });
-});
-"""
-
 
 def bench_page(report: Report) -> str:
     """The page of a bench report (or a merged one)."""
     header, rows = table_rows(report)
-    parts = ["<h1>segbench: accuracy, latency and memory per engine</h1>",
-             f"<p class=muted>{esc(model_line(report).strip())}</p>",
-             "<h2>Ranking</h2>", table(header, rows), f"<p class=muted>{esc(report.rule)}</p>"]
-    if said := notes(report):
-        parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in said) + "</ul>")
-    parts += ["<h2>Latency against accuracy</h2>", figure(latency_accuracy_figure(report))]
-    if (load := server_latency_figure(report)) is not None:
-        parts += ["<h2>Latency under load (LoadGen Server)</h2>", figure(load)]
     classes = report.model.class_names if report.model else []
-    if (heat := iou_figure(_engine_iou(report), classes, "per-class IoU (%) by engine")) is not None:
-        parts += ["<h2>Per-class IoU</h2>", heat]
-    parts += _int8_section(report)
-    parts += _thumbnails(report)
-    parts += ["<h2>Machine</h2>", machine(report.machine, report.segbench)]
-    return page("segbench report", parts)
+    load = server_latency_figure(report)
+    return render("report.html.j2", title="segbench report", model_line=model_line(report).strip(),
+                  header=header, rows=cells(rows), rule=report.rule, notes=notes(report),
+                  latency=svg(latency_accuracy_figure(report)), load=svg(load) if load is not None else None,
+                  heat=iou_figure(_engine_iou(report), classes, "per-class IoU (%) by engine"),
+                  int8=[(r.name, precision_lines(r)) for r in report.engines if precision_lines(r)],
+                  legend=_legend(report), scenes=_scenes(report),
+                  machine=machine_rows(report.machine, report.segbench))
 
 
 # -- pieces ----------------------------------------------------------------------------------------------
 
-def page(title: str, parts: list[str]) -> str:
-    body = "\n".join(parts)
-    return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-            f"<meta name=viewport content='width=device-width, initial-scale=1'>"
-            f"<title>{esc(title)}</title><style>{_STYLE}</style></head>\n<body>\n{body}\n"
-            f"<script>{_SCRIPT}</script>\n</body></html>\n")
+@functools.cache
+def environment() -> Environment:
+    """The pages' templates, HTML autoescaped."""
+    return Environment(loader=PackageLoader("segbench.bench", "templates"),
+                       autoescape=select_autoescape(["j2", "html"], default_for_string=True),
+                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 
 
-def esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
+def render(template: str, **values) -> str:
+    return environment().get_template(template).render(**values)
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td{' class=text' if _texty(c) else ''}>{esc(c)}</td>" for c in row)
-                   + "</tr>" for row in rows)
-    return (f"<div class=wide><table class=sortable><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
-            "</table></div>")  # a table wider than the page scrolls on its own
+def cells(rows: Sequence[Sequence[str]]) -> list[list[dict]]:
+    """Table cells with how they align: text left, figures right."""
+    return [[{"text": c, "texty": _texty(c)} for c in row] for row in rows]
 
 
 def _texty(cell: str) -> bool:
@@ -126,15 +74,15 @@ def _texty(cell: str) -> bool:
         return bool(cell)
 
 
-def figure(fig) -> str:
+def svg(fig) -> Markup:
     """A matplotlib figure as inline SVG (then closed)."""
     import matplotlib.pyplot as plt
 
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
-    svg = buf.getvalue()
-    return f"<div class=figure>{svg[svg.index('<svg'):]}</div>"
+    text = buf.getvalue()
+    return Markup(text[text.index("<svg"):])  # matplotlib's own markup
 
 
 def _engine_iou(report: Report) -> tuple[list[str], np.ndarray] | None:
@@ -158,7 +106,7 @@ def iou_grid(rows: Sequence, classes: Sequence[str]) -> np.ndarray:
                      for r in rows], float).reshape(len(rows), len(classes) + 1)
 
 
-def iou_figure(data, classes: list[str], title: str) -> str | None:
+def iou_figure(data, classes: list[str], title: str) -> Markup | None:
     """A heat map of IoU (%) rows x (classes, mIoU), values written in; None without data."""
     if data is None:
         return None
@@ -184,64 +132,52 @@ def iou_figure(data, classes: list[str], title: str) -> str | None:
         spine.set_visible(False)
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02).outline.set_visible(False)
-    return figure(fig)
+    return svg(fig)
 
 
-def _int8_section(report: Report) -> list[str]:
-    """What each int8 engine's search did and each fp16 graph kept in float32, with the layers that
-    reduced precision hurts most where they were explained."""
-    rows = [r for r in report.engines if precision_lines(r)]
-    if not rows:
-        return []
-    parts = ["<h2>int8 and fp16 engines</h2>"]
-    for r in rows:
-        items = "".join(f"<li>{esc(x)}</li>" for x in precision_lines(r))
-        parts.append(f"<h3>{esc(r.name)}</h3><ul>{items}</ul>")
-    return parts
-
-
-def _thumbnails(report: Report) -> list[str]:
-    """For each scene, the scene, and each engine's labels and disagreement map, side by side."""
+def _legend(report: Report) -> list[tuple[str, tuple]]:
+    """The class colours of the thumbnails, and the colour of agreement on a disagreement map."""
     from segbench.bench.disagreement import AGREE_COLOUR
 
-    scenes = report.config.scenes
     palette = report.model.palette if report.model else None
     classes = report.model.class_names if report.model else []
-    if not scenes:
+    if not (classes and palette and report.config.scenes):
         return []
-    parts = ["<h2>Scenes</h2>"]
-    if classes and palette:
-        keys = "".join(f"<span><i style='background:rgb{tuple(c)}'></i>{esc(n)}</span>"
-                       for n, c in zip(classes, palette, strict=False))
-        parts.append(f"<p class=legend>{keys}<span><i style='background:rgb{AGREE_COLOUR}'></i>"
-                     "agrees with the reference</span></p>")
-    for i, scene in enumerate(scenes):
-        figures = [_thumb(_scene_rgb(scene), Path(scene).name)]
+    return [*((n, tuple(c)) for n, c in zip(classes, palette, strict=False)),
+            ("agrees with the reference", tuple(AGREE_COLOUR))]
+
+
+def _scenes(report: Report) -> list[dict]:
+    """For each scene, the scene, and each engine's labels and disagreement map, as thumbnails."""
+    palette = report.model.palette if report.model else None
+    scenes = []
+    for i, scene in enumerate(report.config.scenes):
+        thumbs = [_thumb(_scene_rgb(scene), Path(scene).name)]
         for r in report.ok_rows:
             if i < len(r.outputs):
-                figures += _engine_thumbs(r, r.outputs[i], palette)
-        shown = "".join(f for f in figures if f)
-        parts.append(f"<h3>{esc(Path(scene).name)}</h3><div class=thumbs>{shown}</div>")
-    return parts
+                thumbs += _engine_thumbs(r, r.outputs[i], palette)
+        scenes.append({"name": Path(scene).name, "thumbs": [t for t in thumbs if t]})
+    return scenes
 
 
-def _engine_thumbs(row: EngineRow, labels: str, palette) -> list[str]:
+def _engine_thumbs(row: EngineRow, labels: str, palette) -> list[dict | None]:
     """An engine's labels of one scene and, where it was written, its disagreement map."""
     from segbench.bench.disagreement import AGREE_COLOUR, map_path
 
-    figures = [_thumb(_paletted(labels, palette), f"{row.name}: labels")]
+    thumbs = [_thumb(_paletted(labels, palette), f"{row.name}: labels")]
     differ = map_path(labels)
     if Path(differ).is_file():
         share = row.disagreement.share if row.disagreement else None
         note = f" ({100 * share:.2f}% of pixels)" if share is not None else ""
-        figures.append(_thumb(_paletted(differ, [AGREE_COLOUR, *(palette or [])]),
-                              f"{row.name}: where it differs from the reference{note}"))
-    return figures
+        thumbs.append(_thumb(_paletted(differ, [AGREE_COLOUR, *(palette or [])]),
+                             f"{row.name}: where it differs from the reference{note}"))
+    return thumbs
 
 
-def _thumb(image: np.ndarray | None, caption: str) -> str:
+def _thumb(image: np.ndarray | None, caption: str) -> dict | None:
+    """A thumbnail as the page shows it: inline PNG, its size and caption."""
     if image is None:
-        return ""
+        return None
     from segbench.extras import require
 
     require("matplotlib", "the report page")
@@ -249,9 +185,8 @@ def _thumb(image: np.ndarray | None, caption: str) -> str:
 
     buf = io.BytesIO()
     matplotlib.image.imsave(buf, image, format="png")
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return (f"<figure><img alt='{esc(caption)}' src='data:image/png;base64,{data}' width={image.shape[1]} "
-            f"height={image.shape[0]}><figcaption>{esc(caption)}</figcaption></figure>")
+    return {"data": base64.b64encode(buf.getvalue()).decode("ascii"), "width": image.shape[1],
+            "height": image.shape[0], "caption": caption}
 
 
 def _small(path: str | os.PathLike[str], bands: Sequence[int]) -> np.ndarray | None:
@@ -302,8 +237,8 @@ def _paletted(path: str, palette: Sequence[Sequence[int]] | None) -> np.ndarray 
     return colours[values]
 
 
-def machine(m: Machine | None, segbench: str | None = None) -> str:
-    """The machine (and the segbench that ran on it) as a definition list."""
+def machine_rows(m: Machine | None, segbench: str | None = None) -> list[tuple[str, object]]:
+    """The machine (and the segbench that ran on it), as the page's definition list shows it."""
     rows: list[tuple[str, object]] = []
     if m is not None:
         rows += [("host", m.hostname), ("CPU", f"{m.cpu} ({m.cores} cores)"),
@@ -314,4 +249,4 @@ def machine(m: Machine | None, segbench: str | None = None) -> str:
         rows += sorted(m.libraries.items())
     if segbench:
         rows.append(("segbench", segbench))
-    return "<dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in rows if v) + "</dl>"
+    return [(k, v) for k, v in rows if v]
