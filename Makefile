@@ -33,7 +33,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt CMakeLists.txt src/segben
 	$(PIPC) --upgrade pip "setuptools>=77,<81" wheel ninja "scikit-build-core>=0.10" "pybind11>=2.12"
 	$(PIPC) torch mmengine
 	MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=$(JOBS) $(PIPC) --no-build-isolation mmcv
-	$(PIPC) --no-build-isolation -e ".[train,quant,openvino,tensorrt-rtx,plot,cluster,gis,stac,loadgen,dev]"
+	$(PIPC) --no-build-isolation -e ".[train,quant,openvino,tensorrt-rtx,plot,cluster,gis,stac,loadgen,serve,dev]"
 	touch $@
 
 lint: $(STAMP)

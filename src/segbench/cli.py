@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _export_and_build_parsers(sub)
     _segment_parser(sub)
     _bench_parsers(sub)
+    _serve_parser(sub)
     return p
 
 
@@ -221,6 +222,27 @@ def _segment_parser(sub) -> None:
                    help="output label GeoTIFF (one scene) or folder")
     add_options(g, SegmentOptions)
     g.set_defaults(func=_cmd_segment)
+
+
+def _serve_parser(sub) -> None:
+    """The serve command: one engine over HTTP (map tiles of labels, scene jobs)."""
+    sv = sub.add_parser("serve", help="serve an engine over HTTP: label map tiles and scene jobs")
+    sv.add_argument("engine", type=Path, help="built engine artifact")
+    sv.add_argument("--scenes", type=Path, nargs="+", required=True, metavar="DIR",
+                    help="folders of GeoTIFF scenes to serve (the only files requests may read)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sv.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every route but /healthz")
+    sv.add_argument("--jobs", type=Path, default=Path("segbench-jobs"), metavar="DIR",
+                    help="job folder, which several server processes may share (default ./segbench-jobs)")
+    sv.add_argument("--keep-jobs", default="24h", metavar="DURATION",
+                    help="remove finished jobs after this long: 3600, 30m, 12h, 7d (default 24h)")
+    sv.add_argument("--allow-urls", type=_csv, default=[], metavar="HOST,...",
+                    help="jobs may read http(s) URLs from these hosts only (none by default)")
+    sv.add_argument("--batch", type=positive, default=4, help="most windows per engine call (default 4)")
+    sv.add_argument("--max-jobs", type=positive, default=8,
+                    help="most jobs queued or running in the job folder at once (default 8)")
+    sv.set_defaults(func=_cmd_serve)
 
 
 def _bench_parsers(sub) -> None:
@@ -532,6 +554,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                          isprs=args.isprs, resume=args.resume, workers=args.workers,
                          options=from_args(BenchOptions, args))
     run_bench(config)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from segbench.extras import RuntimeNotInstalledError, require
+
+    for module in ("fastapi", "uvicorn"):
+        try:
+            require(module, "segbench serve")
+        except RuntimeNotInstalledError:
+            raise RuntimeNotInstalledError(f"segbench serve needs {module}, which is not installed; run "
+                                           "pip install 'segbench[serve]'.") from None
+    from segbench.serve.app import ServeConfig, serve
+    from segbench.serve.jobs import parse_duration
+
+    serve(ServeConfig(engine=args.engine, roots=tuple(args.scenes), host=args.host, port=args.port,
+                      token=args.token, jobs=args.jobs, keep_jobs_s=parse_duration(args.keep_jobs),
+                      allow_urls=tuple(h.lower() for h in args.allow_urls), batch=args.batch,
+                      max_jobs=args.max_jobs))
     return 0
 
 

@@ -1,0 +1,307 @@
+"""The FastAPI app and its uvicorn server: routes, the bearer token, bounds, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections import Counter
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Request, Response
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse
+
+from segbench.errors import InputError, SegbenchError, UsageError
+from segbench.serve.jobs import ACTIVE, LABELS, JobRunner, JobStore
+from segbench.serve.metrics import Metrics
+from segbench.serve.scenes import Catalog, OutsideRootsError, resolve_under
+from segbench.serve.tiles import TileNotFound, TileRenderer
+
+#: the largest request body (bytes) and the most jobs queued or running, and kept, in a job folder
+MAX_BODY = 16 * 1024
+MAX_ACTIVE_JOBS = 8
+MAX_JOBS = 1000
+#: seconds between sweeps of expired jobs
+EXPIRE_EVERY_S = 30.0
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``segbench serve`` was given."""
+
+    engine: Path
+    roots: tuple[Path, ...]
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    jobs: Path = Path("segbench-jobs")
+    keep_jobs_s: float = 86400.0
+    allow_urls: tuple[str, ...] = ()
+    batch: int = 4
+    blend: str = "cosine"
+    overlap: int | None = None
+    max_queue_ms: float = 2.0
+    max_jobs: int = MAX_ACTIVE_JOBS
+    job_options: dict = field(default_factory=dict)
+
+
+class Service:
+    """The engine, its batcher, the scene catalogue and the job folder of one server process."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        from segbench.batcher import DynamicBatcher
+        from segbench.engines.registry import load
+        from segbench.tiler.windows import stride_for
+
+        self.config = config
+        self.catalog = Catalog(list(config.roots))
+        self.store = JobStore(config.jobs)
+        self.engine = load(config.engine, mode="throughput", batch=config.batch)
+        spec = self.engine.spec
+        if spec.output == "labels":
+            self.engine.close()
+            raise InputError(f"{config.engine} outputs labels, not logits; serve blends logits across "
+                             "windows, so build the engine without an argmax output.")
+        self.batcher = DynamicBatcher(self.engine, max_batch=config.batch, max_queue_ms=config.max_queue_ms)
+        stride = stride_for(spec.tile, config.overlap, default=spec.stride)
+        self.tiles = TileRenderer(spec, self.batcher, stride, config.blend, self.engine.name)
+        options = {"batch": config.batch, "blend": config.blend, "overlap": config.overlap}
+        self.runner = JobRunner(self.store, config.engine, options | config.job_options)
+        self.metrics = Metrics()
+        self._closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.runner.shutdown()
+            self.batcher.close()
+            self.engine.close()
+
+
+def _json_error(status: int, detail: str):
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def _route_of(path: str) -> str:
+    for prefix, name in (("/tiles/", "tile"), ("/jobs", "jobs"), ("/scenes", "scenes"),
+                         ("/metrics", "metrics")):
+        if path.startswith(prefix):
+            return name
+    return "other"
+
+
+def _middleware(app, service: Service) -> None:
+    token = service.config.token
+
+    @app.middleware("http")
+    async def guard(request, call_next):
+        start = time.perf_counter()
+        if token is not None and request.url.path != "/healthz":
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                response = _json_error(401, "Give the server's token as 'Authorization: Bearer TOKEN'.")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            return _json_error(413, f"Request bodies are limited to {MAX_BODY} bytes.")
+        response = await call_next(request)
+        service.metrics.observe(_route_of(request.url.path), time.perf_counter() - start,
+                                response.status_code)
+        return response
+
+    @app.exception_handler(TileNotFound)
+    async def not_found(request, exc):
+        return _json_error(404, str(exc))
+
+    @app.exception_handler(SegbenchError)
+    async def bad_input(request, exc):
+        return _json_error(422, str(exc))
+
+
+def _scene_routes(app, service: Service) -> None:
+    def tilejson(scene, base: str) -> dict:
+        w, s, e, n = scene.bounds
+        spec = service.tiles.spec
+        return {"tilejson": "3.0.0", "name": scene.path.name, "scheme": "xyz",
+                "tiles": [f"{base}tiles/{scene.id}/{{z}}/{{x}}/{{y}}.png"],
+                "minzoom": scene.minzoom, "maxzoom": scene.maxzoom, "bounds": [w, s, e, n],
+                "center": [(w + e) / 2, (s + n) / 2, scene.native_zoom],
+                "legend": [{"value": i, "name": c, "color": "#{:02x}{:02x}{:02x}".format(*spec.palette[i])}
+                           for i, c in enumerate(spec.classes)]}
+
+    def find(sid: str):
+        scene = service.catalog.get(sid)
+        if scene is None:
+            raise TileNotFound(f"No scene {sid!r} here; GET /scenes lists them.")
+        return scene
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "engine": service.engine.name}
+
+    @app.get("/scenes")
+    async def scenes(request: Request):
+        base = str(request.base_url)
+        found = await asyncio.to_thread(service.catalog.scenes)
+        return [{"id": s.id, "name": s.path.name, "bounds": list(s.bounds), "width": s.width,
+                 "height": s.height, "minzoom": s.minzoom, "maxzoom": s.maxzoom,
+                 "tilejson": f"{base}scenes/{s.id}/tilejson.json"} for s in found]
+
+    @app.get("/scenes/{sid}/tilejson.json")
+    async def scene_tilejson(request: Request, sid: str = PathParam(max_length=64)):
+        return tilejson(find(sid), str(request.base_url))
+
+    @app.get("/tiles/{sid}/{z}/{x}/{y}.png")
+    async def tile(z: int, x: int, y: int, sid: str = PathParam(max_length=64)):
+        png = await service.tiles.render(find(sid), z, x, y)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
+
+    @app.get("/metrics")
+    async def metrics():
+        jobs = Counter(s["status"] for s in await asyncio.to_thread(service.store.states))
+        text = service.metrics.render(service.batcher.stats(), service.batcher.queue_depth, jobs,
+                                      service.tiles.pixels)
+        return Response(text, media_type="text/plain; version=0.0.4")
+
+
+async def _read_body(request) -> bytes:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise _TooLarge()
+    return body
+
+
+class _TooLarge(InputError):
+    pass
+
+
+def _job_scene(service: Service, text) -> str:
+    """The job's scene: a path resolved inside the roots, or a URL from an allowed host."""
+    if not isinstance(text, str):
+        raise InputError('Give the scene as {"scene": "path under the scene roots"}.')
+    if "://" in text:
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+            raise InputError(f"{text!r} is not an http(s) URL this server takes.")
+        if parts.hostname.lower() not in service.config.allow_urls:
+            raise InputError(f"URL scenes from {parts.hostname} are not allowed here; the server takes "
+                             "URLs only from hosts given to --allow-urls.")
+        return text
+    return str(resolve_under(text, service.catalog.roots))
+
+
+def _job_routes(app, service: Service) -> None:
+    store = service.store
+
+    def view(state: dict, base: str) -> dict:
+        out = dict(state)
+        if state["status"] == "done":
+            out["labels"] = f"{base}jobs/{state['id']}/{LABELS}"
+        return out
+
+    @app.post("/jobs", status_code=202)
+    async def create(request: Request):
+        try:
+            body = json.loads(await _read_body(request) or b"null")
+        except _TooLarge:
+            return _json_error(413, f"Request bodies are limited to {MAX_BODY} bytes.")
+        except ValueError:
+            return _json_error(422, 'The body must be JSON: {"scene": "path under the scene roots"}.')
+        if not isinstance(body, dict) or set(body) != {"scene"}:
+            return _json_error(422, 'The body must be {"scene": "path under the scene roots"} and no more.')
+        try:
+            scene = await asyncio.to_thread(_job_scene, service, body["scene"])
+        except OutsideRootsError as exc:
+            return _json_error(404 if "No scene file" in str(exc) else 422, str(exc))
+        except InputError as exc:
+            return _json_error(400, str(exc))
+        states = await asyncio.to_thread(store.states)
+        active = sum(s["status"] in ACTIVE for s in states)
+        if active >= service.config.max_jobs or len(states) >= MAX_JOBS:
+            return _json_error(429, "Too many jobs; wait for some to finish or delete finished ones.")
+        state = await asyncio.to_thread(store.create, scene)
+        service.runner.submit(state)
+        return view(state, str(request.base_url))
+
+    @app.get("/jobs")
+    async def jobs(request: Request):
+        states = await asyncio.to_thread(store.states)
+        return [view(s, str(request.base_url)) for s in states[-MAX_JOBS:]]
+
+    def find(job_id: str) -> dict:
+        state = store.read(job_id)
+        if state is None:
+            raise TileNotFound(f"No job {job_id!r} here.")
+        return state
+
+    @app.get("/jobs/{job_id}")
+    async def job(request: Request, job_id: str):
+        return view(find(job_id), str(request.base_url))
+
+    @app.get("/jobs/{job_id}/labels.tif")
+    async def labels(job_id: str):
+        state = find(job_id)
+        path = store.folder / job_id / "out" / LABELS
+        if state["status"] != "done" or not path.is_file():
+            return _json_error(409 if state["status"] in ACTIVE else 404,
+                               f"Job {job_id} is {state['status']}; its labels exist once it is done.")
+        return FileResponse(path, media_type="image/tiff; application=geotiff; profile=cloud-optimized")
+
+    @app.delete("/jobs/{job_id}")
+    async def delete(job_id: str):
+        state = find(job_id)
+        if state["status"] in ACTIVE:
+            (store.folder / job_id / "cancel").touch()
+            return Response(status_code=202)
+        await asyncio.to_thread(store.remove, job_id)
+        return Response(status_code=204)
+
+
+def create_app(service: Service):
+    """The ASGI app over a started :class:`Service`."""
+    @asynccontextmanager
+    async def lifespan(app):
+        async def expire() -> None:
+            while True:
+                await asyncio.to_thread(service.store.expire, service.config.keep_jobs_s)
+                await asyncio.sleep(EXPIRE_EVERY_S)
+
+        task = asyncio.create_task(expire())
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.to_thread(service.close)
+
+    app = FastAPI(title="segbench serve", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    _middleware(app, service)
+    _scene_routes(app, service)
+    _job_routes(app, service)
+    return app
+
+
+def serve(config: ServeConfig) -> None:
+    """Start the service and run it on uvicorn until SIGINT or SIGTERM."""
+    import uvicorn
+
+    if not 0 < config.port < 65536:
+        raise UsageError(f"--port must be between 1 and 65535, not {config.port}.")
+    service = Service(config)
+    try:
+        print(f"segbench serve: {service.engine.name} on http://{config.host}:{config.port}/ "
+              f"({len(service.catalog.scenes())} scenes, jobs in {config.jobs})", flush=True)
+        server = uvicorn.Server(uvicorn.Config(create_app(service), host=config.host, port=config.port,
+                                               log_level="warning", timeout_graceful_shutdown=5,
+                                               limit_concurrency=256))
+        server.run()
+    finally:
+        service.close()

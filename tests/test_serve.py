@@ -1,0 +1,307 @@
+"""``segbench serve`` against a real uvicorn server process on 127.0.0.1, with a real ONNX engine:
+tiles equal to ``segment``'s labels warped to the tile, jobs equal to ``segment``'s output, the
+security and bad-input cases, SIGTERM during a job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from segbench.engines.registry import build  # noqa: E402
+from segbench.spec import IGNORE_INDEX  # noqa: E402
+from segbench.workflow import SegmentOptions, segment_scenes  # noqa: E402
+from tests.conftest import blob_scene, make_spec, tiny_conv_onnx, write_scene  # noqa: E402
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+START_S = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A ``segbench serve`` process on a free loopback port."""
+
+    def __init__(self, engine: Path, roots: list[Path], jobs: Path, *extra: str) -> None:
+        self.port = _free_port()
+        self.log = jobs.parent / f"server-{self.port}.log"
+        args = [sys.executable, "-m", "segbench.cli", "serve", str(engine), "--scenes", *map(str, roots),
+                "--port", str(self.port), "--jobs", str(jobs), *extra]
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+        deadline = time.monotonic() + START_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited: {self.log.read_text()}")
+            try:
+                if self.client.get("/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise RuntimeError(f"the server did not start: {self.log.read_text()}")
+
+    def stop(self) -> int:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The engine, a scene root (a scene, a non-GeoTIFF, a symlink out) and a file outside it."""
+    tmp = tmp_path_factory.mktemp("serve")
+    spec = make_spec(bands=3, classes=4, tile=32)
+    engine = build(tiny_conv_onnx(tmp / "model.onnx", spec), "ort-fp32", tmp / "engines")
+    root = tmp / "scenes"
+    root.mkdir()
+    blob_scene(root / "a.tif", size=256)
+    (root / "sub").mkdir()
+    (root / "notatiff.tif").write_text("this is not a GeoTIFF\n")
+    outside = tmp / "secret"
+    outside.mkdir()
+    blob_scene(outside / "secret.tif", size=64)
+    (root / "link.tif").symlink_to(outside / "secret.tif")
+    (root / "sub" / "out").symlink_to(outside)
+    return {"tmp": tmp, "engine": engine, "root": root, "outside": outside}
+
+
+@pytest.fixture(scope="module")
+def server(world):
+    srv = Server(world["engine"], [world["root"]], world["tmp"] / "jobs", "--token", TOKEN)
+    yield srv
+    srv.stop()
+
+
+def _segment(world, out: Path) -> np.ndarray:
+    segment_scenes([world["root"] / "a.tif"], world["engine"], out, SegmentOptions(batch=4))
+    with rasterio.open(out) as ds:
+        return ds.read(1)
+
+
+def _wait_job(client, job_id: str, until=("done", "failed", "cancelled", "interrupted"), limit=60.0) -> dict:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        state = client.get(f"/jobs/{job_id}", headers=AUTH).json()
+        if state["status"] in until:
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still {state['status']} after {limit} s")
+
+
+def _warp_to_tile(labels_path: Path, bounds, fill=IGNORE_INDEX) -> np.ndarray:
+    from rasterio.transform import from_bounds
+    from rasterio.warp import Resampling, reproject
+
+    out = np.full((256, 256), fill, np.uint8)
+    with rasterio.open(labels_path) as ds:
+        reproject(ds.read(1), out, src_transform=ds.transform, src_crs=ds.crs, src_nodata=IGNORE_INDEX,
+                  dst_transform=from_bounds(*bounds, 256, 256), dst_crs="EPSG:3857",
+                  dst_nodata=IGNORE_INDEX, resampling=Resampling.nearest)
+    return out
+
+
+def test_tiles_agree_with_segment_warped_to_the_tile(world, server):
+    import morecantile
+
+    from segbench.serve.tiles import decode_png_indices
+
+    labels = world["tmp"] / "segment-a.tif"
+    _segment(world, labels)
+    interior = world["tmp"] / "interior.tif"  # 1 at least 3 pixels from the scene's edge
+    with rasterio.open(labels) as ds:
+        inner = np.zeros((ds.height, ds.width), np.uint8)
+        inner[3:-3, 3:-3] = 1
+        profile = ds.profile | {"driver": "GTiff", "nodata": None}
+    with rasterio.open(interior, "w", **profile) as ds:
+        ds.write(inner, 1)
+    scene = next(s for s in server.client.get("/scenes", headers=AUTH).json() if s["name"] == "a.tif")
+    tms = morecantile.tms.get("WebMercatorQuad")
+    agree = total = 0
+    for z in (scene["minzoom"], scene["minzoom"] + 1, scene["minzoom"] + 2):
+        for t in list(tms.tiles(*scene["bounds"], [z]))[:6]:
+            r = server.client.get(f"/tiles/{scene['id']}/{z}/{t.x}/{t.y}.png", headers=AUTH)
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+            got = decode_png_indices(r.content)
+            b = tms.xy_bounds(t)
+            want = _warp_to_tile(labels, (b.left, b.bottom, b.right, b.top))
+            keep = _warp_to_tile(interior, (b.left, b.bottom, b.right, b.top), fill=0) == 1
+            assert (got[want == IGNORE_INDEX] == IGNORE_INDEX).all()  # transparent outside the scene
+            agree += int((got[keep] == want[keep]).sum())
+            total += int(keep.sum())
+    assert total > 50_000
+    assert agree / total >= 0.99, agree / total
+    print(f"tile agreement with segment: {agree / total:.5f} of {total} pixels")
+
+
+def test_scenes_tilejson_and_metrics(world, server):
+    c = server.client
+    scenes = c.get("/scenes", headers=AUTH).json()
+    assert [s["name"] for s in scenes] == ["a.tif"]  # not the text file, not the symlink out
+    west, south, east, north = scenes[0]["bounds"]
+    assert 14.9 < west < east < 15.1 and 52.3 < south < north < 52.4  # UTM 33N, WGS84
+    tj = c.get(scenes[0]["tilejson"].replace(server.url, ""), headers=AUTH).json()
+    assert tj["tiles"][0].endswith("/{z}/{x}/{y}.png") and tj["minzoom"] <= tj["maxzoom"]
+    assert [e["name"] for e in tj["legend"]] == ["class0", "class1", "class2", "class3"]
+    text = c.get("/metrics", headers=AUTH).text
+    for name in ("segbench_request_seconds_bucket", "segbench_tiles_served_total", "segbench_batches_total",
+                 "segbench_batcher_queue_depth", "segbench_jobs"):
+        assert name in text
+
+
+def test_job_equals_segment_and_is_deleted(world, server):
+    c = server.client
+    r = c.post("/jobs", json={"scene": "a.tif"}, headers=AUTH)
+    assert r.status_code == 202, r.text
+    state = _wait_job(c, r.json()["id"])
+    assert state["status"] == "done" and state["done"] == state["total"] > 0, state
+    r = c.get(f"/jobs/{state['id']}/labels.tif", headers=AUTH)
+    assert r.status_code == 200
+    got_path = world["tmp"] / "job-labels.tif"
+    got_path.write_bytes(r.content)
+    want = _segment(world, world["tmp"] / "segment-b.tif")
+    with rasterio.open(got_path) as ds, rasterio.open(world["tmp"] / "segment-b.tif") as ref:
+        assert ds.profile == ref.profile and ds.tags(ns="IMAGE_STRUCTURE") == ref.tags(ns="IMAGE_STRUCTURE")
+        np.testing.assert_array_equal(ds.read(1), want)
+    folder = world["tmp"] / "jobs" / state["id"]
+    assert (folder / "out" / "labels.qml").is_file() and not (folder / "work").exists()
+    assert c.delete(f"/jobs/{state['id']}", headers=AUTH).status_code == 204
+    assert not folder.exists() and c.get(f"/jobs/{state['id']}", headers=AUTH).status_code == 404
+
+
+def test_a_scene_that_is_not_a_geotiff_fails_its_job_in_one_sentence(server):
+    r = server.client.post("/jobs", json={"scene": "notatiff.tif"}, headers=AUTH)
+    assert r.status_code == 202
+    state = _wait_job(server.client, r.json()["id"])
+    assert state["status"] == "failed" and "\n" not in state["error"] and state["error"].endswith(".")
+    assert server.client.get(f"/jobs/{state['id']}/labels.tif", headers=AUTH).status_code == 404
+
+
+def test_token_on_every_route_but_healthz(server):
+    c = server.client
+    assert c.get("/healthz").status_code == 200
+    for path in ("/scenes", "/metrics", "/jobs", "/tiles/x/18/1/1.png", "/scenes/x/tilejson.json"):
+        assert c.get(path).status_code == 401
+        assert c.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get(path, headers={"Authorization": TOKEN}).status_code == 401
+    assert c.post("/jobs", json={"scene": "a.tif"}).status_code == 401
+
+
+@pytest.mark.parametrize("scene", [
+    "../secret/secret.tif", "sub/../../secret/secret.tif", "link.tif", "sub/out/secret.tif",
+    "%2e%2e/secret/secret.tif", "..%2fsecret%2fsecret.tif", "/etc/passwd", "", "a.tif\x00.png",
+])
+def test_jobs_read_nothing_outside_the_roots(world, server, scene):
+    if scene == "/etc/passwd":
+        scene = str(world["outside"] / "secret.tif")  # absolute, outside the roots
+    r = server.client.post("/jobs", json={"scene": scene}, headers=AUTH)
+    assert 400 <= r.status_code < 500, r.text
+    assert "secret" not in json.dumps(server.client.get("/jobs", headers=AUTH).json())
+
+
+@pytest.mark.parametrize("path,status", [
+    ("/tiles/{id}/0/0/0.png", 404),            # far coarser than the scene: 404 with a hint
+    ("/tiles/{id}/99/0/0.png", 404),           # finer than any zoom
+    ("/tiles/{id}/{z}/0/0.png", 404),          # a tile far from the scene
+    ("/tiles/{id}/{z}/-1/5.png", 404),
+    ("/tiles/{id}/{z}/99999999999/5.png", 404),
+    ("/tiles/{id}/{z}/abc/5.png", 422),
+    ("/tiles/{id}/{z}/1.5/5.png", 422),
+    ("/tiles/{id}/x/1/5.png", 422),
+    ("/tiles/nosuchscene/18/1/1.png", 404),
+    ("/tiles/..%2F..%2Fsecret/18/1/1.png", 404),
+    ("/scenes/..%2Fsecret%2Fsecret.tif/tilejson.json", 404),
+    ("/scenes/%2e%2e/tilejson.json", 404),
+    ("/jobs/..%2F..%2Fetc", 404),
+    ("/jobs/../../etc/passwd", 404),
+])
+def test_bad_tile_and_path_requests_are_4xx(server, path, status):
+    c = server.client
+    scene = c.get("/scenes", headers=AUTH).json()[0]
+    r = c.get(path.format(id=scene["id"], z=scene["minzoom"] + 1), headers=AUTH)
+    assert r.status_code == status, r.text
+    if path.startswith("/tiles/{id}/0/"):
+        assert "zoom in" in r.json()["detail"]
+
+
+def test_bad_job_bodies_are_4xx(server):
+    c = server.client
+    assert c.post("/jobs", content=b"x" * 100_000, headers=AUTH).status_code == 413
+    assert c.post("/jobs", content=b"not json", headers=AUTH).status_code == 422
+    assert c.post("/jobs", json={"scene": "a.tif", "more": 1}, headers=AUTH).status_code == 422
+    assert c.post("/jobs", json={"scene": 3}, headers=AUTH).status_code == 400
+    assert c.post("/jobs", json=["a.tif"], headers=AUTH).status_code == 422
+    r = c.post("/jobs", json={"scene": "http://169.254.169.254/latest/meta-data"}, headers=AUTH)
+    assert r.status_code == 400 and "--allow-urls" in r.json()["detail"]
+    assert c.post("/jobs", json={"scene": "file:///etc/passwd"}, headers=AUTH).status_code == 400
+
+
+def test_binds_loopback_by_default(server):
+    import psutil
+
+    from segbench.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "e.onnx", "--scenes", "d"]).host == "127.0.0.1"
+    listening = {c.laddr for c in psutil.Process(server.proc.pid).net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN}
+    assert listening and {a.ip for a in listening} == {"127.0.0.1"}
+
+
+def test_sigterm_during_a_job_marks_it_interrupted(world, tmp_path):
+    root = tmp_path / "big"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    write_scene(root / "big.tif", rng.integers(0, 256, (3, 2048, 2048), dtype=np.uint8))
+    jobs = tmp_path / "jobs"
+    srv = Server(world["engine"], [root], jobs, "--max-jobs", "1")
+    try:
+        r = srv.client.post("/jobs", json={"scene": "big.tif"})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        assert srv.client.post("/jobs", json={"scene": "big.tif"}).status_code == 429  # bounded
+        deadline = time.monotonic() + 30
+        while srv.client.get(f"/jobs/{job_id}").json()["done"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        state = srv.client.get(f"/jobs/{job_id}").json()
+        assert state["status"] == "running" and 0 < state["done"] < state["total"], state
+    finally:
+        code = srv.stop()
+    state = json.loads((jobs / job_id / "state.json").read_text())
+    assert state["status"] == "interrupted", state
+    assert code == 128 + signal.SIGTERM
+    left = [p.name for p in (jobs / job_id).rglob("*")]
+    assert left == ["state.json"], left  # nothing under a final name, no work folder
+
+
+def test_missing_extra_is_one_sentence_exit_3(tmp_path):
+    code = ("import sys; sys.modules['fastapi'] = None; from segbench.cli import main; "
+            "sys.exit(main(['serve', 'e.onnx', '--scenes', '.']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=os.environ | {"PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 3
+    assert r.stderr.strip().count("\n") == 0 and "segbench[serve]" in r.stderr
