@@ -16,7 +16,8 @@ A confidence raster (uint8, 0..255 for probability 0..1) gets a grey ramp
 style and, in its PAM sidecar, the scale and offset to [0, 1]. A polygon
 file gets a style that colours its regions by class, as the label raster.
 Neither GDAL's Python bindings nor rasterio write attribute tables, so the
-sidecars are written here, as GDAL documents them; each atomically.
+sidecars are written here with ElementTree, as GDAL and QGIS document them;
+each atomically.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from xml.etree import ElementTree as ET
-from xml.sax.saxutils import escape
 
 from segbench.errors import OutputError
 from segbench.files import write_text
@@ -35,6 +35,7 @@ from segbench.files import write_text
 _INTEGER, _STRING = 0, 2
 _MIN_MAX, _NAME, _RED, _GREEN, _BLUE = 5, 2, 6, 7, 8
 QGIS_VERSION = "3.22.0"
+_DOCTYPE = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>"
 
 
 def qml_path(raster: str | os.PathLike[str]) -> Path:
@@ -51,24 +52,12 @@ def style_labels(raster: str | os.PathLike[str], classes: Sequence[str],
                  palette: Sequence[Sequence[int]]) -> list[Path]:
     """Write the QGIS style and the PAM sidecar (category names, attribute table) of a label raster."""
     colours = [tuple(int(v) for v in c[:3]) for c in palette]
-    entries = "\n".join(
-        f'        <paletteEntry value="{i}" color="{_hex(c)}" alpha="255" label="{_attr(name)}"/>'
-        for i, (name, c) in enumerate(zip(classes, colours, strict=True)))
-    qml = f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="{QGIS_VERSION}" styleCategories="Symbology">
-  <pipe>
-    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
-      <rasterTransparency/>
-      <minMaxOrigin><limits>None</limits><extent>WholeRaster</extent></minMaxOrigin>
-      <colorPalette>
-{entries}
-      </colorPalette>
-      <colorramp type="randomcolors" name="[source]"/>
-    </rasterrenderer>
-  </pipe>
-  <blendMode>0</blendMode>
-</qgis>
-"""
+    renderer = _raster_renderer(type="paletted", band="1", opacity="1", alphaBand="-1", nodataColor="")
+    entries = ET.SubElement(renderer, "colorPalette")
+    for i, (name, c) in enumerate(zip(classes, colours, strict=True)):
+        ET.SubElement(entries, "paletteEntry", value=str(i), color=_hex(c), alpha="255", label=name)
+    ET.SubElement(renderer, "colorramp", type="randomcolors", name="[source]")
+    qml = _qml_raster(renderer)
     band = _pam_band()
     names = ET.SubElement(band, "CategoryNames")
     for name in classes:
@@ -92,31 +81,25 @@ def style_polygons(vector: str | os.PathLike[str], classes: Sequence[str],
                    palette: Sequence[Sequence[int]]) -> Path:
     """Write the QGIS style of a polygon file: categories by class name, in the classes' colours
     (a GeoPackage keeps it in its ``layer_styles`` table, other formats in ``<name>.qml``)."""
-    categories, symbols = [], []
+    root = _qgis()
+    renderer = ET.SubElement(root, "renderer-v2", type="categorizedSymbol", attr="class_name",
+                             symbollevels="0", enableorderby="0", forceraster="0")
+    categories, symbols = ET.SubElement(renderer, "categories"), ET.SubElement(renderer, "symbols")
     for i, (name, colour) in enumerate(zip(classes, palette, strict=True)):
+        ET.SubElement(categories, "category", value=name, label=name, symbol=str(i), render="true")
         rgba = ",".join(str(int(v)) for v in colour[:3]) + ",255"
-        categories.append(f'      <category value="{_attr(name)}" label="{_attr(name)}" symbol="{i}" '
-                          'render="true"/>')
         props = {"color": rgba, "outline_color": "35,35,35,255", "outline_style": "solid",
                  "outline_width": "0.1", "outline_width_unit": "MM", "style": "solid"}
-        options = "".join(f'<Option name="{k}" value="{v}" type="QString"/>' for k, v in props.items())
-        legacy = "".join(f'<prop k="{k}" v="{v}"/>' for k, v in props.items())
-        symbols.append(f'      <symbol type="fill" name="{i}" alpha="1" clip_to_extent="1" force_rhr="0">'
-                       f'<layer class="SimpleFill" enabled="1" pass="0" locked="0">'
-                       f'<Option type="Map">{options}</Option>{legacy}</layer></symbol>')
-    nl = "\n"
-    qml = f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="{QGIS_VERSION}" styleCategories="Symbology">
-  <renderer-v2 type="categorizedSymbol" attr="class_name" symbollevels="0" enableorderby="0" forceraster="0">
-    <categories>
-{nl.join(categories)}
-    </categories>
-    <symbols>
-{nl.join(symbols)}
-    </symbols>
-  </renderer-v2>
-</qgis>
-"""
+        symbol = ET.SubElement(symbols, "symbol", type="fill", name=str(i), alpha="1", clip_to_extent="1",
+                               force_rhr="0")
+        layer = ET.SubElement(symbol, "layer", {"class": "SimpleFill", "enabled": "1", "pass": "0",
+                                                "locked": "0"})
+        options = ET.SubElement(layer, "Option", type="Map")
+        for k, v in props.items():
+            ET.SubElement(options, "Option", name=k, value=v, type="QString")
+        for k, v in props.items():  # the pre-3.26 form, which QGIS 3.22 reads
+            ET.SubElement(layer, "prop", k=k, v=v)
+    qml = _document(root)
     if Path(vector).suffix.lower() == ".gpkg":
         return write_gpkg_style(vector, qml)
     return write_text(qml_path(vector), qml)
@@ -181,21 +164,40 @@ def style_probabilities(raster: str | os.PathLike[str], classes: Sequence[str], 
 
 def _grey_qml() -> str:
     """A QGIS grey ramp over band 1, 0 (black) to 1 (white) in the band's scaled values."""
-    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="{QGIS_VERSION}" styleCategories="Symbology">
-  <pipe>
-    <rasterrenderer type="singlebandgray" grayBand="1" gradient="BlackToWhite" opacity="1" alphaBand="-1"
-                    nodataColor="">
-      <rasterTransparency/>
-      <minMaxOrigin><limits>None</limits><extent>WholeRaster</extent></minMaxOrigin>
-      <contrastEnhancement>
-        <minValue>0</minValue><maxValue>1</maxValue><algorithm>StretchToMinimumMaximum</algorithm>
-      </contrastEnhancement>
-    </rasterrenderer>
-  </pipe>
-  <blendMode>0</blendMode>
-</qgis>
-"""
+    renderer = _raster_renderer(type="singlebandgray", grayBand="1", gradient="BlackToWhite", opacity="1",
+                                alphaBand="-1", nodataColor="")
+    contrast = ET.SubElement(renderer, "contrastEnhancement")
+    for tag, text in (("minValue", "0"), ("maxValue", "1"), ("algorithm", "StretchToMinimumMaximum")):
+        ET.SubElement(contrast, tag).text = text
+    return _qml_raster(renderer)
+
+
+def _qgis() -> ET.Element:
+    return ET.Element("qgis", version=QGIS_VERSION, styleCategories="Symbology")
+
+
+def _raster_renderer(**attributes: str) -> ET.Element:
+    """A QGIS raster renderer element with the parts every segbench raster style has."""
+    renderer = ET.Element("rasterrenderer", attributes)
+    ET.SubElement(renderer, "rasterTransparency")
+    origin = ET.SubElement(renderer, "minMaxOrigin")
+    ET.SubElement(origin, "limits").text = "None"
+    ET.SubElement(origin, "extent").text = "WholeRaster"
+    return renderer
+
+
+def _qml_raster(renderer: ET.Element) -> str:
+    """A QGIS style document of one raster renderer."""
+    root = _qgis()
+    ET.SubElement(root, "pipe").append(renderer)
+    ET.SubElement(root, "blendMode").text = "0"
+    return _document(root)
+
+
+def _document(root: ET.Element) -> str:
+    """A QML document: QGIS's doctype, then the element tree, indented."""
+    ET.indent(root)
+    return f"{_DOCTYPE}\n{ET.tostring(root, encoding='unicode')}\n"
 
 
 def _pam_band() -> ET.Element:
@@ -211,8 +213,3 @@ def _write_pam(raster: str | os.PathLike[str], band: ET.Element) -> Path:
 
 def _hex(colour: tuple[int, ...]) -> str:
     return "#" + "".join(f"{v:02x}" for v in colour)
-
-
-def _attr(text: str) -> str:
-    """``text`` escaped for a double-quoted XML attribute."""
-    return escape(text, {'"': "&quot;"})
