@@ -305,3 +305,45 @@ def test_missing_extra_is_one_sentence_exit_3(tmp_path):
                        env=os.environ | {"PYTHONWARNINGS": "ignore"})
     assert r.returncode == 3
     assert r.stderr.strip().count("\n") == 0 and "segbench[serve]" in r.stderr
+
+
+def test_url_jobs_from_allowed_hosts_only_and_expiry(world, tmp_path):
+    import http.server
+    import threading
+    from functools import partial
+
+    import rasterio.shutil
+
+    from tests.test_url_scenes import RangeHandler
+
+    served = tmp_path / "served"
+    served.mkdir()
+    rasterio.shutil.copy(world["root"] / "a.tif", served / "a.tif", driver="COG", BLOCKSIZE=256)
+    handler = partial(RangeHandler, directory=str(served))
+    http_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=http_server.serve_forever, daemon=True).start()
+    jobs = tmp_path / "jobs"
+    old = jobs / ("0" * 32)  # a job finished two hours ago: expired at start with --keep-jobs 1h
+    old.mkdir(parents=True)
+    expired = {"id": old.name, "status": "done", "finished": time.time() - 7200}
+    (old / "state.json").write_text(json.dumps(expired))
+    srv = Server(world["engine"], [world["root"]], jobs, "--allow-urls", "127.0.0.1", "--keep-jobs", "1h")
+    try:
+        url = f"http://127.0.0.1:{http_server.server_address[1]}/a.tif"
+        r = srv.client.post("/jobs", json={"scene": url})
+        assert r.status_code == 202, r.text
+        state = _wait_job(srv.client, r.json()["id"], limit=60)
+        assert state["status"] == "done", state
+        got = tmp_path / "url-labels.tif"
+        got.write_bytes(srv.client.get(f"/jobs/{state['id']}/labels.tif").content)
+        want = _segment(world, tmp_path / "segment-url.tif")
+        with rasterio.open(got) as ds:
+            np.testing.assert_array_equal(ds.read(1), want)
+        for bad in ("http://localhost:1/a.tif", "http://169.254.169.254/latest/meta-data",
+                    "http://127.0.0.1@evil.example/a.tif", "http://user:pw@127.0.0.1/a.tif", "ftp://127.0.0.1/a"):
+            r = srv.client.post("/jobs", json={"scene": bad})
+            assert r.status_code == 400, (bad, r.text)
+        assert not old.exists()
+    finally:
+        srv.stop()
+        http_server.shutdown()
