@@ -10,6 +10,12 @@ its client went, waits for it). A lock whose heartbeat stopped
 for :data:`STALE_S` (its client was killed with no chance to clean up), or
 whose holder is a dead process of this host, is taken over; a live one is one
 sentence. The lock is removed when the run ends, however it ends.
+
+Why not flufl.lock, which is NFS-safe too: its lock is a hard link with a
+lifetime the holder must refresh, the same idea, but it cannot say who holds
+the lock (host, PID, since when) in the one sentence a second client gets, nor
+take over at once from a dead process of this host; those are the few lines
+kept here (psutil answers whether that process lives).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import psutil
 
 from segbench.errors import InputError
 
@@ -105,14 +113,8 @@ def _stale(path: Path, holder: dict, stale_s: float) -> bool:
         return True
     if age > stale_s:
         return True
-    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-        try:
-            os.kill(holder["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-    return False
+    same_host = holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int)
+    return same_host and not psutil.pid_exists(holder["pid"])
 
 
 def _heartbeat(path: Path, token: str, stop: threading.Event, every_s: float) -> None:
