@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -347,3 +348,28 @@ def test_url_jobs_from_allowed_hosts_only_and_expiry(world, tmp_path):
     finally:
         srv.stop()
         http_server.shutdown()
+
+
+def test_viewer_renders_in_headless_chromium(server, tmp_path):
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    r = server.client.get("/")  # the page holds no data: open without the token
+    assert r.status_code == 200 and "script-src 'unsafe-inline'" in r.headers["content-security-policy"]
+    assert "http://" not in r.text and "https://" not in r.text  # nothing loaded from elsewhere
+    url = f"{server.url}/#token={TOKEN}"
+    common = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+              "--window-size=900,700", "--virtual-time-budget=8000",
+              f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = tmp_path / "viewer.png"
+    done = subprocess.run([*common, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=90)
+    assert shot.is_file() and shot.stat().st_size > 5_000, done.stderr[-2000:]
+    console = [line for line in done.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not console, console
+    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=90).stdout
+    loaded = re.search(r"tiles loaded: (\d+), failed: (\d+)", dom)
+    assert loaded and int(loaded.group(1)) >= 2 and loaded.group(2) == "0", dom[-1500:]
+    assert "class0" in dom and "class3" in dom  # the legend
+    shutil.copy(shot, server.log.parent / "viewer.png")

@@ -14,18 +14,24 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from segbench.errors import InputError, SegbenchError, UsageError
 from segbench.serve.jobs import ACTIVE, LABELS, JobRunner, JobStore
 from segbench.serve.metrics import Metrics
 from segbench.serve.scenes import Catalog, OutsideRootsError, resolve_under
-from segbench.serve.tiles import TileNotFound, TileRenderer
+from segbench.serve.tiles import TileNotFound, TileRenderer, render_imagery
+from segbench.serve.viewer import VIEWER_HTML
 
 #: the largest request body (bytes) and the most jobs queued or running, and kept, in a job folder
 MAX_BODY = 16 * 1024
 MAX_ACTIVE_JOBS = 8
 MAX_JOBS = 1000
+#: routes without the token: liveness, and the viewer's page (it holds no data; it asks for the token)
+OPEN_PATHS = ("/healthz", "/")
+#: the viewer's page loads nothing from elsewhere
+VIEWER_CSP = ("default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+              "img-src 'self' blob: data:; connect-src 'self'")
 #: seconds between sweeps of expired jobs
 EXPIRE_EVERY_S = 30.0
 
@@ -88,8 +94,8 @@ def _json_error(status: int, detail: str):
 
 
 def _route_of(path: str) -> str:
-    for prefix, name in (("/tiles/", "tile"), ("/jobs", "jobs"), ("/scenes", "scenes"),
-                         ("/metrics", "metrics")):
+    for prefix, name in (("/tiles/", "tile"), ("/imagery/", "imagery"), ("/jobs", "jobs"),
+                         ("/scenes", "scenes"), ("/metrics", "metrics")):
         if path.startswith(prefix):
             return name
     return "other"
@@ -101,7 +107,7 @@ def _middleware(app, service: Service) -> None:
     @app.middleware("http")
     async def guard(request, call_next):
         start = time.perf_counter()
-        if token is not None and request.url.path != "/healthz":
+        if token is not None and request.url.path not in OPEN_PATHS:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 response = _json_error(401, "Give the server's token as 'Authorization: Bearer TOKEN'.")
@@ -161,6 +167,15 @@ def _scene_routes(app, service: Service) -> None:
     async def tile(z: int, x: int, y: int, sid: str = PathParam(max_length=64)):
         png = await service.tiles.render(find(sid), z, x, y)
         return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
+
+    @app.get("/imagery/{sid}/{z}/{x}/{y}.png")
+    async def imagery(z: int, x: int, y: int, sid: str = PathParam(max_length=64)):
+        png = await asyncio.to_thread(render_imagery, find(sid), service.tiles.spec, z, x, y)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
+
+    @app.get("/")
+    async def viewer():
+        return HTMLResponse(VIEWER_HTML, headers={"Content-Security-Policy": VIEWER_CSP})
 
     @app.get("/metrics")
     async def metrics():

@@ -139,15 +139,18 @@ class TileRenderer:
 
 
 def read_windows(scene, spec: ModelSpec, windows: list[Window]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Each window's pixels and validity, read as the tiler's reader reads them."""
+    """Each window's pixels and validity, as the tiler's reader reads them: the rectangle under all
+    the windows is read once (padded where a window overhangs a small scene) and sliced."""
     from segbench.raster import open_raster, read_window
 
-    tiles, valids = [], []
+    t = spec.tile
+    row0, col0 = min(w.row for w in windows), min(w.col for w in windows)
+    height, width = max(w.row for w in windows) + t - row0, max(w.col for w in windows) + t - col0
     with open_raster(scene.path) as ds:
-        for w in windows:
-            pixels, valid = read_window(ds, w.row, w.col, spec.tile, spec.tile, spec.bands)
-            tiles.append(pixels)
-            valids.append(valid)
+        pixels, valid = read_window(ds, row0, col0, height, width, spec.bands)
+    tiles = [np.ascontiguousarray(pixels[:, w.row - row0:w.row - row0 + t, w.col - col0:w.col - col0 + t])
+             for w in windows]
+    valids = [valid[w.row - row0:w.row - row0 + t, w.col - col0:w.col - col0 + t] for w in windows]
     return tiles, valids
 
 
@@ -203,3 +206,39 @@ def decode_png_indices(data: bytes) -> np.ndarray:
     w, h = size
     raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, w + 1)
     return raw[:, 1:].copy()
+
+
+def render_imagery(scene, spec: ModelSpec, z: int, x: int, y: int) -> bytes:
+    """The scene's own pixels on tile ``z/x/y`` as an RGBA PNG (the model's first three bands,
+    stretched by the spec's mean +- 2 std, the same on every tile; transparent outside the scene)."""
+    from rasterio.transform import from_bounds
+    from rasterio.warp import Resampling, reproject
+
+    from segbench.raster import open_raster, read_window
+
+    check_tile(scene, z, x, y)
+    bounds = mercator_bounds(z, x, y)
+    span = pixel_span(scene, bounds)
+    bands = [spec.bands[min(i, len(spec.bands) - 1)] for i in range(3)]
+    with open_raster(scene.path) as ds:
+        pixels, valid = read_window(ds, span.row, span.col, span.height, span.width, bands)
+    mean = np.array([spec.mean[spec.bands.index(b)] for b in bands], np.float32)[:, None, None]
+    std = np.array([spec.std[spec.bands.index(b)] for b in bands], np.float32)[:, None, None]
+    src = np.clip((pixels - mean) / (4 * std) + 0.5, 0, 1) * 254 + 1  # 0: nodata
+    src = np.where(valid, src, 0).astype(np.uint8)
+    out = np.zeros((3, TILE_PX, TILE_PX), np.uint8)
+    reproject(src, out, src_transform=scene.transform * scene.transform.translation(span.col, span.row),
+              src_crs=scene.crs, src_nodata=0, dst_transform=from_bounds(*bounds, TILE_PX, TILE_PX),
+              dst_crs="EPSG:3857", dst_nodata=0, resampling=Resampling.nearest)
+    alpha = np.where(out.any(axis=0), 255, 0).astype(np.uint8)
+    return encode_rgba_png(np.concatenate([out, alpha[None]]))
+
+
+def encode_rgba_png(rgba: np.ndarray) -> bytes:
+    """An 8-bit RGBA PNG of ``rgba`` (4, H, W) uint8."""
+    _, h, w = rgba.shape
+    raw = np.zeros((h, w * 4 + 1), np.uint8)
+    raw[:, 1:] = np.moveaxis(rgba, 0, -1).reshape(h, w * 4)
+    header = struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
+            + _chunk(b"IEND", b""))
