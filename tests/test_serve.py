@@ -308,7 +308,21 @@ def test_missing_extra_is_one_sentence_exit_3(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "segbench[serve]" in r.stderr
 
 
-def test_url_jobs_from_allowed_hosts_only_and_expiry(world, tmp_path):
+@pytest.fixture(scope="module")
+def open_server(world):
+    """A server without a token that takes URLs from 127.0.0.1, its job folder holding a job that
+    finished two hours ago (expired at start with --keep-jobs 1h)."""
+    jobs = world["tmp"] / "jobs-open"
+    old = jobs / ("0" * 32)
+    old.mkdir(parents=True)
+    expired = {"id": old.name, "status": "done", "finished": time.time() - 7200}
+    (old / "state.json").write_text(json.dumps(expired))
+    srv = Server(world["engine"], [world["root"]], jobs, "--allow-urls", "127.0.0.1", "--keep-jobs", "1h")
+    yield srv, old
+    srv.stop()
+
+
+def test_url_jobs_from_allowed_hosts_only_and_expiry(world, open_server, tmp_path):
     import http.server
     import threading
     from functools import partial
@@ -317,18 +331,14 @@ def test_url_jobs_from_allowed_hosts_only_and_expiry(world, tmp_path):
 
     from tests.test_url_scenes import RangeHandler
 
+    srv, old = open_server
+    assert not old.exists()
     served = tmp_path / "served"
     served.mkdir()
     rasterio.shutil.copy(world["root"] / "a.tif", served / "a.tif", driver="COG", BLOCKSIZE=256)
     handler = partial(RangeHandler, directory=str(served))
     http_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=http_server.serve_forever, daemon=True).start()
-    jobs = tmp_path / "jobs"
-    old = jobs / ("0" * 32)  # a job finished two hours ago: expired at start with --keep-jobs 1h
-    old.mkdir(parents=True)
-    expired = {"id": old.name, "status": "done", "finished": time.time() - 7200}
-    (old / "state.json").write_text(json.dumps(expired))
-    srv = Server(world["engine"], [world["root"]], jobs, "--allow-urls", "127.0.0.1", "--keep-jobs", "1h")
     try:
         url = f"http://127.0.0.1:{http_server.server_address[1]}/a.tif"
         r = srv.client.post("/jobs", json={"scene": url})
@@ -344,10 +354,63 @@ def test_url_jobs_from_allowed_hosts_only_and_expiry(world, tmp_path):
                     "http://127.0.0.1@evil.example/a.tif", "http://user:pw@127.0.0.1/a.tif", "ftp://127.0.0.1/a"):
             r = srv.client.post("/jobs", json={"scene": bad})
             assert r.status_code == 400, (bad, r.text)
-        assert not old.exists()
     finally:
-        srv.stop()
         http_server.shutdown()
+
+
+QGIS_RENDER = """
+import json, os, sys
+from urllib.parse import quote
+os.environ["QT_QPA_PLATFORM"] = "offscreen"
+from qgis.core import (QgsApplication, QgsCoordinateReferenceSystem, QgsCoordinateTransform,
+                       QgsMapRendererSequentialJob, QgsMapSettings, QgsProject, QgsRasterLayer, QgsRectangle)
+from qgis.PyQt.QtCore import QSize
+app = QgsApplication([], False)
+app.initQgis()
+tj = json.loads(sys.argv[1])
+uri = f"type=xyz&url={quote(tj['tiles'][0], safe='')}&zmin={tj['minzoom']}&zmax={tj['maxzoom']}"
+layer = QgsRasterLayer(uri, "labels", "wms")
+merc = QgsCoordinateReferenceSystem("EPSG:3857")
+to_merc = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:4326"), merc, QgsProject.instance())
+extent = to_merc.transformBoundingBox(QgsRectangle(*tj["bounds"]))
+res = 40075016.686 / (256 * 2 ** tj["center"][2])
+settings = QgsMapSettings()
+settings.setLayers([layer])
+settings.setDestinationCrs(merc)
+settings.setExtent(extent)
+settings.setOutputSize(QSize(int(extent.width() / res), int(extent.height() / res)))
+job = QgsMapRendererSequentialJob(settings)
+job.start()
+job.waitForFinished()
+img = job.renderedImage()
+seen = {}
+for y in range(2, img.height() - 2, 3):
+    for x in range(2, img.width() - 2, 3):
+        c = img.pixelColor(x, y)
+        key = f"{c.red()},{c.green()},{c.blue()},{c.alpha()}"
+        seen[key] = seen.get(key, 0) + 1
+print(json.dumps({"valid": layer.isValid(), "colours": seen}))
+"""
+
+
+def test_qgis_renders_the_xyz_layer_from_the_server(world, open_server):
+    qgis_python = Path("/usr/bin/python3")
+    has = qgis_python.exists() and subprocess.run([str(qgis_python), "-c", "import qgis.core"],
+                                                  capture_output=True).returncode == 0
+    if not has:
+        pytest.skip("QGIS is not installed (apt-get install python3-qgis)")
+    srv, _ = open_server
+    scene = srv.client.get("/scenes").json()[0]
+    tj = srv.client.get(scene["tilejson"].replace(srv.url, "")).json()
+    done = subprocess.run([str(qgis_python), "-c", QGIS_RENDER, json.dumps(tj)], capture_output=True,
+                          text=True, timeout=120, env=os.environ | {"QT_QPA_PLATFORM": "offscreen"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = json.loads(done.stdout.strip().splitlines()[-1])
+    palette = {f"{r},{g},{b},255" for r, g, b in make_spec(classes=4).palette}
+    counts = shown["colours"]
+    in_palette = sum(n for c, n in counts.items() if c in palette)
+    assert shown["valid"] and in_palette > 0.9 * sum(counts.values()), counts
+    assert sum(c in counts for c in palette) >= 2  # several classes drawn in their colours
 
 
 def test_viewer_renders_in_headless_chromium(server, tmp_path):

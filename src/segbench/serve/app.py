@@ -104,9 +104,8 @@ def _route_of(path: str) -> str:
 def _middleware(app, service: Service) -> None:
     token = service.config.token
 
-    @app.middleware("http")
-    async def guard(request, call_next):
-        start = time.perf_counter()
+    def refuse(request):
+        """The response that refuses ``request`` before any route: a missing token, a large body."""
         if token is not None and request.url.path not in OPEN_PATHS:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
@@ -116,7 +115,12 @@ def _middleware(app, service: Service) -> None:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
             return _json_error(413, f"Request bodies are limited to {MAX_BODY} bytes.")
-        response = await call_next(request)
+        return None
+
+    @app.middleware("http")
+    async def guard(request, call_next):
+        start = time.perf_counter()
+        response = refuse(request) or await call_next(request)
         service.metrics.observe(_route_of(request.url.path), time.perf_counter() - start,
                                 response.status_code)
         return response
