@@ -23,6 +23,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from segbench.engines.registry import build  # noqa: E402
+from segbench.serve.tiles import decode_png_indices  # noqa: E402
 from segbench.spec import IGNORE_INDEX  # noqa: E402
 from segbench.workflow import SegmentOptions, segment_scenes  # noqa: E402
 from tests.conftest import blob_scene, make_spec, tiny_conv_onnx, write_scene  # noqa: E402
@@ -115,6 +116,15 @@ def _wait_job(client, job_id: str, until=("done", "failed", "cancelled", "interr
     raise AssertionError(f"job {job_id} still {state['status']} after {limit} s")
 
 
+def _tile_of(scene: dict, z: int) -> str:
+    """``x/y`` of the tile at zoom ``z`` under the scene's centre."""
+    import morecantile
+
+    west, south, east, north = scene["bounds"]
+    t = morecantile.tms.get("WebMercatorQuad").tile((west + east) / 2, (south + north) / 2, z)
+    return f"{t.x}/{t.y}"
+
+
 def _warp_to_tile(labels_path: Path, bounds, fill=IGNORE_INDEX) -> np.ndarray:
     from rasterio.transform import from_bounds
     from rasterio.warp import Resampling, reproject
@@ -129,8 +139,6 @@ def _warp_to_tile(labels_path: Path, bounds, fill=IGNORE_INDEX) -> np.ndarray:
 
 def test_tiles_agree_with_segment_warped_to_the_tile(world, server):
     import morecantile
-
-    from segbench.serve.tiles import decode_png_indices
 
     labels = world["tmp"] / "segment-a.tif"
     _segment(world, labels)
@@ -173,6 +181,15 @@ def test_scenes_tilejson_and_metrics(world, server):
     for name in ("segbench_request_seconds_bucket", "segbench_tiles_served_total", "segbench_batches_total",
                  "segbench_batcher_queue_depth", "segbench_jobs"):
         assert name in text
+    z = scenes[0]["minzoom"] + 1
+    t = f"/tiles/{scenes[0]['id']}/{z}/{_tile_of(scenes[0], z)}.png"
+    first = c.get(t, headers=AUTH | {"Origin": "http://example.org"})
+    assert first.status_code == 200 and first.headers["access-control-allow-origin"] == "*"
+    again = c.get(t, headers=AUTH | {"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304 and again.headers["etag"] == first.headers["etag"]
+    preflight = c.options(t, headers={"Origin": "http://example.org", "Access-Control-Request-Method": "GET",
+                                      "Access-Control-Request-Headers": "authorization"})
+    assert preflight.status_code == 200  # a browser's preflight needs no token
 
 
 def test_job_equals_segment_and_is_deleted(world, server):
@@ -191,7 +208,15 @@ def test_job_equals_segment_and_is_deleted(world, server):
         np.testing.assert_array_equal(ds.read(1), want)
     folder = world["tmp"] / "jobs" / state["id"]
     assert (folder / "out" / "labels.qml").is_file() and not (folder / "work").exists()
+    scene = c.get("/scenes", headers=AUTH).json()[0]  # coarse zooms: from the job's label COG
+    coarse_url = f"/tiles/{scene['id']}/{scene['minzoom'] - 3}/{_tile_of(scene, scene['minzoom'] - 3)}.png"
+    coarse = c.get(coarse_url, headers=AUTH)
+    assert coarse.status_code == 200 and "etag" not in coarse.headers
+    shown = set(np.unique(decode_png_indices(coarse.content)))
+    assert shown <= {0, 1, 2, 3, IGNORE_INDEX} and len(shown) >= 3
     assert c.delete(f"/jobs/{state['id']}", headers=AUTH).status_code == 204
+    coarse = c.get(coarse_url, headers=AUTH)
+    assert coarse.status_code == 404 and "POST /jobs" in coarse.json()["detail"]
     assert not folder.exists() and c.get(f"/jobs/{state['id']}", headers=AUTH).status_code == 404
 
 
@@ -317,6 +342,12 @@ def open_server(world):
     old.mkdir(parents=True)
     expired = {"id": old.name, "status": "done", "finished": time.time() - 7200}
     (old / "state.json").write_text(json.dumps(expired))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = jobs / ("1" * 32)  # left running by a server process of this host that is gone
+    stale.mkdir()
+    (stale / "state.json").write_text(json.dumps({"id": stale.name, "status": "running", "finished": None,
+                                                  "host": socket.gethostname(), "pid": int(gone)}))
     srv = Server(world["engine"], [world["root"]], jobs, "--allow-urls", "127.0.0.1", "--keep-jobs", "1h")
     yield srv, old
     srv.stop()
@@ -333,6 +364,7 @@ def test_url_jobs_from_allowed_hosts_only_and_expiry(world, open_server, tmp_pat
 
     srv, old = open_server
     assert not old.exists()
+    assert srv.client.get(f"/jobs/{'1' * 32}").json()["status"] == "interrupted"
     served = tmp_path / "served"
     served.mkdir()
     rasterio.shutil.copy(world["root"] / "a.tif", served / "a.tif", driver="COG", BLOCKSIZE=256)

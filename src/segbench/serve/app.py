@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import time
@@ -14,13 +15,15 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response
 from fastapi import Path as PathParam
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from segbench.errors import InputError, SegbenchError, UsageError
+from segbench.files import sha256_file
 from segbench.serve.jobs import ACTIVE, LABELS, JobRunner, JobStore
 from segbench.serve.metrics import Metrics
 from segbench.serve.scenes import Catalog, OutsideRootsError, resolve_under
-from segbench.serve.tiles import TileNotFound, TileRenderer, render_imagery
+from segbench.serve.tiles import CoarseZoom, TileNotFound, TileRenderer, render_from_labels, render_imagery
 from segbench.serve.viewer import VIEWER_HTML
 
 #: the largest request body (bytes) and the most jobs queued or running, and kept, in a job folder
@@ -32,6 +35,8 @@ OPEN_PATHS = ("/healthz", "/")
 #: the viewer's page loads nothing from elsewhere
 VIEWER_CSP = ("default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
               "img-src 'self' blob: data:; connect-src 'self'")
+#: how long clients may keep a tile before asking again (with its ETag)
+CACHE_CONTROL = "public, max-age=3600"
 #: seconds between sweeps of expired jobs
 EXPIRE_EVERY_S = 30.0
 
@@ -67,6 +72,8 @@ class Service:
         self.config = config
         self.catalog = Catalog(list(config.roots))
         self.store = JobStore(config.jobs)
+        self.store.reap()
+        self.store.expire(config.keep_jobs_s)
         self.engine = load(config.engine, mode="throughput", batch=config.batch)
         spec = self.engine.spec
         if spec.output == "labels":
@@ -79,7 +86,21 @@ class Service:
         options = {"batch": config.batch, "blend": config.blend, "overlap": config.overlap}
         self.runner = JobRunner(self.store, config.engine, options | config.job_options)
         self.metrics = Metrics()
+        self.digest = _engine_digest(config.engine)
         self._closed = False
+
+    def etag(self, scene, z: int, x: int, y: int) -> str | None:
+        """A tile's ETag: the scene file's identity (path, size, modification time), the engine's
+        digest and the tiling, and the tile; None where the scene cannot be read now."""
+        try:
+            st = scene.path.stat()
+        except OSError:
+            return None
+        if z < scene.minzoom:  # served from a job's labels, which may change
+            return None
+        key = (f"{scene.path}|{st.st_size}|{st.st_mtime_ns}|{self.digest}|{self.tiles.blend}|"
+               f"{self.tiles.stride}")
+        return '"' + hashlib.sha1(f"{key}|{z}/{x}/{y}".encode()).hexdigest()[:24] + '"'
 
     def close(self) -> None:
         if not self._closed:
@@ -87,6 +108,15 @@ class Service:
             self.runner.shutdown()
             self.batcher.close()
             self.engine.close()
+
+
+def _engine_digest(engine: Path) -> str:
+    """The engine artifact's content digest (a folder or unreadable file: its size and time)."""
+    try:
+        return sha256_file(engine)[:16]
+    except OSError:
+        st = engine.stat()
+        return f"{st.st_size}-{st.st_mtime_ns}"
 
 
 def _json_error(status: int, detail: str):
@@ -168,9 +198,20 @@ def _scene_routes(app, service: Service) -> None:
         return tilejson(find(sid), str(request.base_url))
 
     @app.get("/tiles/{sid}/{z}/{x}/{y}.png")
-    async def tile(z: int, x: int, y: int, sid: str = PathParam(max_length=64)):
-        png = await service.tiles.render(find(sid), z, x, y)
-        return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
+    async def tile(request: Request, z: int, x: int, y: int, sid: str = PathParam(max_length=64)):
+        scene = find(sid)
+        etag = service.etag(scene, z, x, y)
+        if etag is not None and request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag, "Cache-Control": CACHE_CONTROL})
+        try:
+            png = await service.tiles.render(scene, z, x, y)
+        except CoarseZoom:
+            labels = await asyncio.to_thread(service.store.finished_labels, str(scene.path))
+            if labels is None:
+                raise
+            png = await asyncio.to_thread(render_from_labels, labels, service.tiles.palette, z, x, y)
+        headers = {"Cache-Control": CACHE_CONTROL} | ({"ETag": etag} if etag else {})
+        return Response(png, media_type="image/png", headers=headers)
 
     @app.get("/imagery/{sid}/{z}/{x}/{y}.png")
     async def imagery(z: int, x: int, y: int, sid: str = PathParam(max_length=64)):
@@ -290,8 +331,9 @@ def create_app(service: Service):
     async def lifespan(app):
         async def expire() -> None:
             while True:
-                await asyncio.to_thread(service.store.expire, service.config.keep_jobs_s)
                 await asyncio.sleep(EXPIRE_EVERY_S)
+                await asyncio.to_thread(service.store.reap)
+                await asyncio.to_thread(service.store.expire, service.config.keep_jobs_s)
 
         task = asyncio.create_task(expire())
         try:
@@ -305,6 +347,8 @@ def create_app(service: Service):
     _middleware(app, service)
     _scene_routes(app, service)
     _job_routes(app, service)
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "DELETE"],
+                       allow_headers=["Authorization", "Content-Type"], expose_headers=["ETag"])
     return app
 
 

@@ -91,10 +91,30 @@ class JobStore:
                 found.append(state)
         return found
 
+    def finished_labels(self, scene: str) -> Path | None:
+        """The label COG of the latest finished job of ``scene`` (a resolved path), or None."""
+        done = [s for s in self.states() if s["status"] == "done" and s["scene"] == scene]
+        for state in sorted(done, key=lambda s: s.get("finished") or 0, reverse=True):
+            path = self.folder / state["id"] / "out" / LABELS
+            if path.is_file():
+                return path
+        return None
+
     def remove(self, job_id: str) -> None:
         folder = self.path(job_id)
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def reap(self) -> int:
+        """Mark interrupted the jobs left queued or running by a server process of this host that
+        is gone (killed, crashed); how many."""
+        host, reaped = socket.gethostname(), 0
+        for state in self.states():
+            if state["status"] in ACTIVE and state.get("host") == host and not _alive(state.get("pid")):
+                self.update(state["id"], status="interrupted", finished=time.time(),
+                            error="the server process running the job is gone")
+                reaped += 1
+        return reaped
 
     def expire(self, keep_s: float) -> int:
         """Remove finished jobs older than ``keep_s`` seconds; how many."""
@@ -104,6 +124,18 @@ class JobStore:
                 self.remove(state["id"])
                 removed += 1
         return removed
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process: alive
+        return True
+    return True
 
 
 class JobRunner:

@@ -40,6 +40,10 @@ class Plan:
     span: Window
 
 
+class CoarseZoom(TileNotFound):
+    """A zoom coarser than the model's: served from a finished job's labels, where there is one."""
+
+
 def mercator_bounds(z: int, x: int, y: int) -> tuple[float, float, float, float]:
     """The tile's (left, bottom, right, top) in EPSG:3857."""
     import morecantile
@@ -51,7 +55,7 @@ def mercator_bounds(z: int, x: int, y: int) -> tuple[float, float, float, float]
 def check_tile(scene, z: int, x: int, y: int) -> None:
     """404 (TileNotFound) for a zoom outside the scene's range or a tile index off the map."""
     if z < scene.minzoom:
-        raise TileNotFound(f"Zoom {z} is coarser than this scene's model zooms ({scene.minzoom}-"
+        raise CoarseZoom(f"Zoom {z} is coarser than this scene's model zooms ({scene.minzoom}-"
                            f"{scene.maxzoom}); zoom in, or run a job (POST /jobs) for the whole scene.")
     if z > scene.maxzoom:  # before 2**z: a huge zoom stops here
         raise TileNotFound(f"Zoom {z} is finer than this scene's zooms ({scene.minzoom}-{scene.maxzoom}).")
@@ -242,3 +246,18 @@ def encode_rgba_png(rgba: np.ndarray) -> bytes:
     header = struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
             + _chunk(b"IEND", b""))
+
+
+def render_from_labels(labels, palette: tuple[bytes, bytes], z: int, x: int, y: int) -> bytes:
+    """Tile ``z/x/y`` of a finished label COG, read by rio-tiler in Web Mercator (nearest neighbour,
+    from the COG's overviews at coarse zooms); TileNotFound outside it."""
+    from rio_tiler.errors import TileOutsideBounds
+    from rio_tiler.io import Reader
+
+    with Reader(str(labels)) as cog:
+        try:
+            img = cog.tile(x, y, z, tilesize=TILE_PX, indexes=1, resampling_method="nearest",
+                           reproject_method="nearest")
+        except TileOutsideBounds:
+            raise TileNotFound("This tile is outside the scene.") from None
+    return encode_png(img.array[0].filled(IGNORE_INDEX).astype(np.uint8), palette)
