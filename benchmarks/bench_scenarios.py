@@ -145,7 +145,8 @@ def report(row: dict) -> str:
              f"  Server at p99 <= {row['bound_ms']:.0f} ms: {qps:.1f} QPS (p99 {v['p99_ms'] or 0:.0f} ms, "
              f"batches {v['batch_histogram']}) = {qps / o['figure']:.2f} of Offline (goal >= 0.8)"
              + (f"; {v['note']}" if v["note"] else "")]
-    lines += [f"    point {p['target_qps']:.1f} QPS: p50 {p['p50_ms'] or 0:.0f} p90 {p['p90_ms'] or 0:.0f} "
+    lines += [f"    {'probe' if p.get('probe') else 'point'} {p['target_qps']:.1f} QPS: "
+              f"p50 {p['p50_ms'] or 0:.0f} p90 {p['p90_ms'] or 0:.0f} "
               f"p99 {p['p99_ms'] or 0:.0f} ms, mean batch {p['mean_batch']:.2f}, "
               f"{'VALID' if p['valid'] else 'INVALID'}" for p in v["points"]]
     return "\n".join(lines)
