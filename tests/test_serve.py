@@ -468,3 +468,32 @@ def test_viewer_renders_in_headless_chromium(server, tmp_path):
     assert loaded and int(loaded.group(1)) >= 2 and loaded.group(2) == "0", dom[-1500:]
     assert "class0" in dom and "class3" in dom  # the legend
     shutil.copy(shot, server.log.parent / "viewer.png")
+
+
+@pytest.mark.parametrize("shape,nodata", [((3, 20, 27), None), ((3, 90, 70), 0)])
+def test_tiles_of_a_scene_smaller_than_a_window_or_with_nodata_equal_segment(world, tmp_path, shape, nodata):
+    """The renderer in process (the server's own code path below HTTP), on every tile at two zooms."""
+    import asyncio
+
+    import morecantile
+
+    from segbench.batcher import DynamicBatcher
+    from segbench.engines.registry import load
+    from segbench.serve.scenes import open_scene
+    from segbench.serve.tiles import TileRenderer, mercator_bounds
+    from segbench.tiler.windows import stride_for
+
+    data = np.random.default_rng(0).integers(1, 256, shape, dtype=np.uint8)
+    if nodata is not None:
+        data[:, 30:50, 10:40] = nodata
+    path = write_scene(tmp_path / "scene.tif", data, nodata=nodata)
+    segment_scenes([path], world["engine"], tmp_path / "labels.tif", SegmentOptions(batch=4))
+    scene = open_scene(path)
+    tms = morecantile.tms.get("WebMercatorQuad")
+    with load(world["engine"]) as engine, DynamicBatcher(engine) as batcher:
+        stride = stride_for(engine.spec.tile, None, default=engine.spec.stride)
+        renderer = TileRenderer(engine.spec, batcher, stride, "cosine", engine.name)
+        for t in tms.tiles(*scene.bounds, [scene.native_zoom, scene.native_zoom + 2]):
+            got = decode_png_indices(asyncio.run(renderer.render(scene, t.z, t.x, t.y)))
+            want = _warp_to_tile(tmp_path / "labels.tif", mercator_bounds(t.z, t.x, t.y))
+            np.testing.assert_array_equal(got, want)

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import sys
 import time
 from collections import Counter
 from contextlib import asynccontextmanager
@@ -359,6 +360,9 @@ def serve(config: ServeConfig) -> None:
     if not 0 < config.port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, not {config.port}.")
     service = Service(config)
+    if config.token is None and config.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"segbench serve: warning: listening on {config.host} without --token: anyone who can "
+              "reach this port can read the scenes' labels and run jobs.", file=sys.stderr)
     try:
         print(f"segbench serve: {service.engine.name} on http://{config.host}:{config.port}/ "
               f"({len(service.catalog.scenes())} scenes, jobs in {config.jobs})", flush=True)

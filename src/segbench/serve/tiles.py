@@ -24,8 +24,10 @@ from segbench.spec import IGNORE_INDEX, ModelSpec
 from segbench.tiler.windows import Window, axis_starts
 
 TILE_PX = 256
-#: the most engine windows one tile may need (bounds a request's work)
-MAX_WINDOWS = 256
+#: the most model pixels one tile may need (bounds a request's work: 64 windows of 512 px)
+MAX_MODEL_PIXELS = 64 * 512 * 512
+#: tiles rendered at once; more wait (bounds the memory of a burst of requests)
+MAX_RENDERS = 32
 
 
 class TileNotFound(InputError):
@@ -85,7 +87,7 @@ def plan_tile(scene, spec: ModelSpec, stride: int, area: Window) -> Plan:
     tile = spec.tile
     rows = [r for r in axis_starts(scene.height, tile, stride) if r < area.bottom and r + tile > area.row]
     cols = [c for c in axis_starts(scene.width, tile, stride) if c < area.right and c + tile > area.col]
-    if len(rows) * len(cols) > MAX_WINDOWS:
+    if len(rows) * len(cols) * tile * tile > MAX_MODEL_PIXELS:
         raise TileNotFound("This tile needs too many model windows; zoom in.")
     span = Window(rows[0], cols[0], min(rows[-1] + tile, scene.height) - rows[0],
                   min(cols[-1] + tile, scene.width) - cols[0])
@@ -100,10 +102,15 @@ class TileRenderer:
         self.engine_name = engine_name
         self.palette = palette_chunks(spec)
         self.pixels = 0  # model pixels run, for the metrics
+        self._renders = asyncio.Semaphore(MAX_RENDERS)
 
     async def render(self, scene, z: int, x: int, y: int) -> bytes:
         """The PNG of tile ``z/x/y`` of ``scene``."""
         check_tile(scene, z, x, y)
+        async with self._renders:
+            return await self._render(scene, z, x, y)
+
+    async def _render(self, scene, z: int, x: int, y: int) -> bytes:
         bounds = mercator_bounds(z, x, y)
         area = await asyncio.to_thread(pixel_span, scene, bounds)
         plan = plan_tile(scene, self.spec, self.stride, area)
