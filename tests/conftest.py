@@ -436,3 +436,38 @@ def small_class_onnx(path: Path, spec: ModelSpec) -> Path:
         [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", b, t, t])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4, t, t])], inits)
     return _save_graph(graph, path, spec)
+
+
+def channels_last_outlier_onnx(path: Path, spec: ModelSpec, scale: float = 100.0, hidden: int = 16) -> Path:
+    """``conv1`` (3x3) -> ReLU -> Transpose to channels-last -> ``matmul`` (a pointwise Linear, as
+    ConvNeXt's and Swin's are) -> Transpose back -> ReLU -> ``conv2`` (1x1 classifier), random weights,
+    with ``conv1``'s output channels 0 and 3 ``scale`` times larger and the MatMul's rows for them
+    divided by as much: outliers in a MatMul's input whose channels are axis 3 of a 4-D tensor."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    b, c, t = spec.num_bands, spec.num_classes, spec.tile
+    w1, b1 = rng.normal(0, 0.4, (hidden, b, 3, 3)), rng.normal(0, 0.1, hidden)
+    wm = rng.normal(0, 0.3, (hidden, hidden))
+    w1[[0, 3]] *= scale
+    b1[[0, 3]] *= scale
+    wm[[0, 3]] /= scale
+    arrays = {"w1": w1, "b1": b1, "wm": wm, "w2": rng.normal(0, 0.5, (c, hidden, 1, 1)),
+              "b2": rng.normal(0, 0.1, c)}
+    inits = [numpy_helper.from_array(np.array(spec.mean, np.float32).reshape(1, b, 1, 1), "mean"),
+             numpy_helper.from_array(np.array(spec.std, np.float32).reshape(1, b, 1, 1), "std")]
+    inits += [numpy_helper.from_array(v.astype(np.float32), n) for n, v in arrays.items()]
+    nodes = [helper.make_node("Sub", ["pixels", "mean"], ["centred"], name="sub"),
+             helper.make_node("Div", ["centred", "std"], ["x"], name="div"),
+             helper.make_node("Conv", ["x", "w1", "b1"], ["h1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
+             helper.make_node("Transpose", ["a1"], ["nhwc"], name="to_nhwc", perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["nhwc", "wm"], ["m"], name="matmul"),
+             helper.make_node("Transpose", ["m"], ["nchw"], name="to_nchw", perm=[0, 3, 1, 2]),
+             helper.make_node("Relu", ["nchw"], ["a2"], name="relu2"),
+             helper.make_node("Conv", ["a2", "w2", "b2"], ["logits"], name="conv2")]
+    graph = helper.make_graph(
+        nodes, "channels-last",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", b, t, t])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", c, t, t])], inits)
+    return _save_graph(graph, path, spec)

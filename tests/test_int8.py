@@ -23,6 +23,7 @@ from segbench.files import sha256_file
 from segbench.spec import ModelSpec
 from tests.conftest import (
     blob_scene,
+    channels_last_outlier_onnx,
     engine_here,
     make_spec,
     outlier_conv_onnx,
@@ -214,6 +215,17 @@ def test_every_layer_whose_input_has_outliers_is_smoothed(tmp_path, scenes, draw
     page = precision_lines(row)
     assert page == describe_int8(record) and any(record["criterion"].split(" >= ")[0] in x or
                                                  "against the float graph's labels" in x for x in page)
+
+
+def test_a_matmul_reading_channels_last_is_smoothed_on_its_channels(tmp_path, drawn):
+    """Its input's channels are axis 3 of a 4-D tensor (a pointwise Linear on NHWC): measured there, not
+    on axis 1 (the rows), smoothed, the function unchanged."""
+    graph = channels_last_outlier_onnx(tmp_path / "nhwc.onnx", SPEC)
+    result = smooth(graph, tmp_path / "smoothed.onnx", drawn.tiles)
+    assert result.layers == ("matmul",) and result.skipped == ()
+    tiles = drawn.held_out.tiles
+    a, b = (ort_session(g).run(None, {"pixels": tiles})[0] for g in (graph, result.path))
+    assert np.allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(a).max())
 
 
 def test_the_fastest_format_that_meets_the_target_is_kept(tmp_path, scenes):
