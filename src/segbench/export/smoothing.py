@@ -62,7 +62,6 @@ def smooth(graph: str | os.PathLike[str], dst: str | os.PathLike[str], tiles: np
            alpha: float = ALPHA, spread: float = SPREAD) -> Smoothed:
     """Write the smoothed float graph of ``graph`` to ``dst`` (statistics from ``tiles``)."""
     import onnx
-    from onnx import numpy_helper
 
     model = onnx.load(str(graph))
     g = model.graph
@@ -103,7 +102,7 @@ def smooth(graph: str | os.PathLike[str], dst: str | os.PathLike[str], tiles: np
         if _fold_into_producer(act, s, producers, consumers, layers, inits):
             folded += 1
         else:
-            _insert_division(g, act, s, layers, numpy_helper)
+            _insert_division(g, act, s, layers, inits)
             inserted += 1
         smoothed += [n.name for n in layers]
     onnx.save(model, str(dst))
@@ -246,11 +245,13 @@ def _fold_into_producer(act: str, s: np.ndarray, producers, consumers, layers, i
     return True
 
 
-def _insert_division(g, act: str, s: np.ndarray, layers, numpy_helper) -> None:
+def _insert_division(g, act: str, s: np.ndarray, layers, inits) -> None:
     """One ``Mul`` by ``1 / s`` on ``act`` (channels on axis 1 for a convolution, last otherwise)."""
     import onnx
+    from onnx import numpy_helper
 
-    shape = (1, -1, 1, 1) if layers[0].op_type == "Conv" else (-1,)
+    spatial = len(inits[layers[0].input[1]].dims) - 2  # a convolution's input has as many, after N, C
+    shape = (1, -1) + (1,) * spatial if layers[0].op_type == "Conv" else (-1,)
     scale = f"{act}_smooth_scale"
     out = f"{act}_smoothed"
     g.initializer.append(numpy_helper.from_array((1.0 / s).reshape(shape).astype(np.float32), scale))
