@@ -5,9 +5,11 @@ Reports model pixels per second served (the windows the engine ran, from ``/metr
 second, p50/p99 latency, failed requests, the server's RSS growth after warm-up, and what the load
 client itself cost (CPU seconds per second). The reference is the same engine driven through the
 same dynamic batcher in this process with every tile submitted at once (the batcher's Offline
-pixels/s, the ceiling of the Server figure); goal: served >= 0.8 of it.
+pixels/s, the ceiling of the Server figure); goal: served >= 0.8 of it. ``--loadgen SECONDS`` also
+runs the bench's LoadGen Server search for the engine (the 'loadgen' extra) and compares with it.
 
     python benchmarks/bench_serve.py [--engine ARTIFACT] [--scene SCENE.tif] [--clients 4] [--seconds 20]
+        [--loadgen 60]
 
 Without ``--engine`` a tiny two-layer conv net (tests/conftest.py) at ``--tile`` is built; without
 ``--scene`` a 2048 x 2048 synthetic scene of coloured blocks is written.
@@ -66,6 +68,29 @@ def batcher_offline(engine_path: Path, batch: int, seconds: float) -> float:
                 [f.result() for f in batcher.submit_many(list(tiles))]
                 done += len(tiles)
             return done * spec.tile ** 2 / (time.perf_counter() - start)
+
+
+def loadgen_server(engine_path: Path, folder: Path, search_seconds: float) -> dict:
+    """The bench's Server figure for the engine (LoadGen through the same batcher), in pixels/s: the
+    highest valid QPS (one tile per query) under a p99 bound of 10x its SingleStream p50."""
+    from segbench.bench.scenarios import ScenarioSettings, loadgen_dir, run_scenario
+    from segbench.spec import ModelSpec
+
+    spec = ModelSpec.load(engine_path)
+    tiles = np.random.default_rng(0).uniform(0, 255, (64, spec.num_bands, spec.tile, spec.tile))
+    tiles = tiles.astype(np.float32)
+    short = {"min_duration_ms": 5000}
+    single = run_scenario(engine_path, tiles, ScenarioSettings.default("single-stream", **short),
+                          loadgen_dir(folder, "e", "single-stream"))
+    offline = run_scenario(engine_path, tiles, ScenarioSettings.default("offline", **short),
+                           loadgen_dir(folder, "e", "offline"))
+    bound = 10 * single.p50_ms
+    server = run_scenario(engine_path, tiles, ScenarioSettings.default(
+        "server", latency_bound_ms=bound, search_seconds=search_seconds, capacity_qps=offline.figure),
+        loadgen_dir(folder, "e", "server"))
+    return {"loadgen_server_mpx_per_s": (server.figure or 0.0) * spec.tile ** 2 / 1e6,
+            "loadgen_bound_ms": bound, "loadgen_server_note": server.note,
+            "loadgen_offline_mpx_per_s": offline.figure * spec.tile ** 2 / 1e6}
 
 
 def start_server(engine: Path, root: Path, jobs: Path, batch: int) -> tuple[subprocess.Popen, str]:
@@ -152,6 +177,8 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--warmup", type=float, default=5.0)
+    p.add_argument("--loadgen", type=float, default=0.0, metavar="SECONDS",
+                   help="also the bench's LoadGen Server figure, its search given this many seconds")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -163,6 +190,7 @@ def main() -> None:
         else:
             default_scene(root)
         offline = batcher_offline(engine, args.batch, min(args.seconds, 10.0))
+        server = loadgen_server(engine, folder / "loadgen", args.loadgen) if args.loadgen else {}
         proc, url = start_server(engine, root, folder / "jobs", args.batch)
         try:
             row = asyncio.run(measure(url, proc, args.clients, args.seconds, args.warmup))
@@ -171,12 +199,20 @@ def main() -> None:
             proc.wait(30)
     row["batcher_offline_mpx_per_s"] = offline / 1e6
     row["ratio_to_offline"] = row["model_mpx_per_s"] * 1e6 / offline
+    row |= server
+    if server.get("loadgen_server_mpx_per_s"):
+        row["ratio_to_loadgen_server"] = row["model_mpx_per_s"] / server["loadgen_server_mpx_per_s"]
     print(json.dumps(row, indent=1))
     print(f"served {row['model_mpx_per_s']:.2f} model MP/s ({row['ratio_to_offline']:.2f} of the batcher's "
           f"offline {row['batcher_offline_mpx_per_s']:.2f}), {row['tiles_per_s']:.1f} tiles/s, p50 "
           f"{row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, {row['failed']} failed, RSS "
           f"{row['rss_growth_pct']:+.1f}% ({row['rss_mb']:.0f} MB), load client "
           f"{row['client_cpu_per_s']:.2f} CPU s/s")
+    if server and "ratio_to_loadgen_server" not in row:
+        print(f"the bench's LoadGen Server search found no figure: {server['loadgen_server_note']}")
+    if "ratio_to_loadgen_server" in row:
+        print(f"the bench's LoadGen Server figure: {row['loadgen_server_mpx_per_s']:.2f} MP/s at p99 <= "
+              f"{row['loadgen_bound_ms']:.0f} ms; served/Server {row['ratio_to_loadgen_server']:.2f}")
 
 
 if __name__ == "__main__":

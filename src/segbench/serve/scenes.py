@@ -45,6 +45,7 @@ class Scene:
     bands: int
     bounds: tuple[float, float, float, float]  # WGS84 west, south, east, north
     native_zoom: int
+    stamp: tuple[int, int] = (0, 0)  # the file's size and modification time when it was read
 
     @property
     def minzoom(self) -> int:
@@ -84,9 +85,17 @@ def open_scene(path: Path) -> Scene | None:
             bounds = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds, densify_pts=21)
             zoom = native_zoom(ds.width, ds.height, ds.transform, ds.crs)
             return Scene(scene_id(path), path, ds.crs, ds.transform, ds.width, ds.height, ds.count,
-                         tuple(bounds), zoom)
+                         tuple(bounds), zoom, _stamp(path))
     except Exception:  # noqa: BLE001  (an unreadable file is not served)
         return None
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, 0)
+    return (st.st_size, st.st_mtime_ns)
 
 
 def walk(roots: list[Path]) -> list[Path]:
@@ -147,10 +156,10 @@ class Catalog:
         self.scan()
 
     def scan(self) -> None:
-        scenes = {}
+        scenes, by_path = {}, {s.path: s for s in self._scenes.values()}
         for path in walk(self.roots):
-            known = next((s for s in self._scenes.values() if s.path == path), None)
-            scene = known or open_scene(path)
+            known = by_path.get(path)
+            scene = known if known is not None and known.stamp == _stamp(path) else open_scene(path)
             if scene is not None:
                 scenes[scene.id] = scene
         with self._lock:
