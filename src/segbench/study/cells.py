@@ -63,7 +63,7 @@ class Cell:
         """Write the cell's record of ``result`` (from :meth:`failed`, or the work's own) and say it."""
         result = {"status": "ok", "reason": None, **result}
         result.update(key=self.key, seconds=time.perf_counter() - started)
-        write_json(result, self.folder / CELL_FILE)
+        write_text(self.folder / CELL_FILE, json.dumps(result, indent=2, default=str) + "\n")
         self.say(result, console)
         return result
 
