@@ -47,6 +47,9 @@ LABEL_NODATA = IGNORE_INDEX
 LABEL_BLOCK = 256  # tile size of the label rasters we write
 #: a class probability p is stored as round(PROBABILITY_SCALE * p); LABEL_NODATA (255) is nodata
 PROBABILITY_SCALE = 254
+#: a confidence (the largest class probability p) is stored as round(CONFIDENCE_SCALE * p), 0 where
+#: nothing was predicted; the native loops (_native.cpp) use the same scale, and a test checks them
+CONFIDENCE_SCALE = 255
 
 
 @dataclass(frozen=True)

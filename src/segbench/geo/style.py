@@ -30,6 +30,7 @@ from xml.etree import ElementTree as ET
 
 from segbench.errors import OutputError
 from segbench.files import write_text
+from segbench.raster import CONFIDENCE_SCALE
 
 # GDAL's enums, as numbers in its PAM XML (gdal.h: GDALRATFieldType, GDALRATFieldUsage)
 _INTEGER, _STRING = 0, 2
@@ -144,7 +145,7 @@ def style_confidence(raster: str | os.PathLike[str]) -> list[Path]:
     band = _pam_band()
     ET.SubElement(band, "Description").text = "confidence (max class probability)"
     ET.SubElement(band, "Offset").text = "0"
-    ET.SubElement(band, "Scale").text = repr(1 / 255)
+    ET.SubElement(band, "Scale").text = repr(1 / CONFIDENCE_SCALE)
     return [write_text(qml_path(raster), _grey_qml()), _write_pam(raster, band)]
 
 

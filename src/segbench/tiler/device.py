@@ -26,7 +26,7 @@ import numpy as np
 
 from segbench.errors import InputError
 from segbench.extras import require
-from segbench.raster import PROBABILITY_SCALE
+from segbench.raster import CONFIDENCE_SCALE, PROBABILITY_SCALE
 from segbench.tiler.accumulate import non_finite, open_span
 from segbench.tiler.windows import Window
 
@@ -156,7 +156,7 @@ class DeviceAccumulator:
         if self.confidence:
             inv = torch.where(blended, 1.0 / wsum, 0.0)
             z = torch.exp(acc * inv - acc.amax(dim=0) * inv).sum(dim=0)
-            conf = torch.where(blended, (255.0 / z + 0.5).to(torch.uint8), 0)
+            conf = torch.where(blended, (float(CONFIDENCE_SCALE) / z + 0.5).to(torch.uint8), 0)
         if self.probabilities:
             logits = acc / torch.where(blended, wsum, 1.0)
             p = torch.softmax(logits, dim=0)

@@ -32,14 +32,14 @@ from segbench.errors import InputError, OutputError
 from segbench.files import check_output_folder
 from segbench.peak import peak_rss_bytes
 from segbench.protect import Inputs
-from segbench.raster import LABEL_BLOCK, AreaOfInterest, check_bands, open_raster, scene_info
+from segbench.raster import LABEL_BLOCK, AreaOfInterest, SceneInfo, check_bands, open_raster, scene_info
 from segbench.signals import terminate_as_interrupt
 from segbench.spec import ModelSpec
 from segbench.tiler.blend import axis_weights
 from segbench.tiler.channel import POLL_S, Channel, Stopped
 from segbench.tiler.device import device_stream, host_batches, runs_on_device
 from segbench.tiler.progress import Progress
-from segbench.tiler.stages import Inference, Reader, StageThread, Writer
+from segbench.tiler.stages import Inference, Outputs, Reader, StageThread, Writer
 from segbench.tiler.windows import Window, axis_starts, stride_for
 
 #: classes a uint8 label raster holds besides its nodata value (255)
@@ -159,10 +159,12 @@ def segment(
     _check_gsd(info, spec)
     _check_outputs(out, confidence, probabilities)
     Inputs().add_raster(scene).refuse([out, confidence, probabilities])
+    run = RunPlan(scene=scene, info=info, outputs=Outputs(out, confidence, probabilities), tile=tile,
+                  step=step, blend=blend, batch=batch, nodata=nodata, aoi=area,
+                  on_device=runs_on_device(engine, on_device),
+                  read_threads=read_threads or _read_threads(engine))
     with terminate_as_interrupt(), rasterio.Env(GDAL_CACHEMAX=_cache_bytes(info, tile)):
-        return _run(scene, engine, out, info, tile, step, blend, batch, nodata, confidence,
-                    progress, area, probabilities, runs_on_device(engine, on_device),
-                    read_threads or _read_threads(engine), on_progress)
+        return _run(run, engine, progress, on_progress)
 
 
 #: how far a scene's ground sample distance may be from the model's before segment warns
@@ -201,25 +203,46 @@ def _cache_bytes(info, tile: int) -> int:
     return int(min(max(need, 64 << 20), 1 << 30))
 
 
-def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, batch: int,
-         nodata, confidence, progress: bool, aoi: dict | None = None,
-         probabilities=None, on_device: bool = False, read_threads: int = 1,
+@dataclass(frozen=True)
+class RunPlan:
+    """What one run of :func:`segment` does, decided before it starts: the scene and its outputs,
+    the window grid (``tile`` every ``step`` pixels), how windows are blended and batched, the
+    pixels that count (``nodata``, ``aoi``) and where the work runs."""
+
+    scene: str | os.PathLike[str]
+    info: SceneInfo
+    outputs: Outputs
+    tile: int
+    step: int
+    blend: str
+    batch: int
+    nodata: float | None
+    aoi: dict | None  # a GeoJSON geometry in the scene's CRS
+    on_device: bool  # blend on the engine's device
+    read_threads: int
+
+    def windows(self) -> tuple[list[Window], tuple[dict[int, np.ndarray], dict[int, np.ndarray]]]:
+        """The windows, row-major, and the blending weights of their rows and columns."""
+        info, tile = self.info, self.tile
+        rows, cols = axis_starts(info.height, tile, self.step), axis_starts(info.width, tile, self.step)
+        wy = dict(zip(rows, axis_weights(rows, tile, info.height, self.blend), strict=True))
+        wx = dict(zip(cols, axis_weights(cols, tile, info.width, self.blend), strict=True))
+        return [Window(r, c, tile, tile) for r in rows for c in cols], (wy, wx)
+
+
+def _run(run: RunPlan, engine: Engine, progress: bool,
          on_progress: Callable[[int, int], None] | None = None) -> SegmentResult:
     """Run the three stages of :func:`segment`; on any error or interrupt, stop them and clean up."""
-    rows, cols = axis_starts(info.height, tile, step), axis_starts(info.width, tile, step)
-    wy = dict(zip(rows, axis_weights(rows, tile, info.height, blend), strict=True))
-    wx = dict(zip(cols, axis_weights(cols, tile, info.width, blend), strict=True))
-    windows = [Window(r, c, tile, tile) for r in rows for c in cols]
-
+    info, out = run.info, run.outputs
+    windows, weights = run.windows()
     stop = threading.Event()
     inbox, outbox = Channel(stop), Channel(stop)
-    device = engine.device if on_device else None
-    reader = Reader(scene, windows, engine.spec, batch, nodata, inbox, aoi,
-                    allocate=host_batches(device) if device else None, threads=read_threads)
+    device = engine.device if run.on_device else None
+    reader = Reader(run.scene, windows, engine.spec, run.batch, run.nodata, inbox, run.aoi,
+                    allocate=host_batches(device) if device else None, threads=run.read_threads)
     inference = Inference(engine, inbox, outbox, stream=device_stream if device else infer_stream)
-    writer = Writer(outbox, stop, info, engine.spec, (wy, wx), out, confidence,
-                    threads=_blend_threads(engine), probabilities=probabilities, device=device,
-                    engine=engine.name)
+    writer = Writer(outbox, stop, info, engine.spec, weights, out, threads=_blend_threads(engine),
+                    device=device, engine=engine.name)
     threads = [StageThread("segbench-read", reader.run, stop),
                StageThread("segbench-write", writer.run, stop)]
     bar = Progress(len(windows), info.path.name, info.width * info.height / 1e6, enabled=progress)
@@ -254,8 +277,9 @@ def _run(scene, engine: Engine, out, info, tile: int, step: int, blend: str, bat
     times = StageTimes(read=reader.seconds, infer=inference.seconds, blend=writer.blend_seconds,
                        write=writer.write_seconds, idle=inference.idle)
     return SegmentResult(
-        scene=str(scene), output=str(out), confidence=str(confidence) if confidence else None,
-        probabilities=str(probabilities) if probabilities else None,
+        scene=str(run.scene), output=str(out.labels),
+        confidence=str(out.confidence) if out.confidence else None,
+        probabilities=str(out.probabilities) if out.probabilities else None,
         width=info.width, height=info.height, windows=len(windows), skipped=reader.skipped,
         batches=inference.batches, seconds=time.perf_counter() - start, stages=times,
         peak_rss_bytes=peak_rss_bytes(),

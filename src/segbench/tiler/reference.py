@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from segbench.raster import CONFIDENCE_SCALE
 from segbench.spec import IGNORE_INDEX
 
 
@@ -26,5 +27,5 @@ def argmax_labels(acc: np.ndarray, wsum: np.ndarray, rows: int, valid: np.ndarra
         return labels
     mean = a / np.where(ok, wsum[:rows], 1)
     p = np.exp(mean - mean.max(0))
-    conf = np.where(ok, np.rint(255 / p.sum(0)), 0).astype(np.uint8)
+    conf = np.where(ok, np.rint(CONFIDENCE_SCALE / p.sum(0)), 0).astype(np.uint8)
     return labels, conf

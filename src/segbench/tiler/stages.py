@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,16 @@ from segbench.tiler.windows import Window
 # every core is busy inferring, and a helper that preempts one of the engine's worker
 # threads stalls the whole parallel step, so helpers take the cores when they idle.
 HELPER_NICE = 10
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The rasters one run writes: the labels, and optionally the confidence (the largest class
+    probability) and the per-class probabilities."""
+
+    labels: str | os.PathLike[str]
+    confidence: str | os.PathLike[str] | None = None
+    probabilities: str | os.PathLike[str] | None = None
 
 
 class Reader:
@@ -232,17 +243,15 @@ class Writer:
     """
 
     def __init__(self, outbox: Channel, stop: threading.Event, info: SceneInfo, spec: ModelSpec,
-                 weights: tuple[dict[int, np.ndarray], dict[int, np.ndarray]],
-                 out: str | os.PathLike[str], confidence: str | os.PathLike[str] | None,
-                 threads: int, probabilities: str | os.PathLike[str] | None = None,
-                 device: str | None = None, engine: str = "the engine") -> None:
+                 weights: tuple[dict[int, np.ndarray], dict[int, np.ndarray]], outputs: Outputs,
+                 threads: int, device: str | None = None, engine: str = "the engine") -> None:
         self.outbox, self.stop, self.info, self.spec = outbox, stop, info, spec
         self.engine = engine  # its name, for a sentence about its outputs
         #: the torch device to blend on (outputs arrive there as tensors); None: on the host
         self.device = device
         self.wy, self.wx = weights
-        self.out, self.confidence, self.threads = Path(out), confidence, threads
-        self.probabilities = probabilities
+        self.out, self.confidence, self.threads = Path(outputs.labels), outputs.confidence, threads
+        self.probabilities = outputs.probabilities
         #: one writer per output, in the order of the bands a flush returns (None: not asked for)
         self.writers: list[LabelWriter | None] = []
         self.blend_seconds = 0.0
