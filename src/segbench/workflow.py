@@ -272,7 +272,7 @@ class SegmentJob:
 
         o = self.options
         # batches back to back: OpenVINO compiles for them and keeps several in flight
-        engine = load(self.engine, mode="throughput", batch=batch)
+        engine = load(self.engine, mode="throughput", batch=batch, spec=self.spec)
         try:
             segment_many(self.scenes, engine, self.out, overlap=o.overlap, blend=o.blend, batch=batch,
                          nodata=o.nodata, confidence=o.confidence, probabilities=o.probabilities,

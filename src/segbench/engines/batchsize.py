@@ -79,13 +79,14 @@ class BatchChoice:
 
 def choose_batch(artifact: str | os.PathLike[str], tiles: np.ndarray, max_batch: int | None = None,
                  candidates: tuple[int, ...] = CANDIDATES, min_seconds: float = MIN_SECONDS,
-                 work: int | None = None) -> BatchChoice:
+                 work: int | None = None, spec=None) -> BatchChoice:
     """The candidate with the best whole-scene tiles/s for ``artifact`` on ``tiles``.
 
     ``tiles`` are real windows of the scene, at least as many as the largest
     candidate tried; ``max_batch`` (a scene's window count) caps the candidates;
     ``work``, the windows the run will segment, bounds what the sweep spends
-    (:data:`SWEEP_SHARE` of their time at the best rate so far).
+    (:data:`SWEEP_SHARE` of their time at the best rate so far). ``spec``: the artifact's spec,
+    when the caller has read it already.
     """
     from segbench.engines.registry import get_kind, load
     from segbench.spec import ModelSpec
@@ -97,16 +98,16 @@ def choose_batch(artifact: str | os.PathLike[str], tiles: np.ndarray, max_batch:
     key = _key(artifact, tried)
     if (kept := _read(artifact, key)) is not None:
         return kept
-    spec = ModelSpec.load(artifact)
+    spec = spec if spec is not None else ModelSpec.load(artifact)
     per_batch = get_kind(spec.build.engine).runner.tunes_for_throughput  # compiled for each batch
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        shared = None if per_batch else stack.enter_context(load(artifact, mode="throughput"))
+        shared = None if per_batch else stack.enter_context(load(artifact, mode="throughput", spec=spec))
 
         def measure(batch: int) -> float:
             if shared is not None:
                 return _tiles_per_s(shared, tiles, batch, min_seconds)
-            with load(artifact, mode="throughput", batch=batch) as engine:
+            with load(artifact, mode="throughput", batch=batch, spec=spec) as engine:
                 return _tiles_per_s(engine, tiles, batch, min_seconds)
 
         def spent_enough(rates: dict[int, float]) -> bool:

@@ -229,7 +229,7 @@ def build(
 
 
 def load(artifact: str | os.PathLike[str], device: str | None = None, mode: str = "latency",
-         batch: int | None = None, threads: int | None = None) -> Runner:
+         batch: int | None = None, threads: int | None = None, spec: ModelSpec | None = None) -> Runner:
     """Load a built engine from its artifact and spec.
 
     ``mode`` says how it will run: ``"latency"`` (one call at a time, the
@@ -240,13 +240,14 @@ def load(artifact: str | os.PathLike[str], device: str | None = None, mode: str 
     that size (a model with a dynamic batch runs about 15% slower there).
     ``threads`` caps the CPU threads of the runtime (several engines sharing
     a machine, e.g. Dask workers); None leaves the runtime's default.
+    ``spec``: the artifact's spec, when the caller has read it already.
     """
     if mode not in MODES:
         raise InputError(f"Unknown engine mode {mode!r}; choose one of: {', '.join(MODES)}.")
     artifact = Path(artifact)
     if not artifact.is_file():
         raise InputError(f"Engine {artifact} does not exist; build it with 'segbench build'.")
-    spec = ModelSpec.load(artifact)
+    spec = spec if spec is not None else ModelSpec.load(artifact)
     if spec.build is None or not spec.build.engine:
         raise SpecError(
             f"{artifact.name} has no engine build record in its spec; build it with 'segbench build'."

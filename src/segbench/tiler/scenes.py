@@ -143,4 +143,5 @@ def auto_batch(artifact: str | os.PathLike[str], scenes: Sequence[str | os.PathL
         counts.append(len(plan_windows(info.height, info.width, spec.tile, step)))
     candidates = candidates_for(spec)
     tiles = sample_tiles([paths[0]], spec, count=max(candidates), seed=0)
-    return choose_batch(artifact, tiles, max_batch=counts[0], candidates=candidates, work=sum(counts))
+    return choose_batch(artifact, tiles, max_batch=counts[0], candidates=candidates, work=sum(counts),
+                        spec=spec)
