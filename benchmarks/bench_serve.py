@@ -158,14 +158,23 @@ async def measure(url: str, proc, clients: int, seconds: float, warmup: float) -
         server = psutil.Process(proc.pid)
         rss0, px0 = server.memory_info().rss, model_pixels((await c.get("/metrics")).text)
         cpu0, t0 = time.process_time(), time.perf_counter()
+        trend: list[float] = []
+
+        async def sample() -> None:  # the server's RSS every tenth of the run, to see it level off
+            while True:
+                await asyncio.sleep(seconds / 10)
+                trend.append(round(server.memory_info().rss / 2**20, 1))
+
+        sampler = asyncio.create_task(sample())
         latencies, failed = await load(c, urls, clients, seconds)
+        sampler.cancel()
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         px1, rss1 = model_pixels((await c.get("/metrics")).text), server.memory_info().rss
     q = statistics.quantiles(latencies, n=100)
     return {"clients": clients, "seconds": round(wall, 1), "tiles": len(latencies), "failed": failed,
             "tiles_per_s": len(latencies) / wall, "model_mpx_per_s": (px1 - px0) / wall / 1e6,
             "p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3, "rss_growth_pct": 100 * (rss1 / rss0 - 1),
-            "rss_mb": rss1 / 2**20, "client_cpu_per_s": cpu / wall}
+            "rss_mb": rss1 / 2**20, "rss_trend_mb": trend, "client_cpu_per_s": cpu / wall}
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -38,6 +39,8 @@ VIEWER_CSP = ("default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe
               "img-src 'self' blob: data:; connect-src 'self'")
 #: how long clients may keep a tile before asking again (with its ETag)
 CACHE_CONTROL = "public, max-age=3600"
+#: GDAL's block cache for tile reads (MB) unless GDAL_CACHEMAX says otherwise
+GDAL_CACHE_MB = 64
 #: seconds between sweeps of expired jobs
 EXPIRE_EVERY_S = 30.0
 
@@ -359,6 +362,8 @@ def serve(config: ServeConfig) -> None:
 
     if not 0 < config.port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, not {config.port}.")
+    # GDAL's block cache would grow to 5% of the machine's memory as tiles touch more of the scenes
+    os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
     service = Service(config)
     if config.token is None and config.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"segbench serve: warning: listening on {config.host} without --token: anyone who can "
