@@ -187,6 +187,9 @@ def test_scenes_tilejson_and_metrics(world, server):
     assert first.status_code == 200 and first.headers["access-control-allow-origin"] == "*"
     again = c.get(t, headers=AUTH | {"If-None-Match": first.headers["etag"]})
     assert again.status_code == 304 and again.headers["etag"] == first.headers["etag"]
+    cached = c.get(t, headers=AUTH)  # from the disk cache this time
+    assert cached.content == first.content
+    assert "segbench_tile_cache_hits_total 0" not in c.get("/metrics", headers=AUTH).text
     preflight = c.options(t, headers={"Origin": "http://example.org", "Access-Control-Request-Method": "GET",
                                       "Access-Control-Request-Headers": "authorization"})
     assert preflight.status_code == 200  # a browser's preflight needs no token
@@ -497,3 +500,14 @@ def test_tiles_of_a_scene_smaller_than_a_window_or_with_nodata_equal_segment(wor
             got = decode_png_indices(asyncio.run(renderer.render(scene, t.z, t.x, t.y)))
             want = _warp_to_tile(tmp_path / "labels.tif", mercator_bounds(t.z, t.x, t.y))
             np.testing.assert_array_equal(got, want)
+
+
+def test_tile_cache_stays_within_its_bound(tmp_path):
+    from segbench.serve.cache import TileCache
+
+    cache = TileCache(tmp_path / "tiles", max_bytes=10_000)
+    for i in range(40):
+        cache.put(f'"{i:024x}"', bytes(1000))
+    assert sum(f.stat().st_size for f in (tmp_path / "tiles").iterdir()) <= 10_000
+    assert cache.get(f'"{39:024x}"') == bytes(1000) and cache.get('"../../etc/passwd"') is None
+    assert (cache.hits, cache.misses) == (1, 1)

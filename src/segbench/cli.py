@@ -240,6 +240,9 @@ def _serve_parser(sub) -> None:
     sv.add_argument("--allow-urls", type=_csv, default=[], metavar="HOST,...",
                     help="jobs may read http(s) URLs from these hosts only (none by default)")
     sv.add_argument("--batch", type=positive, default=4, help="most windows per engine call (default 4)")
+    sv.add_argument("--tile-cache", type=float, default=512.0, metavar="MB",
+                    help="rendered tiles kept on disk in the job folder, at most this many MB (0: none; "
+                         "default 512)")
     sv.add_argument("--max-jobs", type=positive, default=8,
                     help="most jobs queued or running in the job folder at once (default 8)")
     sv.set_defaults(func=_cmd_serve)
@@ -572,7 +575,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     serve(ServeConfig(engine=args.engine, roots=tuple(args.scenes), host=args.host, port=args.port,
                       token=args.token, jobs=args.jobs, keep_jobs_s=parse_duration(args.keep_jobs),
                       allow_urls=tuple(h.lower() for h in args.allow_urls), batch=args.batch,
-                      max_jobs=args.max_jobs))
+                      max_jobs=args.max_jobs, tile_cache_mb=args.tile_cache))
     return 0
 
 

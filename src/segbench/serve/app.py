@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from segbench.errors import InputError, SegbenchError, UsageError
 from segbench.files import sha256_file
+from segbench.serve.cache import TileCache
 from segbench.serve.jobs import ACTIVE, LABELS, JobRunner, JobStore
 from segbench.serve.metrics import Metrics
 from segbench.serve.scenes import Catalog, OutsideRootsError, resolve_under
@@ -62,6 +63,7 @@ class ServeConfig:
     overlap: int | None = None
     max_queue_ms: float = 2.0
     max_jobs: int = MAX_ACTIVE_JOBS
+    tile_cache_mb: float = 512.0
     job_options: dict = field(default_factory=dict)
 
 
@@ -90,6 +92,8 @@ class Service:
         options = {"batch": config.batch, "blend": config.blend, "overlap": config.overlap}
         self.runner = JobRunner(self.store, config.engine, options | config.job_options)
         self.metrics = Metrics()
+        mb = config.tile_cache_mb
+        self.cache = TileCache(config.jobs / "tiles", int(mb * 2**20)) if mb > 0 else None
         self.digest = _engine_digest(config.engine)
         self._closed = False
 
@@ -207,8 +211,13 @@ def _scene_routes(app, service: Service) -> None:
         etag = service.etag(scene, z, x, y)
         if etag is not None and request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers={"ETag": etag, "Cache-Control": CACHE_CONTROL})
+        cached = None
+        if etag is not None and service.cache is not None:
+            cached = await asyncio.to_thread(service.cache.get, etag)
         try:
-            png = await service.tiles.render(scene, z, x, y)
+            png = cached or await service.tiles.render(scene, z, x, y)
+            if cached is None and etag is not None and service.cache is not None:
+                await asyncio.to_thread(service.cache.put, etag, png)
         except CoarseZoom:
             labels = await asyncio.to_thread(service.store.finished_labels, str(scene.path))
             if labels is None:
@@ -230,7 +239,7 @@ def _scene_routes(app, service: Service) -> None:
     async def metrics():
         jobs = Counter(s["status"] for s in await asyncio.to_thread(service.store.states))
         text = service.metrics.render(service.batcher.stats(), service.batcher.queue_depth, jobs,
-                                      service.tiles.pixels)
+                                      service.tiles.pixels, service.cache)
         return Response(text, media_type="text/plain; version=0.0.4")
 
 
@@ -362,6 +371,8 @@ def serve(config: ServeConfig) -> None:
 
     if not 0 < config.port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, not {config.port}.")
+    if config.tile_cache_mb < 0:
+        raise UsageError(f"--tile-cache takes megabytes, 0 or more, not {config.tile_cache_mb}.")
     # GDAL's block cache would grow to 5% of the machine's memory as tiles touch more of the scenes
     os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
     service = Service(config)

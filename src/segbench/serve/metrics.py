@@ -32,7 +32,7 @@ class Metrics:
             if route == "tile" and status == 200:
                 self.tiles += 1
 
-    def render(self, batcher_stats, queue_depth: int, jobs: Counter, model_pixels: int) -> str:
+    def render(self, batcher_stats, queue_depth: int, jobs: Counter, model_pixels: int, cache=None) -> str:
         lines = ["# HELP segbench_request_seconds Request latency.",
                  "# TYPE segbench_request_seconds histogram"]
         with self._lock:
@@ -60,4 +60,9 @@ class Metrics:
                   f"segbench_batched_requests_total {batcher_stats.requests}",
                   "# TYPE segbench_jobs gauge"]
         lines += [f'segbench_jobs{{status="{s}"}} {n}' for s, n in sorted(jobs.items())]
+        if cache is not None:
+            lines += ["# TYPE segbench_tile_cache_hits_total counter",
+                      f"segbench_tile_cache_hits_total {cache.hits}",
+                      "# TYPE segbench_tile_cache_misses_total counter",
+                      f"segbench_tile_cache_misses_total {cache.misses}"]
         return "\n".join(lines) + "\n"
