@@ -243,6 +243,8 @@ def _serve_parser(sub) -> None:
     sv.add_argument("--tile-cache", type=float, default=512.0, metavar="MB",
                     help="rendered tiles kept on disk in the job folder, at most this many MB (0: none; "
                          "default 512)")
+    sv.add_argument("--workers", type=positive, default=1,
+                    help="server processes on the one port, each with its own engine (default 1)")
     sv.add_argument("--max-jobs", type=positive, default=8,
                     help="most jobs queued or running in the job folder at once (default 8)")
     sv.set_defaults(func=_cmd_serve)
@@ -575,7 +577,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     serve(ServeConfig(engine=args.engine, roots=tuple(args.scenes), host=args.host, port=args.port,
                       token=args.token, jobs=args.jobs, keep_jobs_s=parse_duration(args.keep_jobs),
                       allow_urls=tuple(h.lower() for h in args.allow_urls), batch=args.batch,
-                      max_jobs=args.max_jobs, tile_cache_mb=args.tile_cache))
+                      max_jobs=args.max_jobs, tile_cache_mb=args.tile_cache, workers=args.workers))
     return 0
 
 

@@ -64,6 +64,7 @@ class ServeConfig:
     max_queue_ms: float = 2.0
     max_jobs: int = MAX_ACTIVE_JOBS
     tile_cache_mb: float = 512.0
+    workers: int = 1
     job_options: dict = field(default_factory=dict)
 
 
@@ -191,7 +192,7 @@ def _scene_routes(app, service: Service) -> None:
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "engine": service.engine.name}
+        return {"status": "ok", "engine": service.engine.name, "pid": os.getpid()}
 
     @app.get("/scenes")
     async def scenes(request: Request):
@@ -365,26 +366,65 @@ def create_app(service: Service):
     return app
 
 
-def serve(config: ServeConfig) -> None:
-    """Start the service and run it on uvicorn until SIGINT or SIGTERM."""
-    import uvicorn
+#: the environment variable that hands the configuration to each worker process of ``--workers N``
+ENV_CONFIG = "SEGBENCH_SERVE_CONFIG"
 
+
+def _config_to_json(config: ServeConfig) -> str:
+    fields = {k: (str(v) if isinstance(v, Path) else v) for k, v in config.__dict__.items()}
+    fields["roots"] = [str(r) for r in config.roots]
+    return json.dumps(fields)
+
+
+def _config_from_json(text: str) -> ServeConfig:
+    fields = json.loads(text)
+    fields.update(engine=Path(fields["engine"]), roots=tuple(Path(r) for r in fields["roots"]),
+                  jobs=Path(fields["jobs"]), allow_urls=tuple(fields["allow_urls"]))
+    return ServeConfig(**fields)
+
+
+def app_from_env():
+    """uvicorn's app factory in each worker process of ``--workers N``: its own engine and batcher."""
+    return create_app(Service(_config_from_json(os.environ[ENV_CONFIG])))
+
+
+def _check(config: ServeConfig) -> None:
     if not 0 < config.port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, not {config.port}.")
     if config.tile_cache_mb < 0:
         raise UsageError(f"--tile-cache takes megabytes, 0 or more, not {config.tile_cache_mb}.")
-    # GDAL's block cache would grow to 5% of the machine's memory as tiles touch more of the scenes
-    os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
-    service = Service(config)
+    if config.workers < 1:
+        raise UsageError(f"--workers must be at least 1, not {config.workers}.")
     if config.token is None and config.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"segbench serve: warning: listening on {config.host} without --token: anyone who can "
               "reach this port can read the scenes' labels and run jobs.", file=sys.stderr)
+
+
+def serve(config: ServeConfig) -> None:
+    """Start the service and run it on uvicorn until SIGINT or SIGTERM (with ``workers`` > 1, that
+    many processes on one socket, each with its own engine, sharing the job folder)."""
+    import uvicorn
+
+    _check(config)
+    # GDAL's block cache would grow to 5% of the machine's memory as tiles touch more of the scenes
+    os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
+    common = {"host": config.host, "port": config.port, "log_level": "warning",
+              "timeout_graceful_shutdown": 5, "limit_concurrency": 256}
+    if config.workers > 1:
+        from segbench.spec import ModelSpec
+
+        scenes = len(Catalog(list(config.roots)).scenes())  # what a worker would refuse, said once here
+        build = ModelSpec.load(config.engine).build
+        name = build.engine if build else config.engine
+        os.environ[ENV_CONFIG] = _config_to_json(config)
+        print(f"segbench serve: {name} on http://{config.host}:{config.port}/ "
+              f"({scenes} scenes, {config.workers} workers, jobs in {config.jobs})", flush=True)
+        uvicorn.run("segbench.serve.app:app_from_env", factory=True, workers=config.workers, **common)
+        return
+    service = Service(config)
     try:
         print(f"segbench serve: {service.engine.name} on http://{config.host}:{config.port}/ "
               f"({len(service.catalog.scenes())} scenes, jobs in {config.jobs})", flush=True)
-        server = uvicorn.Server(uvicorn.Config(create_app(service), host=config.host, port=config.port,
-                                               log_level="warning", timeout_graceful_shutdown=5,
-                                               limit_concurrency=256))
-        server.run()
+        uvicorn.Server(uvicorn.Config(create_app(service), **common)).run()
     finally:
         service.close()
