@@ -125,15 +125,15 @@ def _tile_of(scene: dict, z: int) -> str:
     return f"{t.x}/{t.y}"
 
 
-def _warp_to_tile(labels_path: Path, bounds, fill=IGNORE_INDEX) -> np.ndarray:
+def _warp_to_tile(labels_path: Path, bounds, fill=IGNORE_INDEX, nodata=IGNORE_INDEX) -> np.ndarray:
     from rasterio.transform import from_bounds
     from rasterio.warp import Resampling, reproject
 
     out = np.full((256, 256), fill, np.uint8)
     with rasterio.open(labels_path) as ds:
-        reproject(ds.read(1), out, src_transform=ds.transform, src_crs=ds.crs, src_nodata=IGNORE_INDEX,
+        reproject(ds.read(1), out, src_transform=ds.transform, src_crs=ds.crs, src_nodata=nodata,
                   dst_transform=from_bounds(*bounds, 256, 256), dst_crs="EPSG:3857",
-                  dst_nodata=IGNORE_INDEX, resampling=Resampling.nearest)
+                  dst_nodata=nodata, resampling=Resampling.nearest)
     return out
 
 
@@ -187,6 +187,10 @@ def test_scenes_tilejson_and_metrics(world, server):
     assert first.status_code == 200 and first.headers["access-control-allow-origin"] == "*"
     again = c.get(t, headers=AUTH | {"If-None-Match": first.headers["etag"]})
     assert again.status_code == 304 and again.headers["etag"] == first.headers["etag"]
+    conf = c.get(t + "?layer=confidence", headers=AUTH)
+    assert conf.status_code == 200 and conf.headers["etag"] != first.headers["etag"]
+    assert decode_png_indices(conf.content).max() > 255 // 4  # max probability of 4 classes, as grey
+    assert c.get(t + "?layer=nonsense", headers=AUTH).status_code == 422
     cached = c.get(t, headers=AUTH)  # from the disk cache this time
     assert cached.content == first.content
     assert "segbench_tile_cache_hits_total 0" not in c.get("/metrics", headers=AUTH).text
@@ -497,7 +501,9 @@ def test_tiles_of_a_scene_smaller_than_a_window_or_with_nodata_equal_segment(wor
     if nodata is not None:
         data[:, 30:50, 10:40] = nodata
     path = write_scene(tmp_path / "scene.tif", data, nodata=nodata)
-    segment_scenes([path], world["engine"], tmp_path / "labels.tif", SegmentOptions(batch=4))
+    options = SegmentOptions(batch=4, confidence=True)
+    run = segment_scenes([path], world["engine"], tmp_path / "labels.tif", options)
+    conf_path = Path(run.scenes[0].result.confidence)
     scene = open_scene(path)
     tms = morecantile.tms.get("WebMercatorQuad")
     with load(world["engine"]) as engine, DynamicBatcher(engine) as batcher:
@@ -507,6 +513,9 @@ def test_tiles_of_a_scene_smaller_than_a_window_or_with_nodata_equal_segment(wor
             got = decode_png_indices(asyncio.run(renderer.render(scene, t.z, t.x, t.y)))
             want = _warp_to_tile(tmp_path / "labels.tif", mercator_bounds(t.z, t.x, t.y))
             np.testing.assert_array_equal(got, want)
+            got = decode_png_indices(asyncio.run(renderer.render(scene, t.z, t.x, t.y, confidence=True)))
+            want = _warp_to_tile(conf_path, mercator_bounds(t.z, t.x, t.y), fill=0, nodata=0)
+            np.testing.assert_array_equal(got, want)  # the confidence layer: segment's confidence raster
 
 
 def test_tile_cache_stays_within_its_bound(tmp_path):

@@ -13,6 +13,7 @@ from collections import Counter
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response
@@ -98,7 +99,7 @@ class Service:
         self.digest = _engine_digest(config.engine)
         self._closed = False
 
-    def etag(self, scene, z: int, x: int, y: int) -> str | None:
+    def etag(self, scene, z: int, x: int, y: int, layer: str = "labels") -> str | None:
         """A tile's ETag: the scene file's identity (path, size, modification time), the engine's
         digest and the tiling, and the tile; None where the scene cannot be read now."""
         try:
@@ -109,7 +110,7 @@ class Service:
             return None
         key = (f"{scene.path}|{st.st_size}|{st.st_mtime_ns}|{self.digest}|{self.tiles.blend}|"
                f"{self.tiles.stride}")
-        return '"' + hashlib.sha1(f"{key}|{z}/{x}/{y}".encode()).hexdigest()[:24] + '"'
+        return '"' + hashlib.sha1(f"{key}|{layer}|{z}/{x}/{y}".encode()).hexdigest()[:24] + '"'
 
     def close(self) -> None:
         if not self._closed:
@@ -207,21 +208,23 @@ def _scene_routes(app, service: Service) -> None:
         return tilejson(find(sid), str(request.base_url))
 
     @app.get("/tiles/{sid}/{z}/{x}/{y}.png")
-    async def tile(request: Request, z: int, x: int, y: int, sid: str = PathParam(max_length=64)):
+    async def tile(request: Request, z: int, x: int, y: int, sid: str = PathParam(max_length=64),
+                   layer: Literal["labels", "confidence"] = "labels"):
         scene = find(sid)
-        etag = service.etag(scene, z, x, y)
+        confidence = layer == "confidence"
+        etag = service.etag(scene, z, x, y, layer)
         if etag is not None and request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers={"ETag": etag, "Cache-Control": CACHE_CONTROL})
         cached = None
         if etag is not None and service.cache is not None:
             cached = await asyncio.to_thread(service.cache.get, etag)
         try:
-            png = cached or await service.tiles.render(scene, z, x, y)
+            png = cached or await service.tiles.render(scene, z, x, y, confidence)
             if cached is None and etag is not None and service.cache is not None:
                 await asyncio.to_thread(service.cache.put, etag, png)
         except CoarseZoom:
             labels = await asyncio.to_thread(service.store.finished_labels, str(scene.path))
-            if labels is None:
+            if labels is None or confidence:
                 raise
             png = await asyncio.to_thread(render_from_labels, labels, service.tiles.palette, z, x, y)
         headers = {"Cache-Control": CACHE_CONTROL} | ({"ETag": etag} if etag else {})

@@ -101,16 +101,18 @@ class TileRenderer:
         self.spec, self.batcher, self.stride, self.blend = spec, batcher, stride, blend
         self.engine_name = engine_name
         self.palette = palette_chunks(spec)
+        self.grey = grey_chunks()
         self.pixels = 0  # model pixels run, for the metrics
         self._renders = asyncio.Semaphore(MAX_RENDERS)
 
-    async def render(self, scene, z: int, x: int, y: int) -> bytes:
-        """The PNG of tile ``z/x/y`` of ``scene``."""
+    async def render(self, scene, z: int, x: int, y: int, confidence: bool = False) -> bytes:
+        """The PNG of tile ``z/x/y`` of ``scene``: labels in the palette, or with ``confidence`` the
+        max class probability as grey (0..255, the tiler's confidence raster; transparent nodata)."""
         check_tile(scene, z, x, y)
         async with self._renders:
-            return await self._render(scene, z, x, y)
+            return await self._render(scene, z, x, y, confidence)
 
-    async def _render(self, scene, z: int, x: int, y: int) -> bytes:
+    async def _render(self, scene, z: int, x: int, y: int, confidence: bool) -> bytes:
         bounds = mercator_bounds(z, x, y)
         area = await asyncio.to_thread(pixel_span, scene, bounds)
         plan = plan_tile(scene, self.spec, self.stride, area)
@@ -120,12 +122,15 @@ class TileRenderer:
         logits = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         self.pixels += len(todo) * self.spec.tile ** 2
         outputs = dict(zip(todo, logits, strict=True))
-        labels = await asyncio.to_thread(self.blend_windows, scene, plan, outputs, valids)
-        tile = await asyncio.to_thread(warp_to_tile, scene, plan.span, labels, bounds)
-        return encode_png(tile, self.palette)
+        labels = await asyncio.to_thread(self.blend_windows, scene, plan, outputs, valids, confidence)
+        nodata = 0 if confidence else IGNORE_INDEX  # a valid pixel's confidence is at least 255 / classes
+        tile = await asyncio.to_thread(warp_to_tile, scene, plan.span, labels, bounds, nodata)
+        return encode_png(tile, self.grey if confidence else self.palette)
 
-    def blend_windows(self, scene, plan: Plan, outputs: dict, valids: list[np.ndarray]) -> np.ndarray:
-        """Blend the windows' logits over the plan's span with the tiler's weights; uint8 labels."""
+    def blend_windows(self, scene, plan: Plan, outputs: dict, valids: list[np.ndarray],
+                      confidence: bool = False) -> np.ndarray:
+        """Blend the windows' logits over the plan's span with the tiler's weights; uint8 labels (or
+        with ``confidence``, the tiler's uint8 max probability, 0 where nodata)."""
         from segbench import _native
         from segbench.tiler.accumulate import blend
         from segbench.tiler.blend import axis_weights
@@ -146,7 +151,8 @@ class TileRenderer:
             blend(acc, wsum, np.ascontiguousarray(outputs[i][:, :h, :w]), wy[window.row][:h],
                   wx[window.col][:w], y, x, 1, self.engine_name, window)
             valid[y:y + h, x:x + w] |= valids[i][:h, :w]
-        return _native.argmax_labels(acc, wsum, span.height, valid, IGNORE_INDEX, False, 1)
+        result = _native.argmax_labels(acc, wsum, span.height, valid, IGNORE_INDEX, confidence, 1)
+        return np.where(result[0] == IGNORE_INDEX, 0, result[1]).astype(np.uint8) if confidence else result
 
 
 def read_windows(scene, spec: ModelSpec, windows: list[Window]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -165,16 +171,16 @@ def read_windows(scene, spec: ModelSpec, windows: list[Window]) -> tuple[list[np
     return tiles, valids
 
 
-def warp_to_tile(scene, span: Window, labels: np.ndarray, bounds) -> np.ndarray:
+def warp_to_tile(scene, span: Window, labels: np.ndarray, bounds, nodata: int = IGNORE_INDEX) -> np.ndarray:
     """``labels`` (the scene's grid over ``span``) on the 256 px Web Mercator tile, nearest neighbour."""
     from rasterio.transform import from_bounds
     from rasterio.warp import Resampling, reproject
 
-    out = np.full((TILE_PX, TILE_PX), IGNORE_INDEX, np.uint8)
+    out = np.full((TILE_PX, TILE_PX), nodata, np.uint8)
     src_transform = scene.transform * scene.transform.translation(span.col, span.row)
-    reproject(labels, out, src_transform=src_transform, src_crs=scene.crs, src_nodata=IGNORE_INDEX,
+    reproject(labels, out, src_transform=src_transform, src_crs=scene.crs, src_nodata=nodata,
               dst_transform=from_bounds(*bounds, TILE_PX, TILE_PX), dst_crs="EPSG:3857",
-              dst_nodata=IGNORE_INDEX, resampling=Resampling.nearest)
+              dst_nodata=nodata, resampling=Resampling.nearest)
     return out
 
 
@@ -186,6 +192,14 @@ def palette_chunks(spec: ModelSpec) -> tuple[bytes, bytes]:
     alpha = np.full(256, 255, np.uint8)
     alpha[IGNORE_INDEX] = 0
     return colours.tobytes(), alpha.tobytes()
+
+
+def grey_chunks() -> tuple[bytes, bytes]:
+    """A grey ramp palette whose index 0 (no confidence: nodata) is transparent."""
+    ramp = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    alpha = np.full(256, 255, np.uint8)
+    alpha[0] = 0
+    return ramp.tobytes(), alpha.tobytes()
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
