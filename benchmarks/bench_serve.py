@@ -98,7 +98,8 @@ def start_server(engine: Path, root: Path, jobs: Path, batch: int) -> tuple[subp
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     args = [sys.executable, "-m", "segbench.cli", "serve", str(engine), "--scenes", str(root),
-            "--port", str(port), "--jobs", str(jobs), "--batch", str(batch)]
+            "--port", str(port), "--jobs", str(jobs), "--batch", str(batch),
+            "--tile-cache", "0"]  # every request runs the model: the figure is the engine's work
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, f"http://127.0.0.1:{port}"
 
