@@ -182,7 +182,7 @@ def bounded(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
-#: LoadGen's scenarios as segbench names them (segbench.bench.scenarios runs them)
+#: LoadGen's scenarios as segbench names them (segbench.bench.scenarios runs them; the one list)
 SCENARIO_NAMES = ("single-stream", "multi-stream", "server", "offline", "accuracy")
 
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from segbench.bench.loadgen_results import ScenarioResult
 from segbench.errors import InputError
 
 #: the report format this segbench writes; 1 is the unversioned format of before
@@ -169,79 +170,6 @@ class Scaling(Record):
     efficiency: float | None = None
 
 
-class LoadGenSettings(Record):
-    """One scenario's LoadGen settings and seeds, the batcher's and the engine's
-    (:class:`segbench.bench.scenarios.ScenarioSettings`)."""
-
-    scenario: str
-    min_duration_ms: int
-    min_query_count: int
-    max_batch: int | None = None
-    max_queue_ms: float
-    engine_mode: str
-    engine_batch: int | None = None
-    threads: int | None = None
-    samples_per_query: int
-    latency_bound_ms: float | None = None
-    target_qps: float | None = None
-    search_seconds: float
-    capacity_qps: float | None = None
-    verify: bool = True
-    stall_s: float
-    qsl_rng_seed: int
-    sample_index_rng_seed: int
-    schedule_rng_seed: int
-
-
-class ServerPoint(Record):
-    """One Server run of a search: the offered QPS and what LoadGen measured there."""
-
-    target_qps: float
-    completed_qps: float | None = None
-    p50_ms: float | None = None
-    p90_ms: float | None = None
-    p99_ms: float | None = None
-    valid: bool
-    queries: int
-    mean_batch: float
-    log_dir: str
-    probe: bool = Field(False, description="a short run that only guided the search (never VALID)")
-
-
-class Scenario(Record):
-    """An engine in one MLPerf scenario, as LoadGen measured it (:mod:`segbench.bench.scenarios`):
-    ``figure`` in ``unit`` (SingleStream p90 ms, MultiStream p99 ms, Server's highest valid QPS,
-    Offline samples/s, AccuracyOnly agreement with the engine run directly), None with a ``note``
-    where none stands."""
-
-    engine: str
-    scenario: str
-    valid: bool
-    figure: float | None = None
-    unit: str
-    settings: LoadGenSettings
-    log_dir: str
-    p50_ms: float | None = None
-    p90_ms: float | None = None
-    p99_ms: float | None = None
-    target_qps: float | None = None
-    latency_bound_ms: float | None = None
-    queries: int = 0
-    samples: int = 0
-    batch_histogram: dict[str, int] = Field(default_factory=dict, description="batch size -> batches")
-    max_queue_depth: int = 0
-    points: list[ServerPoint] = Field(default_factory=list)
-    confusion: list[list[int]] | None = None
-    direct_confusion: list[list[int]] | None = None
-    mismatched_tiles: list[int] = Field(default_factory=list)
-    note: str | None = None
-
-    @property
-    def mean_batch(self) -> float:
-        n = sum(self.batch_histogram.values())
-        return sum(int(k) * v for k, v in self.batch_histogram.items()) / n if n else 0.0
-
-
 class Cost(Record):
     """What a scene costs with this engine: area per hour, money per area, energy per area."""
 
@@ -278,7 +206,7 @@ class EngineRow(Record):
     accuracy: Accuracy | None = None
     disagreement: Disagreement | None = None
     scaling: Scaling | None = None
-    scenarios: list[Scenario] = Field(default_factory=list, description="LoadGen's scenarios")
+    scenarios: list[ScenarioResult] = Field(default_factory=list, description="LoadGen's scenarios")
     cost: Cost | None = None
     # the ranking (segbench.bench.rank)
     qualified: bool = False
@@ -318,7 +246,7 @@ class EngineRow(Record):
     def outputs(self) -> list[str]:
         return self.scene.outputs if self.scene else []
 
-    def scenario(self, name: str) -> Scenario | None:
+    def scenario(self, name: str) -> ScenarioResult | None:
         """The row's result in LoadGen scenario ``name`` ("server", "offline", ...), if it ran."""
         return next((s for s in self.scenarios if s.scenario == name), None)
 

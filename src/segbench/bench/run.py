@@ -25,6 +25,7 @@ from segbench.bench.disagreement import AGREE_COLOUR, map_categories
 from segbench.bench.energy import EnergyMeter
 from segbench.bench.int8 import int8_setup
 from segbench.bench.latency import P90_MIN_SAMPLES, time_callable
+from segbench.bench.loadgen_results import ScenarioResult
 from segbench.bench.memory import PeakMemory, describe, gpu_memory, run_in_child
 from segbench.bench.metrics import AgreementCounter, ConfusionMatrix
 from segbench.bench.model import (
@@ -40,7 +41,6 @@ from segbench.bench.model import (
     ModelInfo,
     Report,
     Scaling,
-    Scenario,
     SceneRun,
     Stages,
 )
@@ -226,7 +226,7 @@ class BenchRun:
                           "of variation); the machine may be busy.[/yellow]")
         return row
 
-    def _scenarios(self, name: str, artifact: Path, batch: int, p50_ms: float) -> list[Scenario]:
+    def _scenarios(self, name: str, artifact: Path, batch: int, p50_ms: float) -> list[ScenarioResult]:
         """LoadGen's scenarios of ``name`` (each in a child process), on the bench's windows."""
         from segbench.bench.samples import sample_library
         from segbench.bench.scenarios import run_scenarios
@@ -239,12 +239,11 @@ class BenchRun:
         settings = [_settings(scenario, options, batch, self._bound_ms) for scenario in options.scenarios]
         with console.status(f"{name}: LoadGen {', '.join(options.scenarios)} (in a fresh process each)"):
             results = run_scenarios(artifact, self._library.tiles, self.out, settings, self._library.targets)
-        scenarios = [Scenario.model_validate(r.to_dict()) for r in results]
-        for found in scenarios:
+        for found in results:
             console.print(f"{name}: {_scenario_summary(found)}")
-        return scenarios
+        return results
 
-    def _cost(self, scene: SceneRun, energy, scenarios: list[Scenario]) -> Cost:
+    def _cost(self, scene: SceneRun, energy, scenarios: list[ScenarioResult]) -> Cost:
         """What a scene costs with the engine: km^2 per hour (whole scenes; Offline x each window's new
         area), US dollars per 1,000 km^2 at ``--price-per-hour``, energy per km^2 where measured."""
         options, area = self.config.options, _area_km2([str(s) for s in self.config.scenes])
@@ -370,7 +369,7 @@ def _settings(scenario: str, options: BenchOptions, batch: int, bound_ms: float)
                                     latency_bound_ms=bound_ms if scenario == "server" else None, **quick)
 
 
-def _scenario_summary(found: Scenario) -> str:
+def _scenario_summary(found: ScenarioResult) -> str:
     """One line on a scenario's result: its figure, or why it has none."""
     where = f" (logs: {found.log_dir})"
     if found.valid and found.figure is not None:
