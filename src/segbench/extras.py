@@ -32,6 +32,7 @@ EXTRAS = {
     "pyogrio": "gis",
     "pystac": "stac",
     "stac_model": "stac",
+    "mlperf_loadgen": "loadgen",
 }
 #: modules no extra provides, with how to get them
 OTHER = {

@@ -54,7 +54,6 @@ from segbench.engines.registry import load
 from segbench.errors import (
     EngineError,
     InputError,
-    RuntimeMissingError,
     SegbenchError,
     first_line,
 )
@@ -67,15 +66,10 @@ LOG_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accu
 
 
 def loadgen():
-    """The ``mlperf_loadgen`` module, or one sentence saying how to install it."""
-    try:
-        import mlperf_loadgen
-    except ImportError as exc:
-        installed = not (isinstance(exc, ModuleNotFoundError) and exc.name == "mlperf_loadgen")
-        state = f"which fails to import ({first_line(exc)})" if installed else "which is not installed"
-        raise RuntimeMissingError(f"The LoadGen scenarios need mlperf_loadgen, {state}; "
-                                  "run pip install 'segbench[loadgen]'.") from None
-    return mlperf_loadgen
+    """The ``mlperf_loadgen`` module, or one sentence saying how to install it (exit 3)."""
+    from segbench.extras import require
+
+    return require("mlperf_loadgen", "--scenarios (MLPerf LoadGen)")
 
 
 # -- LoadGen's logs -------------------------------------------------------------------------------
