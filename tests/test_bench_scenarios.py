@@ -107,3 +107,16 @@ def test_the_page_plots_latency_under_load(bench):
     page = bench_page(report)
     assert "Latency under load (LoadGen Server)" in page and page.count("<svg") >= 2
     assert "Server QPS" in page and "Offline tiles/s" in page
+
+
+def test_scenarios_without_loadgen_stop_before_any_work(tmp_path, monkeypatch, capsys):
+    import sys
+
+    model = tiny_conv_onnx(tmp_path / "m.onnx", make_spec(tile=32))
+    scene = write_scene(tmp_path / "s.tif", np.ones((3, 40, 40), np.uint8))
+    monkeypatch.setitem(sys.modules, "mlperf_loadgen", None)  # as if the extra were not installed
+    code = main(["bench", "--model", str(model), "--engines", "ort-fp32", "--reference", "ort-fp32",
+                 "--scenes", str(scene), "-o", str(tmp_path / "out"), "--scenarios", "server"])
+    err = capsys.readouterr().err
+    assert code == 3 and "pip install 'segbench[loadgen]'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "engines").exists()  # nothing built

@@ -133,6 +133,10 @@ class BenchRun:
         self.spec = ModelSpec.load(config.model)
         self.kinds = {name: get_kind(name) for name in config.engines}
         _check_scenes(config, self.spec)
+        if config.options.scenarios:  # before any work: LoadGen missing is exit 3 with the install line
+            from segbench.bench.scenarios import loadgen
+
+            loadgen()
         _refuse_replacing_inputs(config, [k.name for k in self.kinds.values()])
         self.rule = config.options.rule()
         self.out = Path(config.out)
