@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from segbench.bench.latency import LatencyStats, time_callable
+from segbench.bench.loadgen_results import ScenarioResult, ScenarioSettings
 from segbench.bench.memory import PeakMemory, run_in_child
 from segbench.bench.metrics import AgreementCounter, ConfusionMatrix, metrics_from_counts
+from segbench.bench.model import EngineRow
 from segbench.bench.rank import RankRule, pareto_front, rank
 from segbench.errors import EngineError
 from segbench.raster import label_targets
@@ -93,23 +95,33 @@ def test_run_in_child():
     assert "Traceback" in info.value.details and "_fail" in info.value.details
 
 
-def _row(name, miou, p50, mps, status="ok"):
-    return {"name": name, "status": status, "device": "cpu", "accuracy": {"miou": miou, "oa": 0.9},
-            "latency": {"batch1": {"p50": p50, "p90": p50 * 1.1}}, "scene": {"megapixels_per_s": mps},
-            "memory": {"peak_rss_bytes": 2**29}, "artifact_bytes": 2**20}
+def _row(name, miou, p50, mps, status="ok") -> EngineRow:
+    stats = {"n": 80, "p50": p50, "p90": p50 * 1.1, "mean": p50, "std": 0.0, "min": p50, "max": p50}
+    return EngineRow.model_validate({
+        "name": name, "status": status, "device": "cpu", "accuracy": {"miou": miou, "oa": 0.9},
+        "latency": {"batch1": stats, "batch": 1}, "scene": {"megapixels_per_s": mps, "seconds": 1.0,
+                                                            "megapixels": mps},
+        "memory": {"peak_rss_bytes": 2**29}, "artifact_bytes": 2**20})
 
 
 def test_rank_and_pareto():
     rows = [_row("torch-fp32", 0.80, 70, 0.7), _row("ort-fp32", 0.80, 28, 1.0),
             _row("ort-int8", 0.785, 44, 0.9), _row("openvino-int8", 0.795, 14, 2.2),
-            {"name": "trt-fp16", "status": "skipped", "reason": "no GPU"}]
+            EngineRow(name="trt-fp16", status="skipped", reason="no GPU")]
     rank(rows, RankRule("torch-fp32"))
-    by = {r["name"]: r for r in rows}
-    assert not by["ort-int8"]["qualified"] and "99%" in by["ort-int8"]["rank_reason"]
-    assert [by[n]["rank"] for n in ("openvino-int8", "ort-fp32", "torch-fp32")] == [1, 2, 3]
-    assert {r["name"] for r in pareto_front([r for r in rows if r["status"] == "ok"])} == \
-        {"ort-fp32", "openvino-int8"}
-    assert by["trt-fp16"]["rank"] is None
-    budget = rank([dict(r) for r in rows], RankRule("torch-fp32", max_latency_ms=20))
-    assert [r["name"] for r in budget if r["qualified"]] == ["openvino-int8"]
+    by = {r.name: r for r in rows}
+    assert not by["ort-int8"].qualified and "99%" in by["ort-int8"].rank_reason
+    assert [by[n].rank for n in ("openvino-int8", "ort-fp32", "torch-fp32")] == [1, 2, 3]
+    assert {r.name for r in pareto_front([r for r in rows if r.ok])} == {"ort-fp32", "openvino-int8"}
+    assert by["trt-fp16"].rank is None
+    budget = rank([r.model_copy() for r in rows], RankRule("torch-fp32", max_latency_ms=20))
+    assert [r.name for r in budget if r.qualified] == ["openvino-int8"]
+    # ranked by the Server figure: an engine with a higher Server QPS goes first whatever its MP/s
+    by_server = [r.model_copy() for r in rows]
+    slow = next(r for r in by_server if r.name == "torch-fp32")
+    slow.scenarios = [ScenarioResult(engine="torch-fp32", scenario="server", valid=True, figure=50.0,
+                                     unit="QPS", settings=ScenarioSettings.default("server"), log_dir="x")]
+    rank(by_server, RankRule("torch-fp32", by="server"))
+    ranked = [r.name for r in sorted(by_server, key=lambda r: r.rank or 99)]
+    assert ranked[:2] == ["torch-fp32", "openvino-int8"]
 
