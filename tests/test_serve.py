@@ -325,9 +325,8 @@ def test_sigterm_during_a_job_marks_it_interrupted(world, tmp_path, workers):
         assert state["status"] == "running" and 0 < state["done"] < state["total"], state
         import psutil
 
-        workers_seen = {c.pid for c in psutil.Process(srv.proc.pid).children(recursive=True)
-                        if "segbench" in " ".join(c.cmdline()) or "multiprocessing" in " ".join(c.cmdline())}
-        assert len(workers_seen) >= (workers if workers > 1 else 0)
+        if workers > 1:  # uvicorn's supervisor and its worker processes
+            assert len(psutil.Process(srv.proc.pid).children(recursive=True)) >= workers
     finally:
         code = srv.stop()
     state = json.loads((jobs / job_id / "state.json").read_text())

@@ -7,7 +7,9 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from contextlib import asynccontextmanager
@@ -342,6 +344,21 @@ def _job_routes(app, service: Service) -> None:
         return Response(status_code=204)
 
 
+def _stop_jobs_on_signals(runner: JobRunner) -> None:
+    """SIGTERM and SIGINT stop the running job at once, then go on to uvicorn's own handler (which
+    waits for open connections before the app shuts down), so a job cannot finish meanwhile."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if callable(previous):
+            def handler(signum, frame, previous=previous) -> None:
+                runner.stop()
+                previous(signum, frame)
+
+            signal.signal(sig, handler)
+
+
 def create_app(service: Service):
     """The ASGI app over a started :class:`Service`."""
     @asynccontextmanager
@@ -353,6 +370,7 @@ def create_app(service: Service):
                 await asyncio.to_thread(service.store.expire, service.config.keep_jobs_s)
 
         task = asyncio.create_task(expire())
+        _stop_jobs_on_signals(service.runner)
         try:
             yield
         finally:

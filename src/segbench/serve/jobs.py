@@ -190,6 +190,10 @@ class JobRunner:
         if (self.store.folder / job_id).exists():
             self.store.update(job_id, status=status, error=error, finished=time.time())
 
+    def stop(self) -> None:
+        """Ask the running job to stop at its next step (safe in a signal handler)."""
+        self._stopping.set()
+
     def shutdown(self, wait_s: float = 30.0) -> None:
         """Stop: the running job stops at its next step and, with every queued one, is marked
         interrupted; nothing is left under a final name."""
