@@ -288,7 +288,8 @@ def _calibration_args(p: argparse.ArgumentParser):
     q.add_argument("--calib", type=Path, nargs="*", default=[],
                    help="calibration scenes for int8 (training scenes, never the evaluation scenes)")
     q.add_argument("--calib-labels", type=Path, nargs="*", default=[],
-                   help="their label rasters: the int8 target is then checked as mIoU, not agreement")
+                   help="their label rasters: the int8 target is then the mIoU against them, not against "
+                        "the float graph's labels")
     return q
 
 

@@ -35,9 +35,10 @@ class BenchOptions(TilingOptions):
     # None: min_ratio; False: plain int8, no search
     int8_target: float | bool | None = option(
         None, parse=ratio_or_off, metavar="RATIO|off", group=INT8, default_help="the --min-ratio",
-        help="what an int8 engine keeps of its float graph on held-out calibration tiles: that share of "
-             "its mIoU with --calib-labels, else of label agreement; layers go back to float until it "
-             "does; 'off': plain int8")
+        help="what an int8 engine keeps of its float graph on held-out calibration scenes, as the "
+             "ranking's rule does: that share of its mIoU against --calib-labels, else of the mIoU of its "
+             "labels scored against the float graph's (with a margin for the held-out sample); layers go "
+             "back to float until it does; 'off': plain int8")
     explain: bool = option(False, group=INT8,
                            help="rank the quantized layers of each int8 engine by the damage they do and "
                                 "report the worst (kept in its spec and the bench report)")
