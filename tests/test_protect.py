@@ -151,13 +151,16 @@ def test_inputs_compare_by_identity(tmp_path):
         refuse_shared([(a, [a, tmp_path / "a.qml"]), (tmp_path / "a.gpkg", [tmp_path / "a.qml"])])
 
 
-def test_nan_pixels_of_a_float_scene_are_nodata(tmp_path):
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixels_of_a_float_scene_are_nodata(tmp_path, bad):
+    """NaN and +-inf pixels are nodata (issue 35: +-inf used to reach the engine, which was then
+    blamed for the non-finite logits)."""
     spec = make_spec(tile=32)
     onnx = tiny_conv_onnx(tmp_path / "m.onnx", spec.replace(input_dtype="float32"))
     engine = load(build(onnx, "ort-fp32", tmp_path / "engines"))
     data = np.random.default_rng(6).uniform(0, 255, (3, 50, 60)).astype(np.float32)
-    data[:, 10:20, 5:25] = np.nan  # every band
-    data[1, 30:35, 40:50] = np.nan  # one band: the pixel cannot be classified either
+    data[:, 10:20, 5:25] = bad  # every band
+    data[1, 30:35, 40:50] = bad  # one band: the pixel cannot be classified either
     scene = write_scene(tmp_path / "f.tif", data)  # no nodata value declared
     try:
         segment(scene, engine, tmp_path / "l.tif", batch=2)
@@ -165,9 +168,9 @@ def test_nan_pixels_of_a_float_scene_are_nodata(tmp_path):
         engine.close()
     with rasterio.open(tmp_path / "l.tif") as ds:
         labels = ds.read(1)
-    nan = np.isnan(data).any(axis=0)
-    assert (labels[nan] == LABEL_NODATA).all()
-    assert (labels[~nan] < spec.num_classes).all()
+    nodata = ~np.isfinite(data).all(axis=0)
+    assert (labels[nodata] == LABEL_NODATA).all()
+    assert (labels[~nodata] < spec.num_classes).all()
 
 
 def test_bands_the_model_does_not_read_are_named_once(tmp_path, engine, capsys):

@@ -233,8 +233,8 @@ def read_window(
     width)`` with ``fill`` outside the scene and on invalid pixels, ``valid``
     is bool ``(height, width)``; a pixel is valid when it lies in the scene
     and the dataset mask (nodata or internal mask) marks it valid, and, in a
-    float raster, no band is NaN there. ``nodata`` overrides the file's
-    nodata value. ``out``, a float32 array of that shape,
+    float raster, every band is finite there (NaN and +-inf are nodata).
+    ``nodata`` overrides the file's nodata value. ``out``, a float32 array of that shape,
     receives the pixels instead of a new array (e.g. a slot of a batch).
     """
     shape = (len(bands), height, width)
@@ -261,8 +261,8 @@ def read_window(
             mask = ~np.all(np.isnan(data), axis=0)
         else:
             mask = ~np.all(data == nodata, axis=0)
-        if data.dtype.kind == "f":  # NaN is no-data in a float raster, whatever its nodata value says
-            mask &= ~np.isnan(data).any(axis=0)
+        if data.dtype.kind == "f":  # NaN and +-inf are no-data in a float raster, whatever its nodata says
+            mask &= np.isfinite(data).all(axis=0)
     except GDAL_ERRORS as exc:
         raise InputError(f"Could not read {ds.name}: {_first_line(exc)}.") from exc
     out[(slice(None), *sl)] = data
