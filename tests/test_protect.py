@@ -11,10 +11,10 @@ import rasterio
 
 from segbench.cli import main
 from segbench.engines.registry import build, load
-from segbench.errors import OutputError
+from segbench.errors import InputError, OutputError
 from segbench.files import sha256_file
 from segbench.protect import Inputs, refuse_shared
-from segbench.raster import LABEL_NODATA, UnreadBandsWarning
+from segbench.raster import LABEL_NODATA, UnreadBandsWarning, scene_info
 from segbench.tiler import segment
 from tests.conftest import make_spec, tiny_conv_onnx, write_scene
 
@@ -184,3 +184,27 @@ def test_bands_the_model_does_not_read_are_named_once(tmp_path, engine, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnreadBandsWarning)
         assert _segment(engine, three, tmp_path / "l3.tif") == 0
+
+
+def test_a_batch_larger_than_the_scene_is_cut_and_one_too_large_for_memory_refused(tmp_path, engine, capsys):
+    """Issue 35: --batch 100000 allocated 73 GiB and ended in a numpy traceback."""
+    import dataclasses
+    import re
+
+    import psutil
+
+    from segbench.tiler.pipeline import batch_bytes, bounded_batch
+
+    scene = write_scene(tmp_path / "s.tif", np.random.default_rng(8).integers(0, 255, (3, 40, 40), np.uint8))
+    assert _segment(engine, scene, tmp_path / "l.tif", "--batch", "100000") == 0
+    assert re.search(r"batch (\d+), not 100000: the largest scene has \1 windows", capsys.readouterr().err)
+    with rasterio.open(scene) as ds:
+        big = dataclasses.replace(scene_info(ds), height=40_000, width=40_000)
+    spec = make_spec(tile=512, classes=6)
+    said = (r"A batch of \d+ tiles needs [\d.]+ GiB for ort-fp32's input and output buffers, more than the "
+            r"[\d.]+ GiB available; give --batch \d+ or less")
+    with pytest.raises(InputError, match=said) as info:
+        bounded_batch(100_000, big, spec, 384, "ort-fp32")
+    fits = int(re.search(r"--batch (\d+)", str(info.value)).group(1))
+    available = psutil.virtual_memory().available
+    assert batch_bytes(fits, spec) <= available * 1.1 < batch_bytes(2 * fits + 2, spec)

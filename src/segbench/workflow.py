@@ -242,7 +242,7 @@ class SegmentJob:
 
         batch = self.options.batch
         if batch != AUTO:
-            return int(batch), None
+            return self._bounded(int(batch), note), None
         if self.options.scheduler:
             note(Note("batch", f"batch {SCHEDULER_BATCH} (auto measures this machine, not the cluster's "
                                "workers: give --batch to choose)"))
@@ -250,6 +250,24 @@ class SegmentJob:
         choice = auto_batch(self.engine, self.scenes, overlap=self.options.overlap, spec=self.spec)
         note(Note("batch", choice.describe()))
         return choice.batch, choice
+
+    def _bounded(self, batch: int, note: Callable[[Note], None]) -> int:
+        """A given batch cut to the windows of the largest scene (said), or refused in one sentence
+        when its buffers would not fit in the memory available (:func:`segbench.tiler.bounded_batch`),
+        before the engine is loaded for it."""
+        from segbench.raster import open_raster, scene_info
+        from segbench.tiler.pipeline import bounded_batch
+        from segbench.tiler.windows import stride_for
+
+        step = stride_for(self.spec.tile, self.options.overlap, default=self.spec.stride)
+        name = self.spec.build.engine if self.spec.build else "the engine"
+        cut = 1
+        for scene in self.scenes:
+            with open_raster(scene) as ds:
+                cut = max(cut, bounded_batch(batch, scene_info(ds), self.spec, step, name))
+        if cut < batch:
+            note(Note("batch", f"batch {cut}, not {batch}: the largest scene has {cut} windows"))
+        return cut
 
     def run(self, hooks: Hooks = Hooks(), progress: bool = False) -> SegmentRun:
         """Segment every scene, each one's sidecars written as soon as it is done; ``progress`` draws

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import psutil
 import rasterio
 
 from segbench.engines.base import Engine, check_batch, infer_stream
@@ -36,7 +37,7 @@ from segbench.raster import LABEL_BLOCK, AreaOfInterest, SceneInfo, check_bands,
 from segbench.signals import terminate_as_interrupt
 from segbench.spec import ModelSpec
 from segbench.tiler.blend import axis_weights
-from segbench.tiler.channel import POLL_S, Channel, Stopped
+from segbench.tiler.channel import POLL_S, QUEUE_DEPTH, Channel, Stopped
 from segbench.tiler.device import device_stream, host_batches, runs_on_device
 from segbench.tiler.progress import Progress
 from segbench.tiler.stages import Inference, Outputs, Reader, StageThread, Writer
@@ -152,6 +153,7 @@ def segment(
     with open_raster(scene) as ds:
         info = scene_info(ds)
     check_bands(info, spec)
+    batch = bounded_batch(batch, info, spec, step, engine.name)
     area = aoi.for_scene(info) if aoi is not None else None
     if info.crs is None:
         warnings.warn(f"{info.path.name} has no CRS; its labels will have none either.",
@@ -165,6 +167,29 @@ def segment(
                   read_threads=read_threads or _read_threads(engine))
     with terminate_as_interrupt(), rasterio.Env(GDAL_CACHEMAX=_cache_bytes(info, tile)):
         return _run(run, engine, progress, on_progress)
+
+
+def batch_bytes(batch: int, spec: ModelSpec) -> int:
+    """The host memory the batches in flight take: each batch's float32 input and output, for the
+    batches queued between the stages (read ahead, being run, waiting to be blended)."""
+    per_tile = (spec.num_bands + max(spec.num_classes, 1)) * spec.tile * spec.tile * 4
+    return batch * per_tile * (QUEUE_DEPTH + 2)
+
+
+def bounded_batch(batch: int, info, spec: ModelSpec, step: int, engine: str) -> int:
+    """``batch`` cut to the scene's windows; refused in one sentence, naming the largest that fits,
+    when its buffers would not fit in the memory available now (the engine's own memory on top,
+    which the batch sweep measures, is not counted: the bound is the least it needs)."""
+    windows = len(axis_starts(info.height, spec.tile, step)) * len(axis_starts(info.width, spec.tile, step))
+    batch = min(batch, windows)
+    available = psutil.virtual_memory().available
+    if batch_bytes(batch, spec) > available:
+        fits = available // batch_bytes(1, spec)
+        what = f"give --batch {fits} or less" if fits else "this model's tiles need a larger machine"
+        raise InputError(f"A batch of {batch} tiles needs {batch_bytes(batch, spec) / 2**30:.1f} GiB for "
+                         f"{engine}'s input and output buffers, more than the {available / 2**30:.1f} GiB "
+                         f"available; {what}.")
+    return batch
 
 
 #: how far a scene's ground sample distance may be from the model's before segment warns
