@@ -11,7 +11,7 @@ ROOT = Path(segbench.__file__).parent
 #: the packages from top to bottom; a module may import its own package and those below it only
 #: (``geo`` and ``train``/``export``/``mmseg`` sit beside the tiler: used by callers above it)
 LAYERS = [("cli",), ("demo",), ("study", "serve"), ("bench",), ("workflow", "segment"), ("cluster",),
-          ("tiler", "geo"), ("engines",), ("export", "train", "mmseg")]
+          ("tiler", "geo", "batcher"), ("engines",), ("export", "train", "mmseg")]
 
 
 def _module_name(path: Path) -> str:
