@@ -208,3 +208,15 @@ def test_a_batch_larger_than_the_scene_is_cut_and_one_too_large_for_memory_refus
     fits = int(re.search(r"--batch (\d+)", str(info.value)).group(1))
     available = psutil.virtual_memory().available
     assert batch_bytes(fits, spec) <= available * 1.1 < batch_bytes(2 * fits + 2, spec)
+
+
+@pytest.mark.parametrize("where", ["the output", "a folder above it"])
+def test_a_file_where_the_output_folder_would_be_is_one_sentence(tmp_path, engine, imagery, capsys, where):
+    """Issue 35: an output naming an existing file that is not a GeoTIFF (here the engine itself, whose
+    name does not end in .tif, so the labels go into a folder of that name) ended in a traceback."""
+    out = engine if where == "the output" else engine / "labels"
+    before = sha256_file(engine)
+    assert _segment(engine, imagery, out) == 1
+    err = capsys.readouterr().err
+    assert f"but {engine} is a file" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert sha256_file(engine) == before

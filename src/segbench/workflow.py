@@ -192,7 +192,7 @@ class SegmentJob:
         """Check the options and inputs, read the engine's spec and the AOI, plan every output and
         refuse any that would replace an input or another output (one sentence, nothing written)."""
         from segbench.geo.stac import stac_missing
-        from segbench.tiler.scenes import plan_outputs
+        from segbench.tiler.scenes import check_destination, plan_outputs
 
         if isinstance(scenes, str | os.PathLike):  # one scene given alone
             scenes = [scenes]
@@ -210,6 +210,7 @@ class SegmentJob:
             note(Note("stac", f"skipping STAC items: {stac_missing()}"))
         outputs = plan_outputs(scenes, out, confidence=options.confidence,
                                probabilities=options.probabilities)
+        check_destination(outputs, out)
         job = cls(tuple(scenes), Path(engine), Path(out), options, spec, sidecars, tuple(outputs), aoi)
         job.refuse_replacing_inputs()
         return job

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 from segbench.engines.base import Engine
 from segbench.engines.batchsize import BatchChoice, candidates_for, choose_batch
-from segbench.errors import InputError
+from segbench.errors import InputError, OutputError
 from segbench.raster import check_bands, is_url, open_raster, sample_tiles, scene_info
 from segbench.spec import ModelSpec
 from segbench.tiler.pipeline import SegmentResult, segment
@@ -79,9 +79,23 @@ def plan_outputs(paths: Iterable[str | os.PathLike[str]], out: str | os.PathLike
             for scene, dest in zip(scenes, labels, strict=True)]
 
 
+def check_destination(outputs: Sequence[SceneOutput], out: str | os.PathLike[str]) -> None:
+    """Before any work: where ``out`` is the folder the outputs go to (several scenes, or a name not
+    ending in .tif), neither it nor a folder above it may be a file; one sentence if one is."""
+    if all(o.labels == Path(out) for o in outputs):
+        return
+    for path in (Path(out), *Path(out).parents):
+        if path.exists():
+            if not path.is_dir():
+                raise OutputError(f"Output {out} would be a folder for the labels, but {path} is a file; "
+                                  "give a folder, or a name ending in .tif for one scene.")
+            return
+
+
 def make_folders(outputs: Sequence[SceneOutput], out: str | os.PathLike[str]) -> None:
     """Create ``out`` where it is the folder the outputs go to (several scenes, or a name not ending
     in .tif); a label file's own folder must exist."""
+    check_destination(outputs, out)
     if any(o.labels != Path(out) for o in outputs):
         Path(out).mkdir(parents=True, exist_ok=True)
 
