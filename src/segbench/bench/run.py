@@ -363,15 +363,22 @@ def _error_log(out: Path, name: str, exc: Exception) -> Path:
 
 def _settings(scenario: str, options: BenchOptions, batch: int, bound_ms: float):
     """LoadGen's settings of one scenario of the bench: the batcher up to the engine's batch, the
-    Server search under the run's one bound. Quick benches (the tests' quick demo, the tests) run
-    0.5 s and 32 queries per scenario and Server point: too few for LoadGen to call a Server point
-    VALID, which the row then says instead of claiming a figure."""
+    Server search under the run's one bound; the other scenarios run at most a third of the Server
+    budget (``--scenario-seconds``) beyond their queries. Quick benches (the tests) run 0.5 s and 32
+    queries per scenario and Server point: too few for LoadGen to call a Server point VALID, which
+    the row then says instead of claiming a figure."""
     from segbench.bench.scenarios import ScenarioSettings
 
-    quick = {"min_duration_ms": QUICK_DURATION_MS, "min_query_count": QUICK_QUERIES} if options.quick else {}
+    if options.quick:
+        changes = {"min_duration_ms": QUICK_DURATION_MS, "min_query_count": QUICK_QUERIES}
+    elif scenario != "server":
+        default = ScenarioSettings.default(scenario).min_duration_ms
+        changes = {"min_duration_ms": int(min(default, 1000 * options.scenario_seconds / 3))}
+    else:
+        changes = {}
     return ScenarioSettings.default(scenario, max_batch=batch, max_queue_ms=options.max_queue_ms,
                                     search_seconds=options.scenario_seconds,
-                                    latency_bound_ms=bound_ms if scenario == "server" else None, **quick)
+                                    latency_bound_ms=bound_ms if scenario == "server" else None, **changes)
 
 
 def _scenario_summary(found: ScenarioResult) -> str:
