@@ -34,7 +34,7 @@ Status = Literal["ok", "skipped", "failed", "pending"]
 class Record(BaseModel):
     """A part of a report: known fields only (a misspelt or foreign field is an error, not data)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    model_config = ConfigDict(extra="forbid")
 
 
 # -- an engine's figures ---------------------------------------------------------------------------
