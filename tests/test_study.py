@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("mmseg")
 
-from segbench.bench.model import Accuracy  # noqa: E402
+from segbench.bench.model import Accuracy, read  # noqa: E402
 from segbench.bench.report import load_report  # noqa: E402
 from segbench.errors import InputError  # noqa: E402
 from segbench.study.run import run_study  # noqa: E402
@@ -82,7 +82,7 @@ def test_the_study_table_equals_the_eval_and_bench_reports(finished):
     from segbench.bench.metrics import metrics_from_counts
 
     study, report = finished
-    assert json.loads((study.out / "study.json").read_text()) == json.loads(json.dumps(report))
+    assert json.loads((study.out / "study.json").read_text()) == json.loads(report.model_dump_json())
     (dataset,) = report.datasets
     assert dataset.split == "test" and dataset.excluded_classes == ["clutter"]
     assert [n.family for n in dataset.networks] == ["fast CNN", "transformer"]
@@ -308,7 +308,7 @@ quick = true
     finally:
         if proc.poll() is None:
             proc.kill()
-    report = json.loads((tmp_path / "kill" / "study.json").read_text())
+    report = read(tmp_path / "kill" / "study.json")
     (network,) = report.datasets[0].networks
     assert network.status == "ok" and network.engines[0].status == "ok"
     logs = sorted(train.rglob("scalars.json"))  # mmengine's, one per run

@@ -263,7 +263,7 @@ class SegmentJob:
         step = stride_for(self.spec.tile, self.options.overlap, default=self.spec.stride)
         name = self.spec.build.engine if self.spec.build else "the engine"
         cut = 1
-        for scene in self.scenes:
+        for scene in {o.scene for o in self.outputs}:  # folders of scenes expanded
             with open_raster(scene) as ds:
                 cut = max(cut, bounded_batch(batch, scene_info(ds), self.spec, step, name))
         if cut < batch:

@@ -45,6 +45,7 @@ import numpy as np
 from segbench.export.quantize import CANDIDATES, FORMATS, Calibrated, usable
 from segbench.export.sensitivity import LayerError, measure_gains, rank_layers
 from segbench.export.smoothing import smooth
+from segbench.spec import IGNORE_INDEX
 
 #: (predicted labels, target labels) -> IoU per class counted in the mean (NaN where undefined);
 #: the bench's arithmetic (segbench.bench.metrics), so the mIoU is the bench's
@@ -496,7 +497,7 @@ def _labels(run: Callable[[np.ndarray], np.ndarray], tiles: np.ndarray) -> np.nd
     return np.concatenate([run(t[None]).argmax(1) for t in tiles])
 
 
-def class_iou(pred: np.ndarray, truth: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+def class_iou(pred: np.ndarray, truth: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """IoU of each class id in ``pred`` or ``truth`` (a confusion matrix's arithmetic, as the bench's;
     NaN where a class is in neither), pixels labelled ``ignore_index`` left out."""
     keep = truth != ignore_index
