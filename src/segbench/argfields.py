@@ -195,3 +195,10 @@ def scenario_names(text: str) -> tuple[str, ...]:
                                          f"from {', '.join(SCENARIO_NAMES)}")
     return names
 
+
+def names(text: str) -> tuple[str, ...]:
+    """Comma-separated names, each once."""
+    found = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not found:
+        raise argparse.ArgumentTypeError(f"{text!r} names nothing")
+    return found

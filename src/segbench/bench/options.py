@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from segbench.argfields import bounded, option, positive, ratio_or_off, scenario_names
+from segbench.argfields import bounded, names, option, positive, ratio_or_off, scenario_names
 from segbench.bench.rank import RankRule
 from segbench.export.quantize import CALIBRATION_METHODS
 from segbench.tiler.options import TilingOptions
@@ -49,6 +49,9 @@ class BenchOptions(TilingOptions):
         default_help="none: latency and whole scenes only",
         help="MLPerf scenarios LoadGen runs each engine in: single-stream, multi-stream, server, offline, "
              "accuracy (logs in <out>/<engine>/loadgen/<scenario>/)")
+    scenario_engines: tuple[str, ...] = option(
+        (), parse=names, metavar="ENGINE[,ENGINE]", group=SCENARIOS, default_help="every engine",
+        help="run the scenarios for these engines only (each Server search takes minutes on a slow one)")
     server_latency_ms: float | None = option(
         None, parse=bounded(0.1, 60_000.0), group=SCENARIOS, default_help="10x the first engine's p50",
         help="the Server scenario's p99 bound, one for every engine of the run (ms)")

@@ -222,7 +222,7 @@ class BenchRun:
             with console.status(f"scaling {name} on 1 and {config.workers} Dask workers"):
                 row["scaling"] = measure_scaling(artifact, config, batch, out / name)
             console.print(f"{name}: {_scaling_summary(row['scaling'])}")
-        if options.scenarios:
+        if options.scenarios and (not options.scenario_engines or name in options.scenario_engines):
             row["scenarios"] = self._scenarios(name, artifact, batch, row["latency"].batch1.p50)
         row["cost"] = self._cost(row["scene"], row.pop("energy"), row.get("scenarios") or [])
         console.print(f"[green]{name}[/green]: {_summary(EngineRow(name=name, **row))}")
