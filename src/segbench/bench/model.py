@@ -99,32 +99,36 @@ class GpuMemory(Record):
 
 
 class Memory(Record):
-    peak_rss_bytes: int | None = None
-    children_peak_rss_bytes: int | None = None
+    """The memory an engine's measuring process took (:mod:`segbench.bench.memory`)."""
+
+    peak_rss_bytes: int | None = Field(None, description="the measuring process's peak resident set")
+    children_peak_rss_bytes: int | None = Field(None, description="its child processes' peak, if any")
     gpu: GpuMemory | None = None
-    engine_device_bytes: int | None = None
+    engine_device_bytes: int | None = Field(None, description="what the engine holds on its device")
 
 
 class ClassFigures(Record):
-    iou: float | None = None
-    acc: float | None = None
+    """One class's figures as mmseg's IoUMetric computes them; None where undefined."""
+
+    iou: float | None = Field(None, description="intersection over union")
+    acc: float | None = Field(None, description="accuracy: the share of the class's pixels found")
     precision: float | None = None
-    recall: float | None = None
+    recall: float | None = Field(None, description="equal to acc, under its other name")
     f1: float | None = None
-    pixels: int = 0
+    pixels: int = Field(0, description="the class's labelled pixels")
 
 
 class Accuracy(Record):
     """mmseg's metrics over whole scenes (None where undefined), and agreement with the reference."""
 
-    miou: float | None = None
+    miou: float | None = Field(None, description="mean IoU over the classes (the ranking's figure)")
     macc: float | None = None
-    mf1: float | None = None
+    mf1: float | None = Field(None, description="mean F1 (the ISPRS papers' figure)")
     mprecision: float | None = None
     mrecall: float | None = None
-    oa: float | None = None
-    kappa: float | None = None
-    pixels: int | None = None
+    oa: float | None = Field(None, description="overall accuracy over every class (mmseg's aAcc)")
+    kappa: float | None = Field(None, description="Cohen's kappa")
+    pixels: int | None = Field(None, description="the labelled pixels scored")
     excluded_classes: list[str] = Field(default_factory=list)
     per_class: dict[str, ClassFigures] = Field(default_factory=dict)
     agreement: float | None = None
@@ -132,11 +136,13 @@ class Accuracy(Record):
 
 
 class Seam(Record):
+    """The pixels within ``band_px`` of a window border (the seams) against elsewhere."""
+
     band_px: int
     pixels_in_band: int
-    differ_in_band: float | None = None
+    differ_in_band: float | None = Field(None, description="share differing from the reference in the band")
     differ_elsewhere: float | None = None
-    error_in_band: float | None = None
+    error_in_band: float | None = Field(None, description="share wrong against the labels in the band")
     error_elsewhere: float | None = None
 
 
@@ -198,14 +204,14 @@ class EngineRow(Record):
     precision_label: str | None = Field(None, description="what ran, e.g. 'int8 (2 fp32)'")
     int8: dict[str, Any] | None = Field(None, description="the int8 search's record (the spec's)")
     fp16: dict[str, Any] | None = Field(None, description="what an fp16 graph kept in float32")
-    inference_precision: str | None = None
-    batch_choice: BatchChoice | None = None
+    inference_precision: str | None = Field(None, description="what the runtime says really ran")
+    batch_choice: BatchChoice | None = Field(None, description="--batch auto's sweep")
     latency: Latency | None = None
-    scene: SceneRun | None = None
+    scene: SceneRun | None = Field(None, description="whole scenes through the tiler")
     memory: Memory | None = None
-    accuracy: Accuracy | None = None
+    accuracy: Accuracy | None = Field(None, description="against the labels, or the reference's labels")
     disagreement: Disagreement | None = None
-    scaling: Scaling | None = None
+    scaling: Scaling | None = Field(None, description="the scenes in chunks on Dask workers")
     scenarios: list[ScenarioResult] = Field(default_factory=list, description="LoadGen's scenarios")
     cost: Cost | None = None
     # the ranking (segbench.bench.rank)
@@ -275,11 +281,11 @@ class Machine(Record):
     """What ran the bench: CPU, cores, memory, GPU, library versions."""
 
     hostname: str = "?"
-    cpu: str | None = None
+    cpu: str | None = Field(None, description="the CPU's model name")
     cores: int | None = None
-    memory_bytes: int | None = None
+    memory_bytes: int | None = Field(None, description="the machine's memory")
     platform: str | None = None
-    python: str | None = None
+    python: str | None = Field(None, description="the Python version")
     gpu: Gpu | None = None
     libraries: dict[str, str] = Field(default_factory=dict)
 
@@ -387,15 +393,15 @@ class Network(Record):
     """One network of a study's dataset: its cost, its own evaluation and its engines' rows."""
 
     name: str
-    family: str | None = None
-    source: str | None = None
+    family: str | None = Field(None, description="the catalogue's family: CNN context, transformer...")
+    source: str | None = Field(None, description="trained, imported, or a bench report merged in")
     status: Status = "ok"
     reason: str | None = None
     params: int | None = None
-    gflops: float | None = None
+    gflops: float | None = Field(None, description="per tile of the network's tile size")
     tile: int | None = None
     train_seconds: float | None = None
-    accuracy: Accuracy | None = None
+    accuracy: Accuracy | None = Field(None, description="its own evaluation on the scored split")
     engines: list[EngineRow] = Field(default_factory=list)
     engines_reason: str | None = Field(None, description="why the network has no engine rows")
     bench_seconds: float | None = Field(None, description="what its bench took ('study --plan')")
