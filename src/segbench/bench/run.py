@@ -251,9 +251,11 @@ class BenchRun:
     def _cost(self, scene: SceneRun, energy, scenarios: list[ScenarioResult]) -> Cost:
         """What a scene costs with the engine: km^2 per hour (whole scenes; Offline x each window's new
         area), US dollars per 1,000 km^2 at ``--price-per-hour``, energy per km^2 where measured."""
-        options, area = self.config.options, _area_km2([str(s) for s in self.config.scenes])
+        options = self.config.options
+        # the scenes' area, from what the measuring child already read (no scene opened again)
+        area = scene.km2_per_h * scene.seconds / 3600 if scene.km2_per_h else None
         offline = next((s.figure for s in scenarios if s.scenario == "offline" and s.valid), None)
-        pixel_m2 = area * 1e6 / _pixels(self.config.scenes) if area else None
+        pixel_m2 = area * 1e6 / (scene.megapixels * 1e6) if area and scene.megapixels else None
         stride = stride_for(self.spec.tile, options.overlap, default=self.spec.stride)
         km2_h = scene.km2_per_h
         return Cost(
@@ -389,14 +391,6 @@ def _scenario_summary(found: ScenarioResult) -> str:
                  if found.scenario == "server" and found.p99_ms is not None else "")
         return f"{found.scenario} {found.figure:.1f} {found.unit}{extra}{where}"
     return f"{found.scenario}: {found.note or 'INVALID (too few queries for a figure)'}{where}"
-
-
-def _pixels(scenes: list[Path]) -> int:
-    total = 0
-    for scene in scenes:
-        with open_raster(scene) as ds:
-            total += ds.width * ds.height
-    return total
 
 
 def _summary(row: EngineRow) -> str:
