@@ -38,17 +38,17 @@ def tiles_for(engine, n: int, seed: int = 0) -> np.ndarray:
 class ReorderingBatcher(DynamicBatcher):
     """Hands each request of a batch its neighbour's output."""
 
-    def _run_batch(self, batch):
+    def _run_batch(self, batch, buffer):
         n = len(batch)
         super()._run_batch([type(r)(batch[(i + 1) % n].tile, r.future, r.arrived)
-                            for i, r in enumerate(batch)])
+                            for i, r in enumerate(batch)], buffer)
 
 
 class DuplicatingBatcher(DynamicBatcher):
     """Gives every request of a batch the first request's output."""
 
-    def _run_batch(self, batch):
-        super()._run_batch(batch[:1])
+    def _run_batch(self, batch, buffer):
+        super()._run_batch(batch[:1], buffer)
         for r in batch[1:]:
             r.future.set_result(batch[0].future.result())
 
@@ -56,8 +56,8 @@ class DuplicatingBatcher(DynamicBatcher):
 class DroppingBatcher(DynamicBatcher):
     """Never answers the last request of a batch of two or more."""
 
-    def _run_batch(self, batch):
-        super()._run_batch(batch[:-1] if len(batch) > 1 else batch)
+    def _run_batch(self, batch, buffer):
+        super()._run_batch(batch[:-1] if len(batch) > 1 else batch, buffer)
 
 
 def check_every_answer(batcher: DynamicBatcher, tiles: np.ndarray, threads: int = 4,
@@ -94,12 +94,15 @@ def test_every_request_gets_its_own_output(engine):
     assert BatcherStats.from_dict(stats.to_dict()) == stats
 
 
-@pytest.mark.parametrize("broken", [ReorderingBatcher, DuplicatingBatcher, DroppingBatcher])
-def test_the_check_catches_a_broken_batcher(engine, broken):
+@pytest.mark.parametrize(("broken", "failure"), [(ReorderingBatcher, AssertionError),
+                                                  (DuplicatingBatcher, AssertionError),
+                                                  (DroppingBatcher, TimeoutError)])
+def test_the_check_catches_a_broken_batcher(engine, broken, failure):
     tiles = tiles_for(engine, 24, seed=1)
     with broken(engine, max_batch=4, max_queue_ms=20) as batcher:
-        with pytest.raises((AssertionError, TimeoutError)):
+        with pytest.raises(failure):
             check_every_answer(batcher, tiles, timeout=1.0)
+        assert not batcher.closed  # the worker itself ran on: the fault is the one named
 
 
 def test_a_full_queue_goes_without_waiting_the_delay(engine):
@@ -200,3 +203,43 @@ def test_cancelled_requests_are_skipped_and_bad_tiles_refused(engine):
         assert batcher.stats().histogram == {2: 1}
         with pytest.raises(InputError, match="one tile of shape"):
             batcher.submit(tiles)  # a batch, not a tile
+
+
+class Overlap(EngineBase):
+    """A real engine whose calls count how many run at once (the most seen in ``peak``)."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.spec, self.name, self.inflight = engine, engine.spec, engine.name, engine.inflight
+        self.running = self.peak = 0
+        self._lock = threading.Lock()
+
+    def infer(self, tiles):
+        with self._lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            time.sleep(0.02)  # long enough for a second call to start beside it
+            return self.engine.infer(tiles)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def test_workers_keep_every_stream_of_the_engine_busy(tmp_path):
+    """OpenVINO's throughput mode runs two requests at once: two workers call it together, and every
+    answer is still its own tile's; a one-worker batcher never overlaps (the 0.49 of Server/Offline)."""
+    pytest.importorskip("openvino", reason="openvino is not installed: its throughput streams are the case")
+    from tests.conftest import make_spec, tiny_conv_onnx
+
+    artifact = build(tiny_conv_onnx(tmp_path / "model.onnx", make_spec()), "openvino-fp32", tmp_path)
+    with load(artifact, mode="throughput", batch=1, threads=2) as ov:
+        assert ov.inflight >= 2, ov.config
+        tiles = tiles_for(ov, 32, seed=2)
+        for workers, peak in ((None, ov.inflight), (1, 1)):
+            counted = Overlap(ov)
+            with DynamicBatcher(counted, max_batch=2, max_queue_ms=1, workers=workers) as batcher:
+                assert batcher.workers == peak
+                check_every_answer(batcher, tiles)
+            assert counted.peak == peak
+        with pytest.raises(InputError, match="workers must be 1 to"):
+            DynamicBatcher(ov, workers=ov.inflight + 1)

@@ -4,7 +4,8 @@ A serving primitive beside the engines (it depends on :mod:`segbench.engines`
 only): the bench's LoadGen system under test and the HTTP service use this one,
 so the bench's Server figure is the service's. ``submit(tile)`` returns a
 :class:`concurrent.futures.Future` of that tile's own output; one worker thread
-gathers the waiting requests into a batch and runs the engine on it::
+gathers the waiting requests into a batch and runs the engine on it (one worker per
+call the engine may run at once, its ``inflight``: OpenVINO's throughput streams)::
 
     with DynamicBatcher(engine, max_queue_ms=2) as batcher:
         logits = batcher.submit(tile).result()            # threads
@@ -19,8 +20,12 @@ Gathering: a batch goes to the engine when it is full (``max_batch``, at most th
 engine's own ``max_batch``) or when its oldest request has waited ``max_queue_ms``,
 whichever comes first. While the engine runs, new requests queue; when it is
 done, a full or overdue queue goes at once, so under load batches grow by
-themselves and the delay is only paid at low load. Tiles are stacked into one
-preallocated buffer (a lone contiguous tile is passed as a view, no copy).
+themselves and the delay is only paid at low load. With several workers a
+batch goes to whichever worker is free, so no stream idles while requests wait
+(measured with benchmarks/bench_scenarios.py: one worker before a two-stream
+OpenVINO engine reached about half its Offline rate under Server load). Each
+worker stacks tiles into its own preallocated buffer (a lone contiguous tile is
+passed as a view, no copy).
 """
 
 from __future__ import annotations
@@ -86,7 +91,7 @@ class _Request:
 
 
 class DynamicBatcher:
-    """Thread-safe: any thread may ``submit``; one worker thread runs ``engine``.
+    """Thread-safe: any thread may ``submit``; ``workers`` threads run ``engine``.
 
     ``max_batch``: the most tiles per engine call (default the engine's
     ``max_batch``, else :data:`DEFAULT_MAX_BATCH`; never more than the engine
@@ -94,17 +99,24 @@ class DynamicBatcher:
     the longest the oldest request waits for a fuller batch. ``postprocess``:
     applied to each batch's output in the worker (e.g. ``lambda out:
     out.argmax(1).astype(np.uint8)``), so each future gets its row of the result.
+    ``workers``: engine calls at once (default and most: the engine's ``inflight``,
+    the threads its contract lets call ``infer`` together).
     A future's result is a view on its batch's output. The batcher does not own
     the engine: closing one leaves the other open.
     """
 
     def __init__(self, engine: Engine, max_batch: int | None = None,
-                 max_queue_ms: float = DEFAULT_MAX_QUEUE_MS, postprocess=None) -> None:
+                 max_queue_ms: float = DEFAULT_MAX_QUEUE_MS, postprocess=None,
+                 workers: int | None = None) -> None:
         limit = getattr(engine, "max_batch", None)
+        inflight = max(1, int(getattr(engine, "inflight", 1)))
         if max_batch is not None and max_batch < 1:
             raise InputError(f"The batcher's max_batch must be at least 1, not {max_batch}.")
         if max_queue_ms < 0:
             raise InputError(f"The batcher's max_queue_ms must be 0 or more, not {max_queue_ms}.")
+        if workers is not None and not 1 <= workers <= inflight:
+            raise InputError(f"{engine.name} runs at most {inflight} call(s) at once: the batcher's "
+                             f"workers must be 1 to {inflight}, not {workers}.")
         want = max_batch or limit or DEFAULT_MAX_BATCH
         self.engine = engine
         self.max_batch: int = min(want, limit) if limit else want
@@ -112,14 +124,20 @@ class DynamicBatcher:
         self.postprocess = postprocess
         spec = engine.spec
         self.tile_shape = (spec.num_bands, spec.tile, spec.tile)
-        self._buffer = np.empty((self.max_batch, *self.tile_shape), np.float32)
         self._delay = self.max_queue_ms / 1000.0
         self._queue: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self.reset_stats()
-        self._worker = threading.Thread(target=self._run, name=f"batcher-{engine.name}", daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=self._run, name=f"batcher-{engine.name}-{i}", daemon=True)
+                         for i in range(workers or inflight)]
+        for worker in self._workers:
+            worker.start()
+
+    @property
+    def workers(self) -> int:
+        """The threads that run the engine."""
+        return len(self._workers)
 
     # -- requests ----------------------------------------------------------
     def submit(self, tile: np.ndarray) -> Future:
@@ -149,7 +167,7 @@ class DynamicBatcher:
 
     @property
     def queue_depth(self) -> int:
-        """Requests waiting now (not counting the batch the engine runs)."""
+        """Requests waiting now (not counting the batches the engine runs)."""
         return len(self._queue)
 
     # -- statistics --------------------------------------------------------
@@ -187,6 +205,8 @@ class DynamicBatcher:
             n = min(depth, self.max_batch)
             batch = [self._queue.popleft() for _ in range(n)]
             self._depth_sum += depth
+            if self._queue:  # the rest is another worker's
+                self._cond.notify()
         live = [r for r in batch if r.future.set_running_or_notify_cancel()]  # drop cancelled ones
         with self._cond:
             if live:
@@ -194,30 +214,32 @@ class DynamicBatcher:
         return live
 
     def _run(self) -> None:
+        buffer = np.empty((self.max_batch, *self.tile_shape), np.float32)
         try:
             while (batch := self._take()) is not None:
                 if batch:
-                    self._run_batch(batch)
+                    self._run_batch(batch, buffer)
         finally:  # closed, or the worker itself failed: no request is left waiting forever
             with self._cond:
                 self._closed = True
             self._fail_pending()
 
-    def _stack(self, batch: list[_Request]) -> np.ndarray:
-        """The batch's tiles as one contiguous array: a lone tile's view, else the buffer."""
+    @staticmethod
+    def _stack(batch: list[_Request], buffer: np.ndarray) -> np.ndarray:
+        """The batch's tiles as one contiguous array: a lone tile's view, else the worker's buffer."""
         if len(batch) == 1 and batch[0].tile.flags.c_contiguous:
             return batch[0].tile[np.newaxis]
-        out = self._buffer[: len(batch)]
+        out = buffer[: len(batch)]
         np.stack([r.tile for r in batch], out=out)
         return out
 
-    def _run_batch(self, batch: list[_Request]) -> None:
+    def _run_batch(self, batch: list[_Request], buffer: np.ndarray) -> None:
         try:
-            tiles = self._stack(batch)
+            tiles = self._stack(batch, buffer)
             out = self.engine.infer(tiles)
             if self.postprocess is not None:
                 out = self.postprocess(out)
-            elif np.may_share_memory(out, self._buffer):  # an engine echoing its input
+            elif np.may_share_memory(out, buffer):  # an engine echoing its input
                 out = out.copy()
             if len(out) != len(batch):
                 raise EngineError(f"{self.engine.name} returned {len(out)} outputs for {len(batch)} tiles.")
@@ -239,13 +261,14 @@ class DynamicBatcher:
 
     # -- lifecycle -------------------------------------------------------------
     def close(self, timeout: float | None = None) -> None:
-        """Stop: the batch running finishes, every request still queued fails with
+        """Stop: the batches running finish, every request still queued fails with
         :class:`BatcherClosedError`. Idempotent; the engine stays open."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if threading.current_thread() is not self._worker:
-            self._worker.join(timeout)
+        for worker in self._workers:
+            if worker is not threading.current_thread():
+                worker.join(timeout)
 
     @property
     def closed(self) -> bool:

@@ -50,7 +50,7 @@ class Engine(Protocol):
     spec: ModelSpec
     device: str  # "cpu", "cuda:0"
     max_batch: int | None  # the most tiles one call takes (a TensorRT plan's profile); None: any
-    inflight: int  # batches infer_stream keeps in flight
+    inflight: int  # batches infer_stream keeps in flight; threads that may call infer at once
     device_tensors: bool  # has infer_tensor: torch tensors on its device in and out
     device_memory_bytes: int | None  # the device memory it holds, where it measures it
     inference_precision: str | None  # the precision that really runs, where the runtime says
@@ -128,7 +128,7 @@ class Runner(EngineBase):
         self.mode = mode
         #: the batch size the caller means to send, where it said (a backend may compile for it)
         self.batch = batch
-        #: batches ``infer_stream`` keeps in flight
+        #: batches ``infer_stream`` keeps in flight, and how many threads may call ``infer`` at once
         self.inflight = 1
         self.spec = spec
         self.kind = kind
