@@ -5,7 +5,8 @@ on random tiles, unchecked), side by side in one run:
 
 - Server QPS (LoadGen, highest VALID target QPS under a p99 bound of 10x the
   engine's own batch-1 p50 from SingleStream) against Offline tiles/s: the
-  batcher's efficiency, goal >= 0.8;
+  batcher's efficiency, goal >= 0.8 (``--one-worker``: also with one batcher
+  worker, as the batcher first was);
 - Offline tiles/s against the runtime alone: ``benchmark_app -hint throughput``
   (batch 1, its own streams) for OpenVINO, a bare session loop at the batcher's
   batch for ONNX Runtime; goal >= 0.9;
@@ -16,6 +17,7 @@ on random tiles, unchecked), side by side in one run:
 Every measurement runs in a fresh process (LoadGen's in the scenarios' child).
 
     python benchmarks/bench_scenarios.py [--engines ort-fp32,...] [--search-seconds 150] [--tile 256]
+                                         [--one-worker]
 """
 
 from __future__ import annotations
@@ -123,17 +125,34 @@ def measure(name: str, artifact: Path, tiles: Path, out: Path, args) -> dict:
     batch = max(offline.batch_histogram, key=offline.batch_histogram.get)
     alone_tp = runtime_alone(artifact, name, args.tile, args.runtime_seconds, batch)
     bound = 10 * single.p50_ms
-    server = run_scenario(artifact, tiles, ScenarioSettings.default(
-        "server", latency_bound_ms=bound, search_seconds=args.search_seconds, capacity_qps=offline.figure),
-        loadgen_dir(out, name, "server"))
+
+    def server(workers: int | None, folder: str):
+        return run_scenario(artifact, tiles, ScenarioSettings.default(
+            "server", latency_bound_ms=bound, search_seconds=args.search_seconds,
+            capacity_qps=offline.figure, workers=workers), loadgen_dir(out, name, folder))
+
+    found = server(None, "server")
+    one = server(1, "server-one-worker") if args.one_worker and found.settings.workers > 1 else None
     return {"engine": name, "single": single.to_dict(), "offline": offline.to_dict(),
-            "server": server.to_dict(), "alone_throughput": alone_tp, "alone_latency": alone_lat,
+            "server": found.to_dict(), "server_one_worker": one.to_dict() if one else None,
+            "alone_throughput": alone_tp, "alone_latency": alone_lat,
             "bound_ms": bound, "load_average": os.getloadavg()[0]}
 
 
-def report(row: dict) -> str:
-    s, o, v = row["single"], row["offline"], row["server"]
+def server_lines(v: dict, offline: float, bound_ms: float) -> list[str]:
     qps = v["figure"] or 0.0
+    lines = [f"  Server ({v['settings']['workers']} batcher worker(s)) at p99 <= {bound_ms:.0f} ms: "
+             f"{qps:.1f} QPS (p99 {v['p99_ms'] or 0:.0f} ms, batches {v['batch_histogram']}) = "
+             f"{qps / offline:.2f} of Offline (goal >= 0.8)" + (f"; {v['note']}" if v["note"] else "")]
+    return lines + [f"    {'probe' if p.get('probe') else 'point'} {p['target_qps']:.1f} QPS: "
+                    f"p50 {p['p50_ms'] or 0:.0f} p90 {p['p90_ms'] or 0:.0f} "
+                    f"p99 {p['p99_ms'] or 0:.0f} ms, {p.get('overlatency')} over the bound, "
+                    f"mean batch {p['mean_batch']:.2f}, {'VALID' if p['valid'] else 'INVALID'}"
+                    for p in v["points"]]
+
+
+def report(row: dict) -> str:
+    s, o = row["single"], row["offline"]
     lines = [f"{row['engine']} (load average {row['load_average']:.1f}): SingleStream p50 "
              f"{s['p50_ms']:.1f} ms, p90 {s['figure']:.1f} ms "
              f"({'VALID' if s['valid'] else 'INVALID'}); alone p90 {row['alone_latency']['p90_ms']:.1f} ms "
@@ -141,14 +160,10 @@ def report(row: dict) -> str:
              f"  Offline {o['figure']:.1f} tiles/s ({'VALID' if o['valid'] else 'INVALID'}, batches "
              f"{o['batch_histogram']}); alone {row['alone_throughput']['tiles_per_s']:.1f} tiles/s "
              f"[{row['alone_throughput']['how']}]: ratio "
-             f"{o['figure'] / row['alone_throughput']['tiles_per_s']:.2f} (goal >= 0.9)",
-             f"  Server at p99 <= {row['bound_ms']:.0f} ms: {qps:.1f} QPS (p99 {v['p99_ms'] or 0:.0f} ms, "
-             f"batches {v['batch_histogram']}) = {qps / o['figure']:.2f} of Offline (goal >= 0.8)"
-             + (f"; {v['note']}" if v["note"] else "")]
-    lines += [f"    {'probe' if p.get('probe') else 'point'} {p['target_qps']:.1f} QPS: "
-              f"p50 {p['p50_ms'] or 0:.0f} p90 {p['p90_ms'] or 0:.0f} "
-              f"p99 {p['p99_ms'] or 0:.0f} ms, mean batch {p['mean_batch']:.2f}, "
-              f"{'VALID' if p['valid'] else 'INVALID'}" for p in v["points"]]
+             f"{o['figure'] / row['alone_throughput']['tiles_per_s']:.2f} (goal >= 0.9)"]
+    for v in (row["server"], row["server_one_worker"]):
+        if v:
+            lines += server_lines(v, o["figure"], row["bound_ms"])
     return "\n".join(lines)
 
 
@@ -160,6 +175,8 @@ def main() -> None:
     parser.add_argument("--min-duration-ms", type=int, default=10_000)
     parser.add_argument("--runtime-seconds", type=int, default=15)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--one-worker", action="store_true",
+                        help="also search Server with one batcher worker (the batcher before workers)")
     args = parser.parse_args()
     from segbench.engines.registry import available_engines
 

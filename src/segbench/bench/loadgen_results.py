@@ -34,7 +34,8 @@ class ScenarioSettings:
     ``capacity_qps``: where the search starts from (an Offline figure; None:
     measured). ``engine_mode``/``engine_batch``: how the engine is loaded
     (OpenVINO's throughput mode keeps several requests in flight, each of
-    ``engine_batch`` tiles). ``stall_s``: a run whose answers stop coming for
+    ``engine_batch`` tiles). ``workers``: the batcher's threads calling the engine
+    (None: as many as the engine runs at once, its ``inflight``). ``stall_s``: a run whose answers stop coming for
     that long fails (a batcher that drops requests), instead of hanging.
     """
 
@@ -47,6 +48,7 @@ class ScenarioSettings:
     max_queue_ms: float = 2.0
     engine_mode: str = "latency"
     engine_batch: int | None = None
+    workers: int | None = None
     threads: int | None = None
     samples_per_query: int = 8
     latency_bound_ms: float | None = None
@@ -107,6 +109,7 @@ class ServerPoint:
     mean_batch: float
     log_dir: str
     probe: bool = False  # a short run that only guided the search (never VALID)
+    overlatency: int | None = None  # queries over the bound (LoadGen's early stopping counts them)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
