@@ -240,6 +240,20 @@ def test_the_fastest_format_that_meets_the_target_is_kept(tmp_path, scenes):
     assert precision_label(ModelSpec.load(artifact).build.options) == "int8"
 
 
+def test_a_miss_builds_the_best_graph_reached(tmp_path, scenes):
+    """Nothing meets a target of 100% with one layer in float at most: the build keeps the graph with
+    the highest figure the search reached (not the fastest plain one), and says so."""
+    model = outlier_conv_onnx(tmp_path / "model.onnx", SPEC, scale=100)
+    calibration, options = int8_setup(SPEC, scenes, tiles=16)
+    options = Int8Options(target=Int8Target(1.0, max_float=0.0), held_out=options.held_out, smoothing=False)
+    artifact = build(model, "ort-int8", tmp_path / "engines", calibration, int8=options)
+    record = ModelSpec.load(artifact).build.options["int8"]
+    assert not record["met"] and record["tried"] > len(record["formats"])
+    best = record["final"]["ratio"]
+    assert best > max(f["ratio"] for f in record["formats"].values()) and len(record["float_layers"]) == 1
+    assert f"the best reached {best:.2%}" in record["missed"] and "built that graph" in record["missed"]
+
+
 def _ground_truth(scene, dest):
     """The label raster of a blob scene: the colour each pixel is nearest to (what the net was fitted to)."""
     import rasterio

@@ -11,7 +11,7 @@ format (then on the most accurate, if that is another): outlier smoothing
 :attr:`Int8Target.max_float` of the quantized layers. Where a slower format
 meets the target and a faster one misses it, the faster one is tried
 smoothed too, and the fastest of them that meets it is kept. Where that still misses
-the target, the fastest plain graph is built, as plain int8 would be, and its
+the target, the best graph reached (the highest figure) is built, and its
 record says so.
 
 The criterion has the shape of the bench's ranking rule (mIoU >= ``ratio`` of
@@ -283,8 +283,8 @@ class _Search:
                     meeting.append(found)
             if len(meeting) > len([c for c in plains if c.meets]):  # timed in other rounds: again, together
                 self._time(meeting)
-        # missed even so: the fastest plain graph, as plain int8 would be built and ranked
-        self.chosen = min(meeting, key=lambda c: c.p50_ms or 0.0) if meeting else fastest
+        # missed even so: the best graph reached (the highest figure; the first, the plainest, of equals)
+        self.chosen = min(meeting, key=lambda c: c.p50_ms or 0.0) if meeting else max(tried, key=self._merit)
         if self.chosen.p50_ms is None:
             self._time([self.chosen, *[c for c in plains if c.format == self.chosen.format]])
         sensitivity = self._explain() if self.options.explain else None
@@ -305,7 +305,7 @@ class _Search:
         ratio = "not measured" if best.ratio is None else f"{best.ratio:.2%}"
         return (f"No int8 graph met the rule within the search's budget ({len(tried)} graphs): the best "
                 f"reached {ratio} ({how}) of the {self.required:.2%} required; {', '.join(helps)} "
-                "would help; built the fastest plain graph, which the bench ranks as measured.")
+                "would help; built that graph, which the bench ranks as measured.")
 
     def _remedy(self, plain: _Candidate, tried: list[_Candidate],
                 smoothing_only: bool = False) -> _Candidate | None:
