@@ -254,6 +254,32 @@ def test_a_miss_builds_the_best_graph_reached(tmp_path, scenes):
     assert f"the best reached {best:.2%}" in record["missed"] and "built that graph" in record["missed"]
 
 
+def test_nncf_accuracy_control_against_the_search(tmp_path, scenes):
+    """--int8-method both for openvino-int8: NNCF's quantize_with_accuracy_control under the search's
+    criterion beside the search; the record names the winner and why, and agrees with itself."""
+    pytest.importorskip("nncf")
+    require_engine("openvino-int8", run=False)
+    model = outlier_conv_onnx(tmp_path / "model.onnx", SPEC, scale=100)
+    calibration, options = int8_setup(SPEC, scenes, tiles=16, method="both")
+    lines = []
+    artifact = build(model, "openvino-int8", tmp_path / "engines", calibration, int8=options,
+                     note=lines.append)
+    built = ModelSpec.load(artifact).build.options
+    record = built["int8"]
+    methods = record["methods"]
+    assert record["method"] == "both" and methods["nncf-ac"]["seconds"] > 0 and methods["why"]
+    won = methods[methods["won"]]
+    assert (record["format"] == "nncf-ac") == (methods["won"] == "nncf-ac") and record["met"] == won["meets"]
+    assert record["final"]["ratio"] == won["ratio"] and len(record["float_layers"]) == won["float_layers"]
+    assert methods["nncf-ac"]["meets"]  # plain NNCF misses; accuracy control reverts a layer and meets it
+    assert methods["nncf-ac"]["float_layers"] >= 1 and methods["nncf-ac"]["format"] == "nncf-ac"
+    kept = len(record["float_layers"])
+    assert precision_label(built) == "int8" + (f" ({'smoothed, ' if record['smoothing'] else ''}{kept} fp32)"
+                                               if kept else " (smoothed)" if record["smoothing"] else "")
+    said = [line for line in describe_int8(record) if line.startswith("kept ")]
+    assert len(said) == 1 and methods["why"] in said[0] and any(said[0] in line for line in lines)
+
+
 def _ground_truth(scene, dest):
     """The label raster of a blob scene: the colour each pixel is nearest to (what the net was fitted to)."""
     import rasterio

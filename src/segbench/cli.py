@@ -19,7 +19,7 @@ from segbench.errors import InputError, SegbenchError, UsageError
 
 #: the int8 options of ``build`` (BenchOptions' fields) and its int8 target when none is given (the
 #: bench's is its --min-ratio)
-BUILD_INT8_OPTIONS = ("calib_tiles", "calib_method", "int8_target", "explain")
+BUILD_INT8_OPTIONS = ("calib_tiles", "calib_method", "int8_target", "int8_method", "explain")
 BUILD_INT8_TARGET = 0.99
 
 EPILOG = """\
@@ -487,7 +487,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
         target = _target(args.int8_target, BUILD_INT8_TARGET)
         calibration, int8 = int8_setup(ModelSpec.load(args.model), args.calib, args.calib_labels,
-                                       args.calib_tiles, target, args.explain)
+                                       args.calib_tiles, target, args.explain, method=args.int8_method)
     remade: set[tuple] = set()  # with --force, each graph variant is remade once, not once per engine
     for kind in kinds:
         def note(line: str, name: str = kind.name) -> None:

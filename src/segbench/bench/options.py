@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 
 from segbench.argfields import bounded, names, option, positive, ratio_or_off, scenario_names
 from segbench.bench.rank import RankRule
+from segbench.export.qualify import DEFAULT_INT8_METHOD, INT8_METHODS
 from segbench.export.quantize import CALIBRATION_METHODS
 from segbench.tiler.options import TilingOptions
 
@@ -39,6 +40,11 @@ class BenchOptions(TilingOptions):
              "ranking's rule does: that share of its mIoU against --calib-labels, else of the mIoU of its "
              "labels scored against the float graph's (with a margin for the held-out sample); layers go "
              "back to float until it does; 'off': plain int8")
+    int8_method: str = option(
+        DEFAULT_INT8_METHOD, choices=INT8_METHODS, group=INT8,
+        help="how openvino-int8's graph is found: segbench's search, NNCF's quantize_with_accuracy_control "
+             "under the same criterion on the same held-out tiles, or both (the better kept, the record says "
+             "which and why); the other int8 engines always use the search")
     explain: bool = option(False, group=INT8,
                            help="rank the quantized layers of each int8 engine by the damage they do and "
                                 "report the worst (kept in its spec and the bench report)")

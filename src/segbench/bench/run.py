@@ -275,7 +275,8 @@ class BenchRun:
         if self._int8 is None:
             options = config.options
             self._int8 = int8_setup(self.spec, config.calib, config.calib_labels, options.calib_tiles,
-                                    options.int8_ratio, options.explain, _excluded(config, self.spec))
+                                    options.int8_ratio, options.explain, _excluded(config, self.spec),
+                                    options.int8_method)
             int8_engines = any(k.graph == "int8" for k in self.kinds.values())
             if int8_engines and options.int8_ratio is not None and not config.calib_labels:
                 self.console.print("int8: no labels for the calibration scenes (--calib-labels): the int8 "

@@ -14,6 +14,12 @@ smoothed too, and the fastest of them that meets it is kept. Where that still mi
 the target, the best graph reached (the highest figure) is built, and its
 record says so.
 
+For OpenVINO, NNCF's ``quantize_with_accuracy_control`` (:mod:`.accuracy_control`)
+is the rival method (:data:`INT8_METHODS`): judged by the same criterion on
+the same held-out tiles, timed beside the search's graph, the better of the
+two is kept (the one that meets the rule; both: the faster; neither: the
+higher figure), and the record says which won and why.
+
 The criterion has the shape of the bench's ranking rule (mIoU >= ``ratio`` of
 the reference's): with labels for the held-out tiles, the int8 graph's mIoU
 against them over the float graph's; without, the mIoU of the int8 labels
@@ -42,6 +48,7 @@ from typing import Protocol
 
 import numpy as np
 
+from segbench.export.accuracy_control import accuracy_control, contest, methods_line, quantized_layers
 from segbench.export.quantize import CANDIDATES, FORMATS, Calibrated, usable
 from segbench.export.sensitivity import LayerError, measure_gains, rank_layers
 from segbench.export.smoothing import smooth
@@ -62,6 +69,14 @@ EXPLAINED = 8
 TIMED_BLOCKS, BLOCK_CALLS = 4, 4
 #: the criterion's version in the variant's key: variants searched under an older rule are remade
 CRITERION_VERSION = 2
+#: how an int8 graph is found: segbench's search, NNCF's accuracy control, or both (the better kept)
+INT8_METHODS = ("search", "nncf-ac", "both")
+#: the default method (see the README's int8 section for the measurement behind it)
+DEFAULT_INT8_METHOD = "search"
+#: runtimes NNCF's accuracy control is tried for (its graphs are OpenVINO's own quantizer's)
+ACCURACY_CONTROL_RUNTIMES = ("openvino",)
+#: the format whose plain graph a method's format starts from
+PLAIN_OF = {"nncf-ac": "nncf"}
 
 
 @dataclass(frozen=True)
@@ -135,6 +150,14 @@ class Int8Options:
     classes: tuple[str, ...] = ()  # names of the classes class_iou returns, for the record
     smoothing: bool = True  # False: float fallback only (a search without smoothing, to compare)
     explain: bool = False
+    method: str = DEFAULT_INT8_METHOD  # one of INT8_METHODS; other than "search" for OpenVINO only
+
+    def method_for(self, runtime: str) -> str:
+        """The method a ``runtime``'s graph is found by: NNCF's accuracy control only for the runtimes
+        it is tried for, where NNCF is installed and a target is set."""
+        if runtime not in ACCURACY_CONTROL_RUNTIMES or self.target is None or not usable("nncf"):
+            return "search"
+        return self.method
 
     @property
     def labelled(self) -> bool:
@@ -148,7 +171,8 @@ class Int8Options:
                 "held_out": held.digest if held is not None else None,
                 "held_out_scenes": list(held.scenes) if held is not None else None,
                 "criterion": CRITERION_VERSION, "labelled": self.labelled, "smoothing": self.smoothing,
-                "classes": list(self.classes)}
+                "classes": list(self.classes)} | (
+                    {"method": self.method_for(runtime)} if runtime in ACCURACY_CONTROL_RUNTIMES else {})
 
 
 class GraphRuntime(Protocol):
@@ -198,7 +222,7 @@ def qualify(float_graph: str | os.PathLike[str], dst: str | os.PathLike[str], ru
     with tempfile.TemporaryDirectory(prefix="segbench-int8-", dir=Path(dst).parent) as tmp:
         work = Path(tmp)
         plain = Calibrated(float_graph, calibration, method)
-        search = _Search(plain, runtime, options, work, note)
+        search = _Search(plain, runtime, options, work, note, options.method_for(runtime_name))
         try:
             record = search.run(formats)
         finally:
@@ -213,8 +237,10 @@ class _Search:
     """The steps of :func:`qualify`, sharing the float graph's calibration and reference labels."""
 
     def __init__(self, plain: Calibrated, runtime: GraphRuntime, options: Int8Options, work: Path,
-                 note: Callable[[str], None]) -> None:
+                 note: Callable[[str], None], method: str = "search") -> None:
         self.plain, self.runtime, self.options, self.work, self.note = plain, runtime, options, work, note
+        self.method = method
+        self.methods: dict | None = None  # each method's graph and figures, where more than one ran
         self.target = options.target
         self.held_out = options.held_out
         self.smoothed: Calibrated | None = None
@@ -242,8 +268,9 @@ class _Search:
                 f"{100 * self.held_out.margin(self.target.ratio):.2f} point margin) on "
                 f"{self.held_out.describe()}")
 
-    def _ious(self, labels: np.ndarray) -> np.ndarray:
-        truth = self.held_out.labels if self._labelled else self.reference
+    def _ious(self, labels: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
+        if truth is None:
+            truth = self.held_out.labels if self._labelled else self.reference
         if self.options.class_iou is not None:
             return np.asarray(self.options.class_iou(labels, truth), float)
         return class_iou(labels, truth)
@@ -261,6 +288,27 @@ class _Search:
             return self._record([self.chosen], [self.chosen],
                                 "no target" if self.target is None else "no held-out tiles", sensitivity)
         self.note(f"criterion: {self.criterion()}")
+        began = time.perf_counter()
+        if self.method == "nncf-ac":  # NNCF's accuracy control alone, from NNCF's plain graph
+            plains = [self._make("nncf", self.plain, ())]
+            self._time(plains)
+            self.chosen = self._accuracy_control(plains[0])
+            tried = [*plains, self.chosen]
+            self._time([self.chosen, *plains])
+        else:
+            plains, tried = self._search(formats)
+            if self.method == "both":
+                self._contest(plains, tried, time.perf_counter() - began)
+        sensitivity = self._explain() if self.options.explain else None
+        record = self._record(plains, tried, None, sensitivity)
+        self.note(chosen_line(record))
+        if not self.chosen.meets:
+            record["missed"] = self._missed(tried)
+            self.note(record["missed"])
+        return record
+
+    def _search(self, formats: tuple[str, ...]) -> tuple[list[_Candidate], list[_Candidate]]:
+        """segbench's search: sets :attr:`chosen`; returns the plain graphs and every graph tried."""
         plains = [self._make(f, self.plain, ()) for f in formats]
         self._time(plains)
         for c in plains:
@@ -287,13 +335,52 @@ class _Search:
         self.chosen = min(meeting, key=lambda c: c.p50_ms or 0.0) if meeting else max(tried, key=self._merit)
         if self.chosen.p50_ms is None:
             self._time([self.chosen, *[c for c in plains if c.format == self.chosen.format]])
-        sensitivity = self._explain() if self.options.explain else None
-        record = self._record(plains, tried, None, sensitivity)
-        self.note(chosen_line(record))
-        if not self.chosen.meets:
-            record["missed"] = self._missed(tried)
-            self.note(record["missed"])
-        return record
+        return plains, tried
+
+    def _contest(self, plains: list[_Candidate], tried: list[_Candidate], seconds: float) -> None:
+        """NNCF's accuracy control beside the search's graph: both timed together, the better kept
+        (:func:`~segbench.export.accuracy_control.contest`), each method's figures recorded."""
+        ours = self.chosen
+        nncf_plain = next(c for c in plains if c.format == "nncf")  # a candidate where NNCF is installed
+        began = time.perf_counter()
+        rival = self._accuracy_control(nncf_plain)
+        rival_seconds = time.perf_counter() - began
+        tried.append(rival)
+        self._time([ours, rival])
+        self.chosen, why = contest(ours, rival)
+        self.methods = {"search": self._method_figures(ours, seconds),
+                        "nncf-ac": self._method_figures(rival, rival_seconds),
+                        "won": "search" if self.chosen is ours else "nncf-ac", "why": why}
+        self.note(f"search against NNCF's accuracy control: {methods_line({'methods': self.methods})}")
+
+    def _method_figures(self, c: _Candidate, seconds: float) -> dict:
+        return {**c.figures(), "format": c.format, "smoothed": c.smoothed, "float_layers": len(c.keep_float),
+                "meets": c.meets, "seconds": seconds}
+
+    def _accuracy_control(self, nncf_plain: _Candidate) -> _Candidate:
+        """NNCF's ``quantize_with_accuracy_control`` scored by the search's criterion on its held-out
+        tiles, allowed the search's drop (``1 - required``) and float-layer limit."""
+        self._count += 1
+        limit = self.target.limit(len(self.plain.layers_of("nncf-ac")))
+        result = accuracy_control(
+            self.plain.graph, self.plain.calibration, self.plain.input_name, len(self.held_out.tiles),
+            self._evaluate, max_drop=1.0 - self.required, max_layers=limit, exclude=self.plain.tail,
+            baseline=quantized_layers(nncf_plain.graph),
+            dst=self.work / f"candidate-{self._count}-nncf-ac.onnx")
+        c = _Candidate("nncf-ac", result.graph, False, result.float_layers)
+        self._score(c)
+        c.meets = c.meets and len(c.keep_float) <= limit
+        self.note(f"nncf-ac ({len(c.keep_float)} layer(s) in float, {result.validations} graphs validated "
+                  f"in {result.seconds:.0f} s): {self._describe(c)}")
+        return c
+
+    def _evaluate(self, graph: Path, indices: list[int]) -> tuple[float, list[float]]:
+        """The criterion's mIoU of ``graph`` on the held-out tiles ``indices``, and each tile's own (1
+        where a tile has no pixel to score): NNCF's validation function."""
+        labels = _labels(self.runtime.load(graph), self.held_out.tiles[indices])
+        truth = (self.held_out.labels if self._labelled else self.reference)[indices]
+        per_tile = [_nanmean(self._ious(p[None], t[None])) for p, t in zip(labels, truth, strict=True)]
+        return _nanmean(self._ious(labels, truth)) or 0.0, [1.0 if v is None else v for v in per_tile]
 
     def _missed(self, tried: list[_Candidate]) -> str:
         """One sentence: no graph met the rule, the best figure reached, and what would help."""
@@ -404,16 +491,19 @@ class _Search:
         source.quantize(fmt, path, keep)
         c = _Candidate(fmt, path, source is self.smoothed, keep)
         if self.held_out is not None:
-            run = self.runtime.load(path)
-            labels = _labels(run, self.held_out.tiles)
-            c.agreement = float(np.mean(labels == self.reference))
-            ious = self._ious(labels)
-            c.miou = _nanmean(ious)
-            if c.miou is not None and self.reference_miou:
-                c.ratio = c.miou / self.reference_miou
-            c.worst = self._worst(ious)
-            c.meets = self.target is None or (c.ratio is not None and c.ratio >= self.required)
+            self._score(c)
         return c
+
+    def _score(self, c: _Candidate) -> None:
+        """``c``'s figures on the held-out tiles, by the engine's runtime, and whether it meets the rule."""
+        labels = _labels(self.runtime.load(c.graph), self.held_out.tiles)
+        c.agreement = float(np.mean(labels == self.reference))
+        ious = self._ious(labels)
+        c.miou = _nanmean(ious)
+        if c.miou is not None and self.reference_miou:
+            c.ratio = c.miou / self.reference_miou
+        c.worst = self._worst(ious)
+        c.meets = self.target is None or (c.ratio is not None and c.ratio >= self.required)
 
     def _worst(self, ious: np.ndarray) -> dict | None:
         """The class whose IoU falls most from the float graph's, and by how much."""
@@ -448,7 +538,8 @@ class _Search:
                 sensitivity: list[dict] | None = None) -> dict:
         c = self.chosen
         layers = len(self.plain.layers_of(c.format))
-        plain = next((p for p in plains if p.format == c.format), c)
+        base = PLAIN_OF.get(c.format, c.format)
+        plain = next((p for p in plains if p.format == base), c)
         scored = self.held_out is not None
         record = {
             "format": c.format, "format_description": FORMATS[c.format].description,
@@ -465,6 +556,8 @@ class _Search:
             "met": c.meets if unchecked is None else None,
             "unchecked": unchecked,
             "tried": len(tried),
+            "method": self.method if unchecked is None else None,
+            "methods": self.methods,
         }
         if sensitivity is not None:
             record["sensitivity"] = sensitivity
@@ -573,6 +666,10 @@ def describe_int8(record: dict) -> list[str]:
     if kept:
         lines.append(f"{len(kept)} of {record['quantized_layers'] + len(kept)} layers kept in float: "
                      + ", ".join(f"{k['name']} ({k['op']})" for k in kept))
+    if line := methods_line(record):
+        lines.append(line)
+    elif record.get("method") == "nncf-ac":
+        lines.append("found by NNCF's accuracy control (--int8-method nncf-ac)")
     if "search_seconds" in record:
         lines.append(f"search: {record['tried']} graph(s) in {record['search_seconds']:.1f} s")
     return lines + sensitivity_lines(record.get("sensitivity"))

@@ -68,6 +68,9 @@ FORMATS = {f.name: f for f in (
     Int8Format("qop-u8", "QOperator, uint8 asymmetric activations, MatMuls with weights", qoperator=True,
                signed_activations=False, weight_matmuls_only=True),
     Int8Format("nncf", "NNCF nncf.quantize", tool="nncf", signed_activations=False),
+    # not a candidate: NNCF's quantize_with_accuracy_control (segbench.export.accuracy_control) writes it
+    Int8Format("nncf-ac", "NNCF quantize_with_accuracy_control, layers reverted to float by the criterion",
+               tool="nncf", signed_activations=False),
 )}
 #: the formats each runtime's int8 engine is chosen from (by measured speed at the accuracy target)
 CANDIDATES = {"onnxruntime": ("qop-u8", "qdq-u8"), "openvino": ("qdq-s8", "nncf"), "tensorrt": ("qdq-s8",)}
