@@ -27,6 +27,7 @@ from segbench.serve.tiles import decode_png_indices  # noqa: E402
 from segbench.spec import IGNORE_INDEX  # noqa: E402
 from segbench.workflow import SegmentOptions, segment_scenes  # noqa: E402
 from tests.conftest import blob_scene, make_spec, tiny_conv_onnx, write_scene  # noqa: E402
+from tests.test_url_scenes import RangeHandler  # noqa: E402
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -366,6 +367,20 @@ def open_server(world):
     srv.stop()
 
 
+class Redirecting(RangeHandler):
+    """``/out?to=URL`` answers 302 to URL; every other path is a file, as RangeHandler serves it."""
+
+    def send_head(self):
+        if self.path.startswith("/out?to="):
+            RangeHandler.paths.append(self.path)
+            self.send_response(302)
+            self.send_header("Location", self.path[len("/out?to="):])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        return super().send_head()
+
+
 def test_url_jobs_from_allowed_hosts_only_and_expiry(world, open_server, tmp_path):
     import http.server
     import threading
@@ -373,19 +388,25 @@ def test_url_jobs_from_allowed_hosts_only_and_expiry(world, open_server, tmp_pat
 
     import rasterio.shutil
 
-    from tests.test_url_scenes import RangeHandler
-
     srv, old = open_server
     assert not old.exists()
     assert srv.client.get(f"/jobs/{'1' * 32}").json()["status"] == "interrupted"
     served = tmp_path / "served"
     served.mkdir()
     rasterio.shutil.copy(world["root"] / "a.tif", served / "a.tif", driver="COG", BLOCKSIZE=256)
-    handler = partial(RangeHandler, directory=str(served))
+    handler = partial(Redirecting, directory=str(served))
     http_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=http_server.serve_forever, daemon=True).start()
+    port = http_server.server_address[1]
     try:
-        url = f"http://127.0.0.1:{http_server.server_address[1]}/a.tif"
+        # GDAL follows redirects to any host: the server resolves them first, each hop checked
+        RangeHandler.paths.clear()
+        r = srv.client.post("/jobs", json={"scene": f"http://127.0.0.1:{port}/out?to=http://localhost:{port}/a.tif"})
+        assert r.status_code == 400 and "localhost are not allowed" in r.json()["detail"], r.text
+        assert RangeHandler.paths == [f"/out?to=http://localhost:{port}/a.tif"]  # a.tif never fetched
+        r = srv.client.post("/jobs", json={"scene": f"http://127.0.0.1:{port}/out?to=/nothing.tif"})
+        assert r.status_code == 400 and "HTTP 404" in r.json()["detail"], r.text
+        url = f"http://127.0.0.1:{port}/out?to=/a.tif"  # a redirect on the allowed host is followed
         r = srv.client.post("/jobs", json={"scene": url})
         assert r.status_code == 202, r.text
         state = _wait_job(srv.client, r.json()["id"], limit=60)

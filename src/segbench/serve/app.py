@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response
 from fastapi import Path as PathParam
@@ -28,6 +27,7 @@ from segbench.files import sha256_file
 from segbench.serve.cache import TileCache
 from segbench.serve.jobs import ACTIVE, LABELS, JobRunner, JobStore
 from segbench.serve.metrics import Metrics
+from segbench.serve.urls import resolve_url
 from segbench.serve.scenes import Catalog, OutsideRootsError, resolve_under
 from segbench.serve.tiles import CoarseZoom, TileNotFound, TileRenderer, render_from_labels, render_imagery
 from segbench.serve.viewer import VIEWER_HTML
@@ -267,13 +267,7 @@ def _job_scene(service: Service, text) -> str:
     if not isinstance(text, str):
         raise InputError('Give the scene as {"scene": "path under the scene roots"}.')
     if "://" in text:
-        parts = urlsplit(text)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
-            raise InputError(f"{text!r} is not an http(s) URL this server takes.")
-        if parts.hostname.lower() not in service.config.allow_urls:
-            raise InputError(f"URL scenes from {parts.hostname} are not allowed here; the server takes "
-                             "URLs only from hosts given to --allow-urls.")
-        return text
+        return resolve_url(text, service.config.allow_urls)
     return str(resolve_under(text, service.catalog.roots))
 
 
