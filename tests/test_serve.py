@@ -4,6 +4,7 @@ security and bad-input cases, SIGTERM during a job."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -244,6 +245,11 @@ def test_token_on_every_route_but_healthz(server):
         assert c.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get(path, headers={"Authorization": TOKEN}).status_code == 401
     assert c.post("/jobs", json={"scene": "a.tif"}).status_code == 401
+    # HTTP Basic with the token as the password (any user): what QGIS 3.22 and curl -u send
+    assert c.get("/scenes", auth=("anyone", TOKEN)).status_code == 200
+    assert c.get("/scenes", auth=(TOKEN, "wrong")).status_code == 401
+    for bad in ("Basic !!!", "Basic " + base64.b64encode(b"no-colon").decode(), "Basic"):
+        assert c.get("/scenes", headers={"Authorization": bad}).status_code == 401
 
 
 @pytest.mark.parametrize("scene", [
@@ -435,6 +441,16 @@ app = QgsApplication([], False)
 app.initQgis()
 tj = json.loads(sys.argv[1])
 uri = f"type=xyz&url={quote(tj['tiles'][0], safe='')}&zmin={tj['minzoom']}&zmax={tj['maxzoom']}"
+if len(sys.argv) > 2:  # the token, as the password of a Basic authentication configuration
+    from qgis.core import QgsAuthMethodConfig
+    auth = QgsApplication.authManager()
+    assert auth.setMasterPassword("segbench-test", True)
+    config = QgsAuthMethodConfig("Basic")
+    config.setName("segbench")
+    config.setConfig("username", "qgis")
+    config.setConfig("password", sys.argv[2])
+    assert auth.storeAuthenticationConfig(config)
+    uri += f"&authcfg={config.id()}"
 layer = QgsRasterLayer(uri, "labels", "wms")
 merc = QgsCoordinateReferenceSystem("EPSG:3857")
 to_merc = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:4326"), merc, QgsProject.instance())
@@ -459,17 +475,21 @@ print(json.dumps({"valid": layer.isValid(), "colours": seen}))
 """
 
 
-def test_qgis_renders_the_xyz_layer_from_the_server(world, open_server):
+@pytest.mark.parametrize("with_token", [False, True], ids=["open", "token"])
+def test_qgis_renders_the_xyz_layer_from_the_server(world, open_server, server, with_token, tmp_path):
+    """QGIS draws the labels from the open server, and from the server with a token through a Basic
+    authentication configuration holding it (QGIS 3.22 has no bearer-token method)."""
     qgis_python = Path("/usr/bin/python3")
     has = qgis_python.exists() and subprocess.run([str(qgis_python), "-c", "import qgis.core"],
                                                   capture_output=True).returncode == 0
     if not has:
         pytest.skip("QGIS is not installed (apt-get install python3-qgis)")
-    srv, _ = open_server
-    scene = srv.client.get("/scenes").json()[0]
-    tj = srv.client.get(scene["tilejson"].replace(srv.url, "")).json()
-    done = subprocess.run([str(qgis_python), "-c", QGIS_RENDER, json.dumps(tj)], capture_output=True,
-                          text=True, timeout=120, env=os.environ | {"QT_QPA_PLATFORM": "offscreen"})
+    srv, headers = (server, AUTH) if with_token else (open_server[0], {})
+    scene = srv.client.get("/scenes", headers=headers).json()[0]
+    tj = srv.client.get(scene["tilejson"].replace(srv.url, ""), headers=headers).json()
+    done = subprocess.run([str(qgis_python), "-c", QGIS_RENDER, json.dumps(tj), *[TOKEN] * with_token],
+                          capture_output=True, text=True, timeout=120,
+                          env=os.environ | {"QT_QPA_PLATFORM": "offscreen", "QGIS_AUTH_DB_DIR_PATH": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-2000:]
     shown = json.loads(done.stdout.strip().splitlines()[-1])
     palette = {f"{r},{g},{b},255" for r, g, b in make_spec(classes=4).palette}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
@@ -143,16 +144,29 @@ def _route_of(path: str) -> str:
     return "other"
 
 
+def _has_token(given: str, token: str) -> bool:
+    """True for ``Bearer TOKEN``, or HTTP Basic with TOKEN as the password and any user name: what
+    clients without bearer tokens send (QGIS 3.22's Basic authentication method, curl -u, GDAL's
+    GDAL_HTTP_USERPWD), as token-based services such as GitHub's take it."""
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            given = "Bearer " + base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return False
+    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
 def _middleware(app, service: Service) -> None:
     token = service.config.token
 
     def refuse(request):
         """The response that refuses ``request`` before any route: a missing token, a large body."""
         if token is not None and request.url.path not in OPEN_PATHS:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                response = _json_error(401, "Give the server's token as 'Authorization: Bearer TOKEN'.")
-                response.headers["WWW-Authenticate"] = "Bearer"
+            if not _has_token(request.headers.get("authorization", ""), token):
+                response = _json_error(401, "Give the server's token as 'Authorization: Bearer TOKEN' "
+                                            "(or as the password of HTTP Basic authentication).")
+                response.headers["WWW-Authenticate"] = 'Bearer, Basic realm="segbench"'
                 return response
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
