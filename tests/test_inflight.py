@@ -13,7 +13,7 @@ import pytest
 import rasterio
 
 from segbench.engines.base import EngineBase
-from segbench.errors import EngineError
+from segbench.errors import EngineError, InputError
 from segbench.spec import ModelSpec
 from segbench.tiler import segment
 from segbench.tiler.windows import axis_starts
@@ -89,6 +89,27 @@ def test_throughput_mode_keeps_the_synchronous_labels(tmp_path, ov_artifact, fix
     np.testing.assert_array_equal(_labels(tmp_path / "streamed.tif"), _labels(tmp_path / "sync.tif"))
     np.testing.assert_array_equal(_labels(tmp_path / "streamed.tif"), _labels(tmp_path / "latency.tif"))
     assert streamed.batches == -(-streamed.windows // BATCH)
+
+
+def test_calls_from_several_threads_share_the_requests(ov_artifact):
+    """``infer`` from several threads at once (the batcher's workers): each call gets its own
+    tiles' outputs, every request is back in the pool after each call, never twice, whether the
+    call's batch spread over several requests, ran alone, or failed."""
+    from segbench.engines.registry import load
+
+    with load(ov_artifact, mode="throughput", batch=1) as engine:
+        rng = np.random.default_rng(4)
+        batches = [rng.uniform(0, 255, (n, 3, TILE, TILE)).astype(np.float32) for n in (1, 3, 2, 5, 1, 4)]
+        alone = [engine.infer(b) for b in batches]
+        assert engine._pool.qsize() == engine.inflight
+        with ThreadPoolExecutor(3) as pool:
+            together = list(pool.map(engine.infer, batches * 3))
+        for got, want in zip(together, alone * 3, strict=True):
+            np.testing.assert_array_equal(got, want)
+        assert engine._pool.qsize() == engine.inflight
+        with pytest.raises(InputError):  # a batch of the wrong shape ends the stream ...
+            list(engine.infer_stream([batches[1], batches[1][:, :, :-1]]))
+        assert engine._pool.qsize() == engine.inflight  # ... and hands its requests back
 
 
 class ShuffledEngine(EngineBase):

@@ -193,7 +193,8 @@ class OpenVinoRunner(Runner):
     @contextlib.contextmanager
     def _lease(self, most: int) -> Iterator[list]:
         """Up to ``most`` requests of the pool for one caller: the first waited for, the others
-        only if free now; all handed back however the caller ends."""
+        only if free now; those still in the list handed back however the caller ends (the caller
+        may hand some back earlier, taking them out of the list)."""
         leased = [self._pool.get()]
         with contextlib.suppress(queue.Empty):
             while len(leased) < most:
@@ -224,10 +225,14 @@ class OpenVinoRunner(Runner):
         with self._lease(self.inflight) as requests:
             yield from self._stream(batches, requests)
 
-    def _stream(self, batches: Iterable[np.ndarray], requests: list) -> Iterator[np.ndarray]:
-        free = deque(requests)
+    def _stream(self, batches: Iterable[np.ndarray], leased: list) -> Iterator[np.ndarray]:
+        """The stream on the ``leased`` requests; once the last part has started, each request that
+        ends goes back to the pool at once (another thread's batch takes it: no stream idles while
+        this call's last parts run)."""
+        free = deque(leased)
         running: deque[tuple] = deque()  # (request, its input, real tiles, last part of its batch)
         parts: list[np.ndarray] = []
+        fed = False
 
         def finish() -> np.ndarray | None:
             """Wait for the oldest request; its batch's output once the batch's last part is in."""
@@ -238,7 +243,11 @@ class OpenVinoRunner(Runner):
             except Exception as exc:
                 raise EngineError(describe_failure(self.name, part, exc)) from exc
             finally:
-                free.append(request)
+                if fed:
+                    leased.remove(request)
+                    self._pool.put(request)
+                else:
+                    free.append(request)
             parts.append(out[:real])
             if not last:
                 return None
@@ -254,6 +263,11 @@ class OpenVinoRunner(Runner):
                         yield out
                     continue
                 if (item := next(feed, None)) is None:
+                    fed = True
+                    for request in free:  # nothing more to start on them
+                        leased.remove(request)
+                        self._pool.put(request)
+                    free.clear()
                     break
                 part, real, last = item
                 request = free.popleft()
