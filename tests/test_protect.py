@@ -218,5 +218,5 @@ def test_a_file_where_the_output_folder_would_be_is_one_sentence(tmp_path, engin
     before = sha256_file(engine)
     assert _segment(engine, imagery, out) == 1
     err = capsys.readouterr().err
-    assert f"but {engine} is a file" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{engine} is a file" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert sha256_file(engine) == before

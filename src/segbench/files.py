@@ -76,6 +76,22 @@ def atomic_folder(dest: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def new_folders(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Make ``folder`` (and missing folders above it) for a writer; on any exception remove again
+    those this made, where nothing was left in them, so a failed command leaves no empty folder."""
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for made in missing:  # the deepest first
+            with contextlib.suppress(OSError):
+                made.rmdir()
+        raise
+
+
 def write_text(dest: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``dest`` through a temporary file renamed when complete."""
     with atomic_output(dest) as tmp:
@@ -84,12 +100,52 @@ def write_text(dest: str | os.PathLike[str], text: str) -> Path:
 
 
 def check_output_folder(dest: str | os.PathLike[str]) -> Path:
-    """The folder that will hold ``dest``; one-sentence errors when it is missing or read-only."""
-    parent = Path(dest).parent
-    if not parent.is_dir():
+    """The folder that will hold ``dest``; one-sentence errors when it is missing or read-only (or
+    ``dest`` is a folder, or lies under a file): :func:`check_output` of any file."""
+    return check_output(dest, artifact=True)
+
+
+#: the suffix of an artifact's spec sidecar (:func:`segbench.spec.sidecar_path`): a file with one
+#: beside it is a model or an engine
+ARTIFACT_SIDECAR = ".spec.json"
+
+
+def check_output(dest: str | os.PathLike[str], *, folder: bool = False, create: bool = False,
+                 artifact: bool = False, option: str = "-o", advice: str | None = None) -> Path:
+    """Before any work, one sentence when ``dest`` cannot be written: the one check of every path
+    segbench writes; returns the folder that holds ``dest`` (which may not exist yet with ``create``).
+
+    ``folder``: ``dest`` is a folder written into (else a file), so an existing file there is
+    refused, as a folder is where a file goes. A file anywhere above ``dest`` is refused; the
+    folder above it must exist unless ``create`` (the writer makes missing folders, then the
+    nearest existing one must be writable). A file that is a model or an engine (its spec
+    beside it) is never replaced by another kind of output (``artifact``: the output is one).
+    ``option`` names the option that gave ``dest``, for what to do; ``advice`` replaces what to do
+    where the file or folder there is of the wrong kind.
+    """
+    dest = Path(dest)
+    kind = "a folder" if folder else "a file"
+    advice = advice or (f"give a folder with {option}" if folder else f"give a file name with {option}")
+    for above in dest.parents:
+        if above.exists() or above.is_symlink():
+            if not above.is_dir():
+                raise OutputError(f"Output {dest} cannot be written: {above} is a file, not a folder; "
+                                  f"choose another {option}.")
+            break
+    if dest.is_dir() and not folder:
+        raise OutputError(f"Output {dest} is a folder where {kind} is needed; {advice}.")
+    if dest.exists() and not dest.is_dir() and folder:
+        raise OutputError(f"Output {dest} is a file where {kind} is needed; {advice}.")
+    spec = dest.with_name(dest.name + ARTIFACT_SIDECAR)
+    if not artifact and not folder and dest.is_file() and spec.exists():
+        raise OutputError(f"Output {dest} is a model or engine (its spec is beside it); choose another "
+                          f"{option}.")
+    parent = dest.parent
+    if not parent.is_dir() and not create:
         raise OutputError(f"Output folder {parent} does not exist; create it first.")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"Output folder {parent} is not writable; choose another with -o.")
+    anchor = next((p for p in (parent, *parent.parents) if p.is_dir()), Path("."))
+    if not os.access(anchor, os.W_OK):
+        raise OutputError(f"Output folder {anchor} is not writable; choose another {option}.")
     return parent
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from segbench.errors import SpecError
-from segbench.files import atomic_output
+from segbench.files import ARTIFACT_SIDECAR, atomic_output
 
-SPEC_SUFFIX = ".spec.json"
+SPEC_SUFFIX = ARTIFACT_SIDECAR
 SPEC_VERSION = 1
 # The one ignore/nodata value of label rasters: labels are uint8, classes 0..254.
 IGNORE_INDEX = 255

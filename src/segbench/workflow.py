@@ -219,6 +219,7 @@ class SegmentJob:
         """No output (rasters, sidecars, polygons, resume state, chunk files) may replace an input
         (scenes, the engine, the AOI) or another of its outputs."""
         from segbench.cluster.resume import chunk_folder, manifest_path, staged_path
+        from segbench.files import check_output
         from segbench.protect import Inputs, refuse_shared
 
         inputs = Inputs().add_artifact(self.engine)
@@ -234,6 +235,7 @@ class SegmentJob:
         inputs.refuse(f for _, files in outputs for f in files)
         refuse_shared(outputs)
         if self.options.chunk_files is not None:
+            check_output(self.options.chunk_files, folder=True, create=True, option="--chunk-files")
             for o in self.outputs:
                 inputs.refuse_folder(chunk_folder(self.options.chunk_files, o.labels))
 
@@ -334,11 +336,11 @@ def _polygons(options: SegmentOptions) -> Polygons | None:
     """``vector``'s polygons, checked before any work: a path polygons cannot go to is one sentence."""
     if options.vector is None:
         return None
-    from segbench.files import check_output_folder
+    from segbench.files import check_output
     from segbench.geo.vector import driver_for
 
     driver_for(options.vector)
-    check_output_folder(options.vector)
+    check_output(options.vector, option="--vector")
     return Polygons(options.vector, min_area=options.min_area, simplify=options.simplify)
 
 

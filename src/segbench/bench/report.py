@@ -153,6 +153,10 @@ def _check_comparable(a: Report, b: Report) -> None:
             )
 
 
+#: the files :func:`write_all` writes: the JSON report and its renderings
+REPORT_SUFFIXES = (".json", ".md", ".csv", ".png", ".html")
+
+
 def write_all(report: Report, out_dir: str | os.PathLike[str], stem: str = "report") -> list[Path]:
     """The JSON report and its Markdown, CSV, PNG and HTML renderings in ``out_dir``."""
     out_dir = Path(out_dir)

@@ -45,8 +45,8 @@ from segbench.bench.model import (
     Stages,
 )
 from segbench.bench.options import BenchOptions
+from segbench.bench.report import REPORT_SUFFIXES, load_report, provenance, rank_report, write_all, write_json
 from segbench.bench.report import console as make_console
-from segbench.bench.report import load_report, provenance, rank_report, write_all, write_json
 from segbench.bench.tables import render_table
 from segbench.errors import InputError, SegbenchError
 from segbench.export.qualify import chosen_line, precision_label
@@ -428,23 +428,26 @@ def _scaling_summary(scaling: Scaling) -> str:
             f"(efficiency {100 * (scaling.efficiency or 0):.0f}%)")
 
 
-#: the renderings of report.json that the bench writes beside it
-REPORT_SUFFIXES = (".json", ".md", ".csv", ".png", ".html")
-
-
 def _refuse_replacing_inputs(config: BenchConfig, engines: list[str]) -> None:
-    """Before any work: nothing the bench writes in its folder (the report and its renderings, the
-    engines' logs, the folders of built engines and of each engine's labels) replaces an input."""
+    """Before any work: everything the bench writes in its folder (the report and its renderings, the
+    engines' logs, the folders of built engines and of each engine's labels) can be written there
+    (:func:`segbench.files.check_output`) and replaces no input."""
+    from segbench.files import check_output
     from segbench.protect import Inputs
 
+    out = Path(config.out)
+    files = [*(out / f"report{s}" for s in REPORT_SUFFIXES), *(out / f"{name}.error.log" for name in engines)]
     inputs = Inputs().add_artifact(config.model)
     for raster in (*config.scenes, *config.labels, *config.calib, *config.calib_labels):
         inputs.add_raster(raster)
-    out = Path(config.out)
-    inputs.refuse([out, *(out / f"report{s}" for s in REPORT_SUFFIXES),
-                   *(out / f"{name}.error.log" for name in engines)])
+    inputs.refuse([out, *files])
     for folder in ("engines", *engines):
         inputs.refuse_folder(out / folder)
+    check_output(out, folder=True, create=True)
+    for path in files:
+        check_output(path, create=True)
+    for folder in ("engines", *engines):
+        check_output(out / folder, folder=True, create=True)
 
 
 def _check_scenes(config: BenchConfig, spec: ModelSpec) -> None:

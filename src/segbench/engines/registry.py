@@ -26,8 +26,9 @@ from segbench.errors import InputError, RuntimeMissingError, SegbenchError, Spec
 from segbench.export.qualify import Int8Options, Int8Request
 from segbench.export.variants import check_graph, prepare_graph
 from segbench.extras import RuntimeBrokenError, RuntimeNotInstalledError
-from segbench.files import sha256_file
-from segbench.spec import BuildRecord, ModelSpec
+from segbench.files import check_output, new_folders, sha256_file
+from segbench.protect import Inputs
+from segbench.spec import BuildRecord, ModelSpec, sidecar_path
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,11 @@ def build(
         raise InputError(f"Model {onnx_path} does not exist; export one with 'segbench export'.")
     kind = get_kind(name)
     _require(kind, run=False)
+    out_dir = Path(out_dir) if out_dir else onnx_path.parent
+    check_output(out_dir, folder=True, create=True)
+    artifact = out_dir / f"{onnx_path.stem}.{name}{kind.suffix}"
+    check_output(artifact, create=True, artifact=True)
+    Inputs().add_artifact(onnx_path).refuse([artifact, sidecar_path(artifact)])
     request = None
     if kind.graph == "int8":
         request = Int8Request(kind.runner.int8_formats, kind.runner.graph_runtime(kind),
@@ -201,15 +207,13 @@ def build(
                           force=force if force_graph is None else force_graph, int8=request, note=note,
                           explain_on=explain_on)
     spec = ModelSpec.load(graph)
-    out_dir = Path(out_dir) if out_dir else onnx_path.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    artifact = out_dir / f"{onnx_path.stem}.{name}{kind.suffix}"
     digest = sha256_file(graph)
     settings = kind.runner.build_options(kind)
     if not force and _is_current(artifact, name, digest, settings):
         return artifact
     start = time.perf_counter()
-    options = kind.runner.compile(graph, kind, artifact, spec)
+    with new_folders(out_dir):
+        options = kind.runner.compile(graph, kind, artifact, spec)
     seconds = time.perf_counter() - start
     record = BuildRecord(
         backend=kind.backend,

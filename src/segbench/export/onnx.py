@@ -29,8 +29,8 @@ from segbench.cost import model_cost
 from segbench.errors import ExportError, first_line
 from segbench.export.mlm import mlm_missing, write_model_item
 from segbench.extras import require
-from segbench.files import atomic_output
-from segbench.spec import BuildRecord, ModelSpec
+from segbench.files import atomic_output, check_output
+from segbench.spec import BuildRecord, ModelSpec, sidecar_path
 
 OPSET = 18
 MAX_BATCH = 256
@@ -107,6 +107,18 @@ def _exported_program(torch, module, example, spec: ModelSpec):
         raise ExportError(f"torch.export failed for {spec.architecture}: {first_line(exc)}") from exc
 
 
+def _check_outputs(checkpoint: str | os.PathLike[str], out: Path) -> None:
+    """Before any work: the ONNX file, its .pt2 program and its spec can be written
+    (:func:`segbench.files.check_output`; an earlier export there is replaced) and replace neither
+    the checkpoint nor a file of it."""
+    from segbench.protect import Inputs
+
+    outputs = [out, out.with_suffix(".pt2"), sidecar_path(out)]
+    for path in outputs:
+        check_output(path, create=True, artifact=True)
+    Inputs().add_artifact(checkpoint).refuse(outputs)
+
+
 def export_model(
     checkpoint: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -131,7 +143,7 @@ def export_model(
     out = Path(out)
     if out.suffix != ".onnx":
         raise ExportError(f"The output {out} must end in .onnx.")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _check_outputs(checkpoint, out)
     model, spec = load_model(checkpoint)
     spec = spec.replace(output="labels" if labels else "logits", build=None)
     if ops := compiled_ops(model):  # fail in a second, not after minutes of tracing
@@ -145,6 +157,7 @@ def export_model(
     with torch.inference_mode():
         reference = np.concatenate([module(torch.from_numpy(t[None])).numpy() for t in tiles])
     pt2 = out.with_suffix(".pt2")
+    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(out) as tmp:
         try:
             with _quiet():

@@ -14,8 +14,15 @@ from pathlib import Path
 from rich.console import Console
 
 from segbench.bench.model import Dataset, EngineRow, Network, Report, Study, read
+from segbench.bench.report import (
+    REPORT_SUFFIXES,
+    machine_rows,
+    merge_reports,
+    merged_provenance,
+    write_all,
+    write_json,
+)
 from segbench.bench.report import console as make_console
-from segbench.bench.report import machine_rows, merge_reports, merged_provenance, write_all, write_json
 from segbench.bench.tables import render_table
 from segbench.errors import InputError
 from segbench.study.outputs import write_study
@@ -107,6 +114,8 @@ def show_reports(paths: Sequence[Path], out: Path | None = None, console: Consol
     Bench reports alone keep the bench's own rendering and merge.
     """
     console = console or make_console()
+    if out is not None:
+        _check_out(paths, Path(out))
     reports = [read(p) for p in paths]
     if not any(isinstance(r, Study) for r in reports):
         return _show_bench(reports, len(paths), out, console)
@@ -119,6 +128,25 @@ def show_reports(paths: Sequence[Path], out: Path | None = None, console: Consol
             written.insert(0, write_json(report, Path(out) / "merged.json"))
         console.print(f"Written: {', '.join(str(p) for p in written)}")
     return report
+
+
+#: what ``report -o`` may write: a bench report's renderings (one report, or merged) and a study's
+REPORT_NAMES = (*(f"{stem}{suffix}" for stem in ("report", "merged") for suffix in REPORT_SUFFIXES),
+                "study.md", "study.tex", "study.html", "study-networks.csv", "study-engines.csv")
+
+
+def _check_out(paths: Sequence[Path], out: Path) -> None:
+    """Before any work: ``out`` can be the folder of the renderings, none of which replaces an input."""
+    from segbench.files import check_output
+    from segbench.protect import Inputs
+
+    inputs = Inputs()
+    for path in paths:
+        inputs.add(path)
+    inputs.refuse([out, *(out / name for name in REPORT_NAMES)])
+    check_output(out, folder=True, create=True)
+    for name in REPORT_NAMES:
+        check_output(out / name, create=True)
 
 
 def _show_bench(reports: list[Report], count: int, out: Path | None, console: Console) -> Report:

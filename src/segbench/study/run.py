@@ -100,8 +100,10 @@ def _run_here(study: Study, console: Console) -> StudyReport:
 
 
 def _refuse_replacing_inputs(study: Study) -> None:
-    """Before any work: the study folder, which the study writes into and clears cells of, holds no
-    input (the study file, a dataset, an imported model's config or checkpoint, pretrained weights)."""
+    """Before any work: the study folder, which the study writes into and clears cells of, can be one
+    (:func:`segbench.files.check_output`) and holds no input (the study file, a dataset, an imported
+    model's config or checkpoint, pretrained weights)."""
+    from segbench.files import check_output
     from segbench.protect import Inputs
 
     inputs = Inputs()
@@ -112,6 +114,7 @@ def _refuse_replacing_inputs(study: Study) -> None:
     for dataset in study.datasets:
         inputs.add_folder(dataset.path)
     inputs.refuse_folder(study.out)
+    check_output(study.out, folder=True, create=True, option="[study] out")
 
 
 def _render(report: StudyReport, out: Path, console: Console) -> None:

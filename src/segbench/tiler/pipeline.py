@@ -22,15 +22,14 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import psutil
 import rasterio
 
 from segbench.engines.base import Engine, check_batch, infer_stream
-from segbench.errors import InputError, OutputError
-from segbench.files import check_output_folder
+from segbench.errors import InputError
+from segbench.files import check_output
 from segbench.peak import peak_rss_bytes
 from segbench.protect import Inputs
 from segbench.raster import LABEL_BLOCK, AreaOfInterest, SceneInfo, check_bands, open_raster, scene_info
@@ -208,9 +207,7 @@ def _check_gsd(info, spec: ModelSpec) -> None:
 def _check_outputs(*outputs) -> None:
     """Fail before any work, and before any file is created, for outputs that cannot be written."""
     for dest in filter(None, outputs):
-        check_output_folder(dest)
-        if Path(dest).is_dir():
-            raise OutputError(f"Output {dest} is a folder; give a file name ending in .tif.")
+        check_output(dest)
 
 
 def _cache_bytes(info, tile: int) -> int:

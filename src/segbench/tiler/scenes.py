@@ -10,7 +10,8 @@ from urllib.parse import urlparse
 
 from segbench.engines.base import Engine
 from segbench.engines.batchsize import BatchChoice, candidates_for, choose_batch
-from segbench.errors import InputError, OutputError
+from segbench.errors import InputError
+from segbench.files import check_output
 from segbench.raster import check_bands, is_url, open_raster, sample_tiles, scene_info
 from segbench.spec import ModelSpec
 from segbench.tiler.pipeline import SegmentResult, segment
@@ -80,16 +81,17 @@ def plan_outputs(paths: Iterable[str | os.PathLike[str]], out: str | os.PathLike
 
 
 def check_destination(outputs: Sequence[SceneOutput], out: str | os.PathLike[str]) -> None:
-    """Before any work: where ``out`` is the folder the outputs go to (several scenes, or a name not
-    ending in .tif), neither it nor a folder above it may be a file; one sentence if one is."""
-    if all(o.labels == Path(out) for o in outputs):
-        return
-    for path in (Path(out), *Path(out).parents):
-        if path.exists():
-            if not path.is_dir():
-                raise OutputError(f"Output {out} would be a folder for the labels, but {path} is a file; "
-                                  "give a folder, or a name ending in .tif for one scene.")
-            return
+    """Before any work, one sentence (:func:`segbench.files.check_output`) where an output cannot be
+    written: ``out`` as the folder the outputs go to (several scenes, or a name not ending in .tif:
+    no file there or above it), each raster as a file (no folder there, no model or engine, its
+    folder existing or made with ``out``)."""
+    folder = any(o.labels != Path(out) for o in outputs)
+    if folder:
+        check_output(out, folder=True, create=True,  # a name not ending in .tif: a folder of labels
+                     advice="give a folder, or a name ending in .tif for one scene")
+    for o in outputs:
+        for raster in o.rasters:
+            check_output(raster, create=folder)
 
 
 def make_folders(outputs: Sequence[SceneOutput], out: str | os.PathLike[str]) -> None:

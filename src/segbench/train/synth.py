@@ -203,7 +203,10 @@ def _paint(labels: np.ndarray, rng: np.random.Generator, bands: int) -> np.ndarr
 
 def synthesize_dataset(root: str | Path, options: SynthOptions = SynthOptions()) -> Path:
     """Write a train/val/test scene set under ``root`` and return ``root``."""
+    from segbench.files import check_output
+
     root = Path(root)
+    check_output(root, folder=True, create=True)
     rng = np.random.default_rng(options.seed)
     scale = 255.0 if options.dtype == "uint8" else 4095.0  # uint16: 12-bit sensor range
     splits = {"train": (options.train, options.size), "val": (options.val, options.size),
