@@ -51,6 +51,7 @@ from segbench.raster import (
 )
 from segbench.spec import ModelSpec
 from segbench.tiler.chunks import CHUNK, plan_chunks
+from segbench.tiler.fit import check_pixels
 from segbench.tiler.pipeline import SegmentResult, StageTimes
 from segbench.tiler.progress import Progress
 from segbench.tiler.scenes import make_folders, plan_outputs
@@ -241,7 +242,8 @@ class _SceneRun:
         self.job, self.scene, self.dest = job, scene, dest
         with open_raster(scene) as ds:
             self.info = scene_info(ds)
-        check_bands(self.info, job.spec)
+            check_bands(self.info, job.spec)
+            check_pixels(ds, self.info, job.spec, job.nodata)
         self.area = job.aoi.for_scene(self.info) if job.aoi is not None else None
         self.chunks = plan_chunks(self.info.height, self.info.width, job.chunk)
         self.folder = chunk_folder(job.chunk_files, dest) if job.chunk_files is not None else None

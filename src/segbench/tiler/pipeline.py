@@ -38,6 +38,7 @@ from segbench.spec import ModelSpec
 from segbench.tiler.blend import axis_weights
 from segbench.tiler.channel import POLL_S, QUEUE_DEPTH, Channel, Stopped
 from segbench.tiler.device import device_stream, host_batches, runs_on_device
+from segbench.tiler.fit import check_pixels
 from segbench.tiler.progress import Progress
 from segbench.tiler.stages import Inference, Outputs, Reader, StageThread, Writer
 from segbench.tiler.windows import Window, axis_starts, stride_for
@@ -160,6 +161,8 @@ def segment(
     _check_gsd(info, spec)
     _check_outputs(out, confidence, probabilities)
     Inputs().add_raster(scene).refuse([out, confidence, probabilities])
+    with open_raster(scene) as ds:  # a few blocks (an overview, or the first windows)
+        check_pixels(ds, info, spec, nodata)
     run = RunPlan(scene=scene, info=info, outputs=Outputs(out, confidence, probabilities), tile=tile,
                   step=step, blend=blend, batch=batch, nodata=nodata, aoi=area,
                   on_device=runs_on_device(engine, on_device),
