@@ -24,6 +24,7 @@ from rich.console import Console
 from segbench.bench.disagreement import AGREE_COLOUR, map_categories
 from segbench.bench.energy import EnergyMeter
 from segbench.bench.int8 import int8_setup
+from segbench.bench.labels import check_labels
 from segbench.bench.latency import P90_MIN_SAMPLES, time_callable
 from segbench.bench.loadgen_results import ScenarioResult
 from segbench.bench.memory import PeakMemory, describe, gpu_memory, run_in_child
@@ -138,6 +139,7 @@ class BenchRun:
 
             loadgen()
         _refuse_replacing_inputs(config, [k.name for k in self.kinds.values()])
+        check_labels(config.labels, self.spec)  # ids outside the classes said, no pixel to score refused
         self.rule = config.options.rule()
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
