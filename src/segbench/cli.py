@@ -31,9 +31,17 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, as every other failure is (the usage is one --help away);
+    exit 2. Subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message.rstrip('.')}; see '{self.prog} --help'.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; its choices are the library's own constants."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="segbench",
         description="Benchmark and deploy semantic-segmentation engines on remote-sensing scenes.",
         epilog=EPILOG,
