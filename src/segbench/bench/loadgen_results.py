@@ -35,8 +35,9 @@ class ScenarioSettings:
     measured). ``engine_mode``/``engine_batch``: how the engine is loaded
     (OpenVINO's throughput mode keeps several requests in flight, each of
     ``engine_batch`` tiles). ``workers``: the batcher's threads calling the engine
-    (None: as many as the engine runs at once, its ``inflight``). ``stall_s``: a run whose answers stop coming for
-    that long fails (a batcher that drops requests), instead of hanging.
+    (None: as many as the engine runs at once, its ``inflight``). ``stall_s``: a
+    run whose answers stop coming for that long (or for ten full batches of the
+    engine, if longer) fails (a batcher that drops requests), instead of hanging.
     """
 
     __pydantic_config__ = STRICT

@@ -192,6 +192,8 @@ class Sut:
     def issue(self, samples) -> None:
         ids = [(s.id, s.index) for s in samples]
         with self._lock:
+            if not self.outstanding:  # the stall clock runs from the oldest unanswered query
+                self.last_answer = time.monotonic()
             self.outstanding.update(i for i, _ in ids)
         futures = self.batcher.submit_many([self.tiles[index] for _, index in ids])
         for (qid, _), fut in zip(ids, futures, strict=True):
@@ -486,9 +488,11 @@ def _child_run(conn, job: _Job) -> ScenarioResult:
     batcher = job.batcher_cls(engine, s.max_batch, s.max_queue_ms, postprocess=labels_of, workers=s.workers)
     s = replace(s, workers=batcher.workers)  # the result records how many ran
     sut = Sut(lg, tiles, batcher)
-    threading.Thread(target=_watchdog, args=(sut, conn, s.stall_s), daemon=True).start()
     try:
         expected = _measure(batcher, tiles)
+        # a slow engine's full batch may take longer than stall_s: answers then come that far apart
+        stall_s = max(s.stall_s, 10 * batcher.max_batch / expected["tiles_per_s"])
+        threading.Thread(target=_watchdog, args=(sut, conn, stall_s), daemon=True).start()
         expected["bound_ms"] = s.latency_bound_ms or 10 * expected["latency_s"] * 1000
         log_dir = Path(job.log_dir)
         if s.scenario == "server":
