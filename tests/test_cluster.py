@@ -321,9 +321,8 @@ def test_chunk_files_on_the_command_line(engine64, tmp_path):
     done = subprocess.run([*cmd, str(tmp_path / "a-file" / "chunks")], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 1, done.stderr
-    assert done.stderr == (f"segbench: error: Cannot write chunk files to {tmp_path / 'a-file' / 'chunks'} "
-                           "(Not a directory); give --chunk-files a writable folder on storage that every "
-                           "worker and this client share.\n")
+    assert done.stderr == (f"segbench: error: Output {tmp_path / 'a-file' / 'chunks'} cannot be written: "
+                           f"{tmp_path / 'a-file'} is a file, not a folder; choose another --chunk-files.\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "scene.tif"]
     done = subprocess.run([*cmd, str(tmp_path / "chunks")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
