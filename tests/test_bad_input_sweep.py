@@ -74,6 +74,7 @@ class Case:
     finals: list[str] = field(default_factory=list)  # final output names: absent on failure, else present
     lines: int = 1  # lines on stderr
     prefix: str = "segbench"  # how the line starts: an error or warning's, or a remark's
+    check: Callable[[World], None] | None = None  # what a command that succeeded must have written
 
 
 def _seg(w: World, *args: str, engine: Path | None = None, out: str = "out.tif") -> list[str]:
@@ -144,6 +145,19 @@ def _non_finite(value: float) -> np.ndarray:
     data[:, :10, :10] = value
     data[1, 20:30, 20:30] = -value
     return data
+
+
+def _nodata_where_not_finite(w: World) -> None:
+    """The labels are nodata (255) exactly where a band of the scene is not finite."""
+    import rasterio
+
+    from segbench.raster import LABEL_NODATA
+
+    with rasterio.open(w / "out.tif") as out:
+        labels = out.read(1)
+    bad = np.zeros(labels.shape, bool)
+    bad[:10, :10] = bad[20:30, 20:30] = True
+    assert (labels[bad] == LABEL_NODATA).all() and (labels[~bad] < 3).all()
 
 
 def _labels(value: int | None, share_rows: int = 48) -> np.ndarray:
@@ -218,10 +232,10 @@ def _segment_cases() -> dict[str, Callable[[World], Case]]:
         # pixels and option values
         "segment +-inf pixels": lambda w: Case(
             _seg(w, _scene(w, "inf.tif", _non_finite(np.inf)), engine=w.fengine), 0, finals=["out.tif"],
-            lines=0),
+            lines=0, check=_nodata_where_not_finite),
         "segment NaN pixels": lambda w: Case(
             _seg(w, _scene(w, "nan.tif", _non_finite(np.nan)), engine=w.fengine), 0, finals=["out.tif"],
-            lines=0),
+            lines=0, check=_nodata_where_not_finite),
         "segment an int16 scene on a uint8 model": lambda w: Case(
             _seg(w, _scene(w, "i16.tif", _pixels(0, np.int16, spread=2000))), 0, "int16", finals=["out.tif"]),
         "segment pixels far from the model's means": lambda w: Case(
@@ -346,6 +360,8 @@ def test_bad_input(name, template, tmp_path, capsys):
         assert not new, f"a failed command wrote {new}"
     for final in case.finals:
         assert (w / final).exists() == (code == 0), final
+    if case.check is not None:
+        case.check(w)
 
 
 # -- the checks behind some cases, on what the command line cannot reach cheaply -------------------
