@@ -11,20 +11,24 @@ Two steps, because the GPU machine has no mmsegmentation:
 2. On the GPU machine (segbench installed without extras, see the README's
    GPU section), build every GPU engine that runs there and measure::
 
-       python benchmarks/bench_gpu.py measure DIR [--size 20000] [--out DIR/gpu.json]
+       python benchmarks/bench_gpu.py measure DIR [--size 20000] [--out DIR/gpu.json] [--scenarios 60]
 
 A smoke run of the same code on a CPU (small sizes, the CPU torch engine)::
 
        python benchmarks/bench_gpu.py measure DIR --engines torch-fp32 --size 1500 \
-           --alone-batches 1,2 --scene-batches 2 --seconds 1
+           --alone-batches 1,2 --scene-batches 2 --seconds 1 --networks segformer-b0 --scenarios 6
 
 For SegFormer-B0 and DeepLabV3+-R50: each engine alone (tiles already on the
 GPU, ``infer_tensor``; engines without it take host tiles) at batch 1, 8 and
 32, tiles/s; then a SIZE^2 scene (a VRT repeating one synthetic block: no
 disk) through ``segment`` with the device tiler at batch 8 and 32, its tiles/s,
 the ratio scene / engine alone at the same batch (target >= 0.80), the stage
-breakdown, the process's peak GPU memory, and each engine's label agreement
+breakdown, the process's peak GPU memory, the scene's energy (NVML, with
+nvidia-ml-py; "not measured" otherwise), and each engine's label agreement
 with the first engine (torch-cuda-fp32) on the scene (target >= 99.5 % for fp16).
+With ``--scenarios SECONDS`` (needs the 'loadgen' extra), also LoadGen's Offline
+and Server (the search given SECONDS, p99 bound 10x the engine's batch-1 p50)
+through the bench's dynamic batcher, as ``segbench bench --scenarios`` runs them.
 """
 
 from __future__ import annotations
@@ -94,12 +98,33 @@ def engine_alone(engine, batch: int, seconds: float = 3.0) -> float:
     return calls * batch / (time.perf_counter() - t0)
 
 
+def scenarios(artifact: Path, folder: Path, search_seconds: float) -> dict:
+    """LoadGen's Offline tiles/s and Server QPS of one engine, on 64 random tiles (in a child process
+    each, as the bench runs them)."""
+    from segbench.bench.scenarios import ScenarioSettings, loadgen_dir, run_scenario
+
+    tiles = np.random.default_rng(0).uniform(0, 255, (64, 3, TILE, TILE)).astype(np.float32)
+    short = {"min_duration_ms": int(1000 * search_seconds / 3)}
+    offline = run_scenario(artifact, tiles, ScenarioSettings.default("offline", **short),
+                           loadgen_dir(folder, artifact.stem, "offline"))
+    single = run_scenario(artifact, tiles, ScenarioSettings.default("single-stream", **short),
+                          loadgen_dir(folder, artifact.stem, "single-stream"))
+    server = run_scenario(artifact, tiles, ScenarioSettings.default(
+        "server", latency_bound_ms=10 * single.p50_ms, search_seconds=search_seconds,
+        capacity_qps=offline.figure), loadgen_dir(folder, artifact.stem, "server"))
+    return {"offline_tiles_per_s": offline.figure, "single_p50_ms": single.p50_ms,
+            "server_qps": server.figure, "server_p99_ms": server.p99_ms, "bound_ms": 10 * single.p50_ms,
+            "server_note": server.note, "server_batches": server.batch_histogram}
+
+
 def measure(folder: Path, size: int, out: Path, engines: list[str], alone_batches=ALONE_BATCHES,
-            scene_batches=SCENE_BATCHES, seconds: float = 3.0) -> dict:
+            scene_batches=SCENE_BATCHES, seconds: float = 3.0, scenario_seconds: float = 0.0,
+            networks=NETWORKS) -> dict:
     import rasterio
     import torch
     from bench_cluster import repeating_vrt
 
+    from segbench.bench.energy import EnergyMeter
     from segbench.engines.registry import availability, build, load
     from segbench.tiler import segment
     from segbench.tiler.device import runs_on_device
@@ -109,7 +134,7 @@ def measure(folder: Path, size: int, out: Path, engines: list[str], alone_batche
     report = {"gpu": torch.cuda.get_device_name() if cuda else "no GPU", "torch": torch.__version__,
               "size": size, "tile": TILE, "overlap": OVERLAP, "alone_batches": list(alone_batches),
               "scene_batches": list(scene_batches), "networks": {}}
-    for network in NETWORKS:
+    for network in networks:
         onnx_path = folder / f"{network}.onnx"
         rows = report["networks"][network] = {}
         for name in engines:
@@ -118,7 +143,8 @@ def measure(folder: Path, size: int, out: Path, engines: list[str], alone_batche
                 rows[name] = {"unavailable": reason}
                 print(f"{network} {name}: {reason}")
                 continue
-            engine = load(build(onnx_path, name, folder))
+            artifact = build(onnx_path, name, folder)
+            engine = load(artifact)
             row = rows[name] = {"engine_device_bytes": getattr(engine, "device_memory_bytes", None),
                                 "alone": {}, "scene": {}}
             for batch in alone_batches:
@@ -127,19 +153,24 @@ def measure(folder: Path, size: int, out: Path, engines: list[str], alone_batche
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
                 labels = folder / f"{network}.{name}.b{batch}.tif"
-                result = segment(scene, engine, labels, overlap=OVERLAP, batch=batch)
+                with EnergyMeter() as meter:
+                    result = segment(scene, engine, labels, overlap=OVERLAP, batch=batch)
                 tiles_s = (result.windows - result.skipped) / result.seconds
                 row["scene"][batch] = {
                     "seconds": result.seconds, "tiles_per_s": tiles_s, "mp_per_s": result.megapixels_per_s,
                     "ratio": tiles_s / row["alone"][batch], "on_device": runs_on_device(engine, None),
                     "stages": vars(result.stages),
                     "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+                    "joules": meter.energy.joules, "energy_source": meter.energy.source or meter.energy.note,
                     "labels": str(labels)}
                 print(f"{network} {name} batch {batch}: alone {row['alone'][batch]:.1f} tiles/s, scene "
                       f"{tiles_s:.1f} tiles/s, ratio {tiles_s / row['alone'][batch]:.2f}", flush=True)
             engine.close()
             if cuda:
                 torch.cuda.empty_cache()
+            if scenario_seconds:
+                row["scenarios"] = scenarios(artifact, folder / "loadgen" / network, scenario_seconds)
+                print(f"{network} {name} scenarios: {row['scenarios']}", flush=True)
         reference = rows.get(engines[0], {}).get("scene", {}).get(scene_batches[0])
         if reference:
             with rasterio.open(reference["labels"]) as ds:
@@ -160,12 +191,13 @@ def table(report: dict) -> str:
     lines = [f"{report['gpu']}, torch {report['torch']}, scene {report['size']}^2, tile {TILE}, "
              f"overlap {OVERLAP}", "",
              f"| network | engine | alone {ab} tiles/s | scene {sb} tiles/s | ratio {sb} "
-             f"| read / infer / blend / write s (b{scene_b[-1]}) | peak GPU MB | agreement |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| read / infer / blend / write s (b{scene_b[-1]}) | peak GPU MB | J (b{scene_b[-1]}) "
+             "| Offline tiles/s | Server QPS (p99 <= bound) | agreement |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for network, rows in report["networks"].items():
         for name, row in rows.items():
             if "unavailable" in row:
-                lines.append(f"| {network} | {name} | {row['unavailable']} | | | | | |")
+                lines.append(f"| {network} | {name} | {row['unavailable']} | | | | | | | | |")
                 continue
             alone = " / ".join(f"{row['alone'][b]:.1f}" for b in alone_b)
             scene = " / ".join(f"{row['scene'][b]['tiles_per_s']:.1f}" for b in scene_b)
@@ -174,8 +206,13 @@ def table(report: dict) -> str:
             stages = " / ".join(f"{last['stages'][k]:.1f}" for k in ("read", "infer", "blend", "write"))
             agree = f"{row['agreement']:.4%}" if "agreement" in row else ""
             peak = f"{last['peak_gpu_bytes'] / 2**20:.0f}" if last["peak_gpu_bytes"] else ""
+            joules = f"{last['joules']:.0f}" if last.get("joules") is not None else "not measured"
+            sc = row.get("scenarios") or {}
+            offline = f"{sc['offline_tiles_per_s']:.1f}" if sc.get("offline_tiles_per_s") else ""
+            server = (f"{sc['server_qps']:.1f} ({sc['bound_ms']:.0f} ms)" if sc.get("server_qps")
+                      else sc.get("server_note") or "")
             lines.append(f"| {network} | {name} | {alone} | {scene} | {ratio} | {stages} | {peak} "
-                         f"| {agree} |")
+                         f"| {joules} | {offline} | {server} | {agree} |")
     return "\n".join(lines)
 
 
@@ -193,13 +230,17 @@ def main() -> None:
     m.add_argument("--scene-batches", default="8,32")
     m.add_argument("--seconds", type=float, default=3.0, help="timing per engine-alone figure")
     m.add_argument("--out", type=Path, default=None, help="report JSON (default FOLDER/gpu.json)")
+    m.add_argument("--networks", default=",".join(NETWORKS))
+    m.add_argument("--scenarios", type=float, default=0.0, metavar="SECONDS",
+                   help="also LoadGen's Offline and Server, the Server search given SECONDS (0: none)")
     args = parser.parse_args()
     if args.step == "prepare":
         prepare(args.folder)
     else:
         measure(args.folder, args.size, args.out or args.folder / "gpu.json", args.engines.split(","),
                 [int(b) for b in args.alone_batches.split(",")],
-                [int(b) for b in args.scene_batches.split(",")], args.seconds)
+                [int(b) for b in args.scene_batches.split(",")], args.seconds, args.scenarios,
+                args.networks.split(","))
 
 
 if __name__ == "__main__":
