@@ -111,10 +111,11 @@ class _Validator:
         self.path.unlink(missing_ok=True)
 
 
-def contest(ours, rival):
+def contest(ours, rival, limit: int):
     """The better of the search's graph (``ours``) and NNCF's (``rival``), candidates with ``meets``,
     ``ratio``, ``p50_ms`` and ``keep_float``, and why (a clause about the winner): the one that meets
-    the rule; where both do, the faster; where neither does, the higher figure (the search's on a tie)."""
+    the rule; where both do, the faster; where neither does, the higher figure of those with at most
+    ``limit`` layers in float (NNCF reverts groups of layers, and may pass it; the search's on a tie)."""
     def said(c) -> str:
         ratio = "not measured" if c.ratio is None else f"{c.ratio:.2%}"
         speed = "" if c.p50_ms is None else f", {c.p50_ms:.2f} ms"
@@ -123,6 +124,9 @@ def contest(ours, rival):
     both = f"search {said(ours)}; NNCF accuracy control {said(rival)}"
     if ours.meets != rival.meets:
         return (ours if ours.meets else rival), f"only it meets the criterion ({both})"
+    if not ours.meets and len(rival.keep_float) > limit:
+        return ours, (f"neither meets the criterion, and NNCF's graph has more layers in float than the "
+                      f"limit of {limit} ({both})")
     if not ours.meets:
         winner = rival if (rival.ratio or -1.0) > (ours.ratio or -1.0) else ours
         return winner, f"neither meets the criterion, it reaches the higher figure ({both})"

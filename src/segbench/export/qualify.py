@@ -347,7 +347,7 @@ class _Search:
         rival_seconds = time.perf_counter() - began
         tried.append(rival)
         self._time([ours, rival])
-        self.chosen, why = contest(ours, rival)
+        self.chosen, why = contest(ours, rival, self._ac_limit())
         self.methods = {"search": self._method_figures(ours, seconds),
                         "nncf-ac": self._method_figures(rival, rival_seconds),
                         "won": "search" if self.chosen is ours else "nncf-ac", "why": why}
@@ -361,7 +361,7 @@ class _Search:
         """NNCF's ``quantize_with_accuracy_control`` scored by the search's criterion on its held-out
         tiles, allowed the search's drop (``1 - required``) and float-layer limit."""
         self._count += 1
-        limit = self.target.limit(len(self.plain.layers_of("nncf-ac")))
+        limit = self._ac_limit()
         result = accuracy_control(
             self.plain.graph, self.plain.calibration, self.plain.input_name, len(self.held_out.tiles),
             self._evaluate, max_drop=1.0 - self.required, max_layers=limit, exclude=self.plain.tail,
@@ -373,6 +373,9 @@ class _Search:
         self.note(f"nncf-ac ({len(c.keep_float)} layer(s) in float, {result.validations} graphs validated "
                   f"in {result.seconds:.0f} s): {self._describe(c)}")
         return c
+
+    def _ac_limit(self) -> int:
+        return self.target.limit(len(self.plain.layers_of("nncf-ac")))
 
     def _evaluate(self, graph: Path, indices: list[int]) -> tuple[float, list[float]]:
         """The criterion's mIoU of ``graph`` on the held-out tiles ``indices``, and each tile's own (1
