@@ -487,9 +487,10 @@ def test_qgis_renders_the_xyz_layer_from_the_server(world, open_server, server, 
     srv, headers = (server, AUTH) if with_token else (open_server[0], {})
     scene = srv.client.get("/scenes", headers=headers).json()[0]
     tj = srv.client.get(scene["tilejson"].replace(srv.url, ""), headers=headers).json()
-    done = subprocess.run([str(qgis_python), "-c", QGIS_RENDER, json.dumps(tj), *[TOKEN] * with_token],
-                          capture_output=True, text=True, timeout=120,
-                          env=os.environ | {"QT_QPA_PLATFORM": "offscreen", "QGIS_AUTH_DB_DIR_PATH": str(tmp_path)})
+    token = [TOKEN] if with_token else []
+    env = os.environ | {"QT_QPA_PLATFORM": "offscreen", "QGIS_AUTH_DB_DIR_PATH": str(tmp_path)}
+    done = subprocess.run([str(qgis_python), "-c", QGIS_RENDER, json.dumps(tj), *token],
+                          capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     shown = json.loads(done.stdout.strip().splitlines()[-1])
     palette = {f"{r},{g},{b},255" for r, g, b in make_spec(classes=4).palette}

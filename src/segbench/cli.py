@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from segbench import __version__
 from segbench.argfields import add_options, from_args, positive
-from segbench.errors import InputError, SegbenchError, UsageError
+from segbench.errors import EngineError, InputError, SegbenchError, UsageError, show_warnings_in_one_line
 
 #: the int8 options of ``build`` (BenchOptions' fields) and its int8 target when none is given (the
 #: bench's is its --min-ratio)
@@ -567,7 +566,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                          labels=args.labels, calib=args.calib, calib_labels=args.calib_labels, out=args.out,
                          isprs=args.isprs, resume=args.resume, workers=args.workers,
                          options=from_args(BenchOptions, args))
-    run_bench(config)
+    report = run_bench(config)
+    if not report.ok_rows:  # the report stays: it says why each engine was not measured
+        first = report.engines[0]
+        why = (first.reason or first.status).rstrip(".")
+        raise EngineError(f"No engine was measured ({first.name}: {why}); "
+                          f"{Path(args.out) / 'report.json'} gives each engine's reason.")
     return 0
 
 
@@ -597,17 +601,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-_python_show_warning = warnings.showwarning
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """segbench's own warnings as one line for the user; other libraries' as Python shows them."""
-    if Path(filename).is_relative_to(Path(__file__).parent):
-        print(f"segbench: warning: {message}", file=file or sys.stderr)
-    else:
-        _python_show_warning(message, category, filename, lineno, file, line)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``segbench`` console script.
 
@@ -620,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # GDAL's own messages repeat what the one-sentence errors already say.
     logging.getLogger("rasterio").setLevel(logging.CRITICAL)
-    warnings.showwarning = _show_warning
+    show_warnings_in_one_line()
     try:
         with terminate_as_interrupt():
             return args.func(args)

@@ -52,3 +52,25 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type's name when it has none."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def show_warnings_in_one_line() -> None:
+    """segbench's own warnings printed as ``segbench: warning: ...``, one line, from here on in this
+    process (the CLI, and the children that measure for it); other libraries' as Python shows them."""
+    import warnings
+
+    if getattr(warnings.showwarning, "segbench", False):
+        return
+    python_show = warnings.showwarning
+    package = __file__.rsplit("/", 1)[0]
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if str(filename).startswith(package):
+            import sys
+
+            print(f"segbench: warning: {message}", file=file or sys.stderr)
+        else:
+            python_show(message, category, filename, lineno, file, line)
+
+    show.segbench = True
+    warnings.showwarning = show

@@ -78,9 +78,11 @@ def describe(exc: BaseException) -> str:
 
 
 def _child(conn, fn: Callable, args: tuple) -> None:
+    from segbench.errors import show_warnings_in_one_line
     from segbench.signals import end_with_parent, terminate_as_interrupt
 
     end_with_parent()
+    show_warnings_in_one_line()
     try:
         with terminate_as_interrupt():  # SIGTERM from the parent cleans up as Ctrl-C does
             conn.send(("ok", fn(*args)))

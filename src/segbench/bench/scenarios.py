@@ -483,9 +483,11 @@ class _Job:
 
 
 def _child_main(conn, job: _Job) -> None:
+    from segbench.errors import show_warnings_in_one_line
     from segbench.signals import end_with_parent
 
     end_with_parent()
+    show_warnings_in_one_line()
     try:
         conn.send(("ok", _child_run(conn, job)))
     except BaseException as exc:  # noqa: BLE001  (reported to the parent)

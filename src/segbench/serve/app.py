@@ -28,9 +28,9 @@ from segbench.files import sha256_file
 from segbench.serve.cache import TileCache
 from segbench.serve.jobs import ACTIVE, LABELS, JobRunner, JobStore
 from segbench.serve.metrics import Metrics
-from segbench.serve.urls import resolve_url
 from segbench.serve.scenes import Catalog, OutsideRootsError, resolve_under
 from segbench.serve.tiles import CoarseZoom, TileNotFound, TileRenderer, render_from_labels, render_imagery
+from segbench.serve.urls import resolve_url
 from segbench.serve.viewer import VIEWER_HTML
 
 #: the largest request body (bytes) and the most jobs queued or running, and kept, in a job folder
