@@ -104,10 +104,11 @@ class OrtRunner(Runner):
 
     @classmethod
     def compile_impl(cls, graph: Path, kind, dest: Path, spec: ModelSpec) -> dict:
-        """Copy the graph variant into place and check that ONNX Runtime can load it."""
+        """Check that ONNX Runtime can load the graph variant (a failure names it, not a temporary
+        copy), and copy it into place."""
+        create_session(graph).get_inputs()
         with atomic_output(dest) as tmp:
             shutil.copyfile(graph, tmp)
-            create_session(tmp).get_inputs()
         return {}
 
     def load_impl(self, artifact: Path) -> None:
