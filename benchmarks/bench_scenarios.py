@@ -8,8 +8,9 @@ on random tiles, unchecked), side by side in one run:
   batcher's efficiency, goal >= 0.8 (``--one-worker``: also with one batcher
   worker, as the batcher first was);
 - Offline tiles/s against the runtime alone: ``benchmark_app -hint throughput``
-  (batch 1, its own streams) for OpenVINO, a bare session loop at the batcher's
-  batch for ONNX Runtime; goal >= 0.9;
+  (batch 1, its own streams) for OpenVINO, a bare session loop (ONNX Runtime) or
+  a bare loop over the ``torch.export`` module (torch) at the batcher's batch;
+  goal >= 0.9;
 - SingleStream p90 against ``benchmark_app -hint latency`` (its 90th percentile, the
   model's batch dimension left dynamic as the latency-mode engine compiles it) or a
   bare loop at batch 1; goal: within 10 %.
@@ -39,7 +40,7 @@ from segbench.bench.memory import run_in_child
 from segbench.bench.scenarios import ScenarioSettings, loadgen_dir, run_scenario
 from segbench.errors import SegbenchError
 
-ENGINES = ("ort-fp32", "ort-int8", "openvino-fp32", "openvino-int8")
+ENGINES = ("torch-fp32", "ort-fp32", "ort-int8", "openvino-fp32", "openvino-int8")
 TILES = 64
 
 
@@ -87,24 +88,41 @@ def _find(pattern: str, text: str) -> str:
 
 
 def bare_loop(artifact: str, batch: int, seconds: float) -> dict:
-    """Child process: ONNX Runtime alone (the engine's session options), ``batch`` tiles per run."""
-    from segbench.engines.onnxruntime import create_session
-    from segbench.engines.registry import load
+    """Child process: the runtime alone, ``batch`` tiles per run: an ONNX Runtime session (the
+    engine's session options), or the ``torch.export`` program's module under inference mode."""
+    from segbench.spec import ModelSpec
 
-    with load(artifact) as engine:
-        options, spec = engine.session_options, engine.spec
-    session = create_session(Path(artifact), "cpu", options)
-    name = session.get_inputs()[0].name
+    spec = ModelSpec.load(Path(artifact))
     x = np.random.default_rng(0).uniform(0, 255, (batch, 3, spec.tile, spec.tile)).astype(np.float32)
-    session.run(None, {name: x})
+    if spec.build.engine.startswith("torch"):
+        import torch
+
+        module, how = torch.export.load(artifact).module(), "bare torch.export module loop"
+        tensor = torch.from_numpy(x)
+
+        def run() -> None:
+            with torch.inference_mode():
+                module(tensor)
+    else:
+        from segbench.engines.onnxruntime import create_session
+        from segbench.engines.registry import load
+
+        with load(artifact) as engine:
+            options = engine.session_options
+        session = create_session(Path(artifact), "cpu", options)
+        name, how = session.get_inputs()[0].name, "bare session loop"
+
+        def run() -> None:
+            session.run(None, {name: x})
+    run()
     times, start = [], time.perf_counter()
     while time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
-        session.run(None, {name: x})
+        run()
         times.append(time.perf_counter() - t0)
     return {"tiles_per_s": len(times) * batch / sum(times),
             "p90_ms": float(np.percentile(times, 90)) * 1e3, "p50_ms": statistics.median(times) * 1e3,
-            "how": f"bare session loop, batch {batch}"}
+            "how": f"{how}, batch {batch}"}
 
 
 def runtime_alone(artifact: Path, name: str, tile: int, seconds: int, batch: int | None) -> dict:
