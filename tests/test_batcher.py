@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from segbench.batcher import BatcherClosedError, BatcherStats, DynamicBatcher
+from segbench.batcher import BatcherClosedError, BatcherStats, DeviceBatcher, DynamicBatcher
 from segbench.engines.base import EngineBase
 from segbench.engines.registry import build, load
 from segbench.errors import InputError
@@ -243,3 +243,26 @@ def test_workers_keep_every_stream_of_the_engine_busy(tmp_path):
             assert counted.peak == peak
         with pytest.raises(InputError, match="workers must be 1 to"):
             DynamicBatcher(ov, workers=ov.inflight + 1)
+
+
+def test_the_device_batcher_batches_tensors_where_the_engine_runs(engine, tmp_path):
+    """Torch tiles on a torch engine's device (the CPU here) batched there: each future holds its
+    own tile's labels, reduced by ``postprocess`` on the device; host arrays and engines without
+    device tensors are refused in one sentence."""
+    torch = pytest.importorskip("torch", reason="torch is not installed: the device batcher is torch's")
+    from tests.conftest import make_spec, tiny_conv_pt2
+
+    with load(tiny_conv_pt2(tmp_path / "model.pt2", make_spec())) as eng:
+        tiles = tiles_for(eng, 24, seed=3)
+        want = eng.infer(tiles).argmax(1)
+        on_device = torch.from_numpy(tiles).to(eng.device)
+        with DeviceBatcher(eng, max_batch=4, max_queue_ms=5,
+                           postprocess=lambda out: out.argmax(1).to(torch.uint8).cpu().numpy()) as batcher:
+            futures = batcher.submit_many(list(on_device))
+            for i, f in enumerate(futures):
+                np.testing.assert_array_equal(f.result(timeout=30), want[i], err_msg=f"tile {i}")
+            assert batcher.stats().mean_batch > 1
+            with pytest.raises(InputError, match="device batcher takes one float32 tile"):
+                batcher.submit(tiles[0])
+    with pytest.raises(InputError, match="takes no tensors on its device"):
+        DeviceBatcher(engine)

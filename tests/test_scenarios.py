@@ -98,6 +98,26 @@ def test_a_batcher_that_drops_answers_fails_the_run_instead_of_hanging(setup, tm
     assert not (tmp_path / "off").exists() and not list(tmp_path.glob(".off*"))
 
 
+def test_samples_on_the_engines_device_answer_as_on_the_host(setup, tmp_path):
+    """A torch engine with its samples on its device (the CPU here; the GPU's path, which is the
+    default off the CPU): batches stacked there, labels reduced there, the accuracy log equal to the
+    engine run directly, as on the host."""
+    pytest.importorskip("torch", reason="torch is not installed: the device batcher is torch's")
+    from tests.conftest import make_spec, tiny_conv_pt2
+
+    _, tiles, targets, _ = setup
+    artifact = tiny_conv_pt2(tmp_path / "model.pt2", make_spec())
+    with load(artifact) as engine:
+        pred = labels_of(engine.infer(tiles))
+    settings = [ScenarioSettings.default(s, on_device=True, **SHORT) for s in ("offline", "accuracy")]
+    offline, acc = run_scenarios(artifact, tiles, tmp_path, settings, targets)
+    assert offline.settings.on_device and offline.valid and offline.mean_batch > 1
+    assert acc.settings.on_device and acc.accuracy_ok and acc.mismatched_tiles == ()
+    assert acc.confusion == tuple(map(tuple, score_labels(pred, targets, 3).counts))
+    host = run_scenario(artifact, tiles, ScenarioSettings.default("offline", **SHORT), tmp_path / "host")
+    assert host.settings.on_device is False  # a torch engine on the CPU batches on the host by default
+
+
 def test_server_search_finds_the_highest_valid_qps(setup, tmp_path):
     artifact, tiles, _, _ = setup
     settings = ScenarioSettings.default("server", min_duration_ms=300, min_query_count=700,

@@ -214,7 +214,7 @@ class DynamicBatcher:
         return live
 
     def _run(self) -> None:
-        buffer = np.empty((self.max_batch, *self.tile_shape), np.float32)
+        buffer = self._new_buffer()
         try:
             while (batch := self._take()) is not None:
                 if batch:
@@ -224,8 +224,12 @@ class DynamicBatcher:
                 self._closed = True
             self._fail_pending()
 
-    @staticmethod
-    def _stack(batch: list[_Request], buffer: np.ndarray) -> np.ndarray:
+    # -- what a tile is (host arrays here, device tensors in DeviceBatcher) ----------------------
+    def _new_buffer(self) -> np.ndarray:
+        """A worker's buffer of ``max_batch`` tiles."""
+        return np.empty((self.max_batch, *self.tile_shape), np.float32)
+
+    def _stack(self, batch: list[_Request], buffer: np.ndarray) -> np.ndarray:
         """The batch's tiles as one contiguous array: a lone tile's view, else the worker's buffer."""
         if len(batch) == 1 and batch[0].tile.flags.c_contiguous:
             return batch[0].tile[np.newaxis]
@@ -233,14 +237,16 @@ class DynamicBatcher:
         np.stack([r.tile for r in batch], out=out)
         return out
 
+    def _infer(self, tiles: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+        """The engine's output for ``tiles``, never a view on the worker's buffer."""
+        out = self.engine.infer(tiles)
+        return out.copy() if np.may_share_memory(out, buffer) else out  # an engine echoing its input
+
     def _run_batch(self, batch: list[_Request], buffer: np.ndarray) -> None:
         try:
-            tiles = self._stack(batch, buffer)
-            out = self.engine.infer(tiles)
+            out = self._infer(self._stack(batch, buffer), buffer)
             if self.postprocess is not None:
                 out = self.postprocess(out)
-            elif np.may_share_memory(out, buffer):  # an engine echoing its input
-                out = out.copy()
             if len(out) != len(batch):
                 raise EngineError(f"{self.engine.name} returned {len(out)} outputs for {len(batch)} tiles.")
         except BaseException as exc:  # noqa: BLE001  (handed to each request of the batch)
@@ -279,3 +285,42 @@ class DynamicBatcher:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class DeviceBatcher(DynamicBatcher):
+    """The batcher for tiles already on the engine's device (torch tensors there, of an engine with
+    ``device_tensors``): batches are stacked on the device and run with ``infer_tensor``, so no tile
+    goes to the host and back; ``postprocess`` gets the batch's output tensor there (reduce it on
+    the device, e.g. to labels, before anything comes back). On a GPU that keeps the host's work per
+    tile to the labels' copy: an argmax of logits on the host would cost more than the engine.
+    """
+
+    def __init__(self, engine: Engine, *args, **kwargs) -> None:
+        if not getattr(engine, "device_tensors", False):
+            raise InputError(f"{engine.name} takes no tensors on its device; use DynamicBatcher.")
+        from segbench.extras import require
+
+        self._torch = require("torch", "the device batcher")
+        super().__init__(engine, *args, **kwargs)
+
+    def _check(self, tile: Any):
+        torch = self._torch
+        if not isinstance(tile, torch.Tensor) or tuple(tile.shape) != self.tile_shape \
+                or tile.dtype != torch.float32 or tile.device.type != torch.device(self.engine.device).type:
+            got = f"{tile.dtype} {tuple(tile.shape)} on {tile.device}" if isinstance(tile, torch.Tensor) \
+                else type(tile).__name__
+            raise InputError(f"{self.engine.name}'s device batcher takes one float32 tile of shape "
+                             f"{self.tile_shape} on {self.engine.device}, not {got}.")
+        return tile
+
+    def _new_buffer(self):
+        return self._torch.empty((self.max_batch, *self.tile_shape), dtype=self._torch.float32,
+                                 device=self.engine.device)
+
+    def _stack(self, batch: list[_Request], buffer):
+        if len(batch) == 1 and batch[0].tile.is_contiguous():
+            return batch[0].tile.unsqueeze(0)
+        return self._torch.stack([r.tile for r in batch], out=buffer[: len(batch)])
+
+    def _infer(self, tiles, buffer):
+        return self.engine.infer_tensor(tiles)  # a new tensor (queued on the device's current stream)

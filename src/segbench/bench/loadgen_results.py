@@ -38,6 +38,9 @@ class ScenarioSettings:
     (None: as many as the engine runs at once, its ``inflight``). ``stall_s``: a
     run whose answers stop coming for that long (or for ten full batches of the
     engine, if longer) fails (a batcher that drops requests), instead of hanging.
+    ``on_device``: the samples kept on the engine's device and batched there
+    (:class:`~segbench.batcher.DeviceBatcher`; engines with device tensors); None:
+    where the engine is off the CPU, as the tiler decides.
     """
 
     __pydantic_config__ = STRICT
@@ -50,6 +53,7 @@ class ScenarioSettings:
     engine_mode: str = "latency"
     engine_batch: int | None = None
     workers: int | None = None
+    on_device: bool | None = None
     threads: int | None = None
     samples_per_query: int = 8
     latency_bound_ms: float | None = None

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from segbench.batcher import DynamicBatcher
+from segbench.batcher import DeviceBatcher, DynamicBatcher
 from segbench.bench.loadgen_results import (  # noqa: F401  (the scenarios' own names, re-exported)
     P99_MIN_QUERIES,
     SCENARIOS,
@@ -58,6 +58,7 @@ from segbench.errors import (
     first_line,
 )
 from segbench.spec import IGNORE_INDEX, ModelSpec
+from segbench.tiler.device import runs_on_device
 
 _LG_NAMES = {"single-stream": "SingleStream", "multi-stream": "MultiStream", "server": "Server",
              "offline": "Offline", "accuracy": "Offline"}
@@ -165,8 +166,13 @@ def score_accuracy_log(log_dir: Path, targets: np.ndarray, num_classes: int,
 # -- the system under test (in the child) --------------------------------------------------------
 
 
-def labels_of(out: np.ndarray) -> np.ndarray:
-    """A batch's uint8 labels: the argmax of logits, or labels as they are."""
+def labels_of(out) -> np.ndarray:
+    """A batch's uint8 labels on the host: the argmax of logits, or labels as they are; a device
+    tensor's argmax is taken on its device, so only the labels come back."""
+    if not isinstance(out, np.ndarray):  # a torch tensor (the device batcher's)
+        import torch
+
+        return (out if out.ndim == 3 else out.argmax(1)).to(torch.uint8).cpu().numpy()
     return out if out.ndim == 3 else out.argmax(1).astype(np.uint8)
 
 
@@ -497,14 +503,23 @@ def _child_main(conn, job: _Job) -> None:
         conn.close()
 
 
+def _on_device(tiles: np.ndarray, engine):
+    """The sample library on the engine's device, loaded once (LoadGen's samples in its memory)."""
+    import torch
+
+    return torch.from_numpy(tiles).to(engine.device)
+
+
 def _child_run(conn, job: _Job) -> ScenarioResult:
     lg, s = loadgen(), job.settings
     tiles = np.load(job.tiles)
     targets = np.load(job.targets) if job.targets else None
     engine = load(job.artifact, mode=s.engine_mode, batch=s.engine_batch, threads=s.threads)
-    batcher = job.batcher_cls(engine, s.max_batch, s.max_queue_ms, postprocess=labels_of, workers=s.workers)
-    s = replace(s, workers=batcher.workers)  # the result records how many ran
-    sut = Sut(lg, tiles, batcher)
+    on_device = runs_on_device(engine, s.on_device)
+    batcher_cls = DeviceBatcher if on_device and job.batcher_cls is DynamicBatcher else job.batcher_cls
+    batcher = batcher_cls(engine, s.max_batch, s.max_queue_ms, postprocess=labels_of, workers=s.workers)
+    s = replace(s, workers=batcher.workers, on_device=on_device)  # the result records what ran
+    sut = Sut(lg, _on_device(tiles, engine) if on_device else tiles, batcher)
     try:
         expected = _measure(batcher, tiles)
         # a slow engine's full batch may take longer than stall_s: answers then come that far apart
