@@ -111,11 +111,18 @@ class _Validator:
         self.path.unlink(missing_ok=True)
 
 
+#: how much faster NNCF's graph must run to be kept over the search's where both meet the rule: the
+#: spread of interleaved medians on a busy 2-core machine (a DeepLabV3+-R18 whose accuracy control
+#: reverted nothing, the same graph as the search's, timed 70.5 against 72.0 ms)
+FASTER_BY = 0.03
+
+
 def contest(ours, rival, limit: int):
     """The better of the search's graph (``ours``) and NNCF's (``rival``), candidates with ``meets``,
     ``ratio``, ``p50_ms`` and ``keep_float``, and why (a clause about the winner): the one that meets
-    the rule; where both do, the faster; where neither does, the higher figure of those with at most
-    ``limit`` layers in float (NNCF reverts groups of layers, and may pass it; the search's on a tie)."""
+    the rule; where both do, the faster (NNCF's by :data:`FASTER_BY` at least); where neither does,
+    the higher figure of those with at most ``limit`` layers in float (NNCF reverts groups of layers,
+    and may pass it; the search's on a tie)."""
     def said(c) -> str:
         ratio = "not measured" if c.ratio is None else f"{c.ratio:.2%}"
         speed = "" if c.p50_ms is None else f", {c.p50_ms:.2f} ms"
@@ -130,8 +137,9 @@ def contest(ours, rival, limit: int):
     if not ours.meets:
         winner = rival if (rival.ratio or -1.0) > (ours.ratio or -1.0) else ours
         return winner, f"neither meets the criterion, it reaches the higher figure ({both})"
-    winner = rival if (rival.p50_ms or float("inf")) < (ours.p50_ms or float("inf")) else ours
-    return winner, f"both meet the criterion, it is the faster ({both})"
+    if (rival.p50_ms or float("inf")) < (1 - FASTER_BY) * (ours.p50_ms or float("inf")):
+        return rival, f"both meet the criterion, it is the faster ({both})"
+    return ours, (f"both meet the criterion, NNCF's graph no faster by {FASTER_BY:.0%} or more ({both})")
 
 
 #: how the build's output, the report and the page name each method's graph
