@@ -365,7 +365,7 @@ class _Search:
         result = accuracy_control(
             self.plain.graph, self.plain.calibration, self.plain.input_name, len(self.held_out.tiles),
             self._evaluate, max_drop=1.0 - self.required, max_layers=limit, exclude=self.plain.tail,
-            baseline=quantized_layers(nncf_plain.graph),
+            baseline=quantized_layers(nncf_plain.graph) & set(self.plain.layers),  # compute layers only
             dst=self.work / f"candidate-{self._count}-nncf-ac.onnx")
         c = _Candidate("nncf-ac", result.graph, False, result.float_layers)
         self._score(c)
