@@ -27,8 +27,13 @@ search <= 120 s per engine on SegFormer-B0 at 256^2 (2 cores). TensorRT
 engines are built (TensorRT for RTX's builder runs on the CPU) and their
 graph scored with ONNX Runtime; they do not run here.
 
+openvino-int8 is built with ``--int8-method both`` by default: segbench's
+search and NNCF's ``quantize_with_accuracy_control`` under the same criterion,
+the better kept; a second table sets their figures side by side.
+
     python benchmarks/bench_int8_qualify.py [--models segformer-b0,segformer-b0-outliers,
-        deeplabv3plus-r18,pspnet-r18] [--workdir DIR] [--no-calib-labels]
+        deeplabv3plus-r18,pspnet-r18] [--engines ort-int8,openvino-int8,trtrtx-int8] [--workdir DIR]
+        [--no-calib-labels] [--int8-method search|nncf-ac|both]
 
 About 40 minutes on 2 cores the first time, most of it training (kept in --workdir).
 """
@@ -46,7 +51,7 @@ from segbench.bench.int8 import int8_setup
 from segbench.bench.metrics import ConfusionMatrix
 from segbench.engines.registry import availability, build, load
 from segbench.export.onnx import export_model
-from segbench.export.qualify import block_times
+from segbench.export.qualify import INT8_METHODS, block_times
 from segbench.export.quantize import Calibrated
 from segbench.raster import label_targets, open_raster, sample_tiles
 from segbench.spec import ModelSpec
@@ -134,6 +139,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--engines", default=",".join(INT8), help="int8 engines to build and measure")
+    parser.add_argument("--int8-method", default="both", choices=INT8_METHODS,
+                        help="how openvino-int8's graph is found (segbench build's --int8-method)")
     parser.add_argument("--no-calib-labels", action="store_true",
                         help="search without the training labels (the criterion against the float labels)")
     args = parser.parse_args()
@@ -172,7 +180,7 @@ def main() -> None:
         spec = ModelSpec.load(onnx_path)
         labels = [] if args.no_calib_labels else [p[1] for p in train_pairs]
         calibration, options = int8_setup(spec, [p[0] for p in train_pairs], labels, tiles=32,
-                                          exclude=("clutter",))
+                                          exclude=("clutter",), method=args.int8_method)
         engines = onnx_path.parent / "engines"
         overlap = tile // 4
         fp32 = {}
@@ -181,7 +189,7 @@ def main() -> None:
             miou = scene_miou(artifact, test[0], test[1], spec, engines / f"{kind}.tif", overlap)
             fp32[kind] = (artifact, miou)
         old = before(onnx_path, calibration, engines / "before.onnx")
-        for kind in INT8:
+        for kind in args.engines.split(","):
             if availability(kind, run=False) is not None:
                 continue
             artifact = build(onnx_path, kind, engines, calibration, int8=options, force=True)
@@ -205,6 +213,9 @@ def main() -> None:
             print(_line(row), flush=True)
     print()
     print(_table(rows))
+    if any(r.get("methods") for r in rows):
+        print()
+        print(_methods_table(rows))
 
 
 def _search_row(model: str, kind: str, record: dict) -> dict:
@@ -217,7 +228,8 @@ def _search_row(model: str, kind: str, record: dict) -> dict:
             "smoothed": bool(record["smoothing"]), "search_s": record["search_seconds"],
             "plain_miou_ratio": plain.get("ratio"), "miou_ratio": None, "metric": target["metric"],
             "required": target["required"], "held_out_scenes": len(target["held_out_scenes"]),
-            "held_out_ratio": final.get("ratio"), "worst": final.get("worst_class")}
+            "held_out_ratio": final.get("ratio"), "worst": final.get("worst_class"),
+            "methods": record.get("methods")}
 
 
 def _before_runner(kind: str, graph: Path):
@@ -263,6 +275,26 @@ def _table(rows: list[dict]) -> str:
                  _ms(r.get("fp32_ms")), _ms(r.get("int8_ms")), f"{speedup:.2f}x" if speedup else "-",
                  _ms(r.get("before_ms")), f"{r['search_s']:.0f}", ", ".join(ok)]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _methods_table(rows: list[dict]) -> str:
+    """segbench's search against NNCF's accuracy control, each on the held-out criterion, timed together."""
+    head = ("model", "engine", "method", "meets (held out)", "ratio % (held out)", "float", "smoothed",
+            "p50 ms", "seconds", "kept", "why")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        methods = r.get("methods")
+        if not methods:
+            continue
+        for name in ("search", "nncf-ac"):
+            m = methods[name]
+            kept = "yes" if methods["won"] == name else ""
+            why = methods["why"].split(" (")[0] if kept else ""
+            cells = [r["model"], r["engine"], f"{name} ({m['format']})", "yes" if m["meets"] else "no",
+                     _pct(m["ratio"]), str(m["float_layers"]), "yes" if m["smoothed"] else "no",
+                     _ms(m["p50_ms"]), f"{m['seconds']:.0f}", kept, why]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
