@@ -358,10 +358,9 @@ def _search(lg, sut: Sut, s: ScenarioSettings, expected: dict, log_dir: Path) ->
     Unless ``max_batch`` is set, batches are capped (:func:`_cap_batch`). Short
     probes (a quarter of the queries, at most a third of the budget) find the
     highest QPS with no query over the bound (:func:`_probe`), starting from 80% of
-    the capacity; full points
-    then start from the best probe and move by :func:`_next_qps` on LoadGen's
-    validity, until the bracket is within 3% or the next point would overrun
-    ``search_seconds``. Only full VALID points make the figure. The first full
+    the capacity; full points then start from the best probe and move by
+    :func:`_next_qps` on LoadGen's validity, until the bracket is within 3% or the
+    next point would overrun ``search_seconds``. Only full VALID points make the figure. The first full
     point may end past the budget, up to twice it (a p99 claim's 662 queries take
     22 s at 30 QPS); where not even that holds one, no point runs and the note
     says what budget would.
