@@ -68,3 +68,17 @@ def test_fewer_tiles_than_scenes(tmp_path):
     seen = {int(t[0, 0, 0]) for seed in range(8)
             for t in calibration_tiles(scenes, make_spec(tile=32), count=3, seed=seed)}
     assert len(seen) == 5  # the seed picks which scenes, not always the first three
+
+
+def test_a_held_out_scene_gives_every_disjoint_window_it_holds(tmp_path):
+    """Four scenes of 64 x 64 at tile 32: the one held out holds four windows that overlap no other
+    (its tile grid), and all four are drawn; windows placed at random first gave one or two."""
+    from segbench.export.calibration import calibration_set
+
+    rng = np.random.default_rng(2)
+    scenes = [write_scene(tmp_path / f"s{i}.tif", rng.integers(1, 256, (3, 64, 64), dtype=np.uint8))
+              for i in range(4)]
+    for seed in range(3):
+        drawn = calibration_set(scenes, make_spec(tile=32), count=8, held_out=16, seed=seed)
+        assert len(drawn.held_out_scenes) == 1
+        assert sorted((r, c) for _, r, c in drawn.held_out_windows) == [(0, 0), (0, 32), (32, 0), (32, 32)]

@@ -17,7 +17,8 @@ scenes' label rasters are given: what an int8 graph's accuracy target is
 checked on (:mod:`segbench.export.qualify`). With two or more scenes, whole
 scenes are held out (a quarter of them, at least one, in the seeded order):
 the quantizer never sees them, as it will never see the scenes it is benched
-and deployed on. With one scene (or when the held-out scenes have no valid
+and deployed on; their windows of the tile grid come first, so they give as
+many windows that overlap no other as they hold. With one scene (or when the held-out scenes have no valid
 window), the held-out tiles are windows of the calibration scenes that no
 calibration tile overlaps, which share their imagery: the target then takes
 its largest margin.
@@ -120,7 +121,9 @@ def _gather(scenes, spec: ModelSpec, order: list[int], seed: int, count: int, he
     """``count`` calibration tiles and ``held_out`` held-out windows from the scenes in ``order``, taking
     turns: ``(tiles, windows, kept)``, ``kept`` the held-out ``(scene, row, col, pixels)``."""
     avoid: dict[int, list[tuple[int, int]]] = {i: [] for i in order}  # held-out windows per scene
-    draws = {i: _draw(Path(scenes[i]), spec, np.random.default_rng([seed, i]), avoid[i]) for i in order}
+    grid_first = count == 0  # whole held-out scenes: as many disjoint windows as they hold
+    draws = {i: _draw(Path(scenes[i]), spec, np.random.default_rng([seed, i]), avoid[i], grid_first)
+             for i in order}
     tiles: list[np.ndarray] = []
     windows: list[tuple[int, int, int]] = []
     kept: list[tuple[int, int, int, np.ndarray]] = []
@@ -155,11 +158,12 @@ def _label_window(path: Path, spec: ModelSpec, row: int, col: int) -> np.ndarray
         return label_targets(window, ds.nodata, None, spec.ignore_index, spec.reduce_zero_label)
 
 
-def _draw(path: Path, spec: ModelSpec, rng: np.random.Generator,
-          avoid: list[tuple[int, int]] = ()) -> Iterator[tuple[int, int, np.ndarray, bool]]:
+def _draw(path: Path, spec: ModelSpec, rng: np.random.Generator, avoid: list[tuple[int, int]] = (),
+          grid_first: bool = False) -> Iterator[tuple[int, int, np.ndarray, bool]]:
     """``(row, col, pixels, fresh)`` of windows of valid pixels of one scene, lazily, in a seeded order
     preferring fresh ground: ``fresh`` windows overlap none drawn before them; the others overlap no
-    window in ``avoid`` (read when they are reached: the held-out windows drawn by then)."""
+    window in ``avoid`` (read when they are reached: the held-out windows drawn by then).
+    ``grid_first``: the windows of the tile grid first."""
     tile = spec.tile
     with open_raster(path) as ds:
         info = scene_info(ds)
@@ -168,6 +172,9 @@ def _draw(path: Path, spec: ModelSpec, rng: np.random.Generator,
     if not len(origins):
         return
     origins = origins[rng.permutation(len(origins))]
+    if grid_first:  # a scene then gives as many windows that overlap none as fit (randomly placed
+        on_grid = (origins % tile == 0).all(axis=1)  # ones block the grid: a 512^2 scene gave one
+        origins = np.concatenate([origins[on_grid], origins[~on_grid]])  # or two 256^2, not four)
     taken: list[tuple[int, int]] = []
     overlapping = []
     for row, col in origins:  # first pass: windows that overlap none drawn so far
