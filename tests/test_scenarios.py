@@ -153,8 +153,8 @@ def test_a_budget_that_holds_no_point_runs_none_and_says_what_would(setup, tmp_p
     start = time.monotonic()
     r = run_scenario(artifact, tiles, settings, tmp_path / "server")
     assert time.monotonic() - start < 60 and not r.valid and r.figure is None and not r.points
-    assert r.note == ("not searched: 100 queries at 0.4 QPS take about 250 s, past twice the 2 s budget "
-                      "(--scenario-seconds 126 would hold one point)")
+    assert r.note == ("no full point: 100 queries at 0.4 QPS take about 250 s, past twice the 2 s budget "
+                      "(--scenario-seconds 126 would hold one)")
 
 
 def test_settings_refuse_nonsense_and_missing_loadgen_says_how_to_install(monkeypatch):

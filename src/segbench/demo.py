@@ -38,7 +38,7 @@ class DemoSize:
 # weights; 1e-3 suits training from scratch); the tests' tiny run uses the
 # seed's SGD recipe on FCN-HRNet18s, which learns within a few dozen.
 FULL = DemoSize(model="segformer-b0", lr=1e-3, train_scenes=8, scene=512, test_scene=1024,
-                tile=256, overlap=64, iters=400, batch=4, calib_tiles=32, scenario_seconds=15.0)
+                tile=256, overlap=64, iters=400, batch=4, calib_tiles=32, scenario_seconds=20.0)
 QUICK = DemoSize(model="fcn-hrnet18s", lr=0.01, train_scenes=2, scene=256, test_scene=320,
                  tile=128, overlap=32, iters=60, batch=4, calib_tiles=8, scenario_seconds=3.0)
 CPU_ENGINES = ("torch-fp32", "ort-fp32", "ort-int8", "openvino-fp32", "openvino-int8")

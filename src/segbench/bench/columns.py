@@ -148,15 +148,15 @@ def _figure_of(scenario: str) -> Callable[[EngineRow], float | None]:
 
 def server_text(row: EngineRow) -> str:
     """``41.2 (p99 88 ms)``: the highest valid Server QPS and its p99; ``none <= 50 ms (best p99 73)``
-    where no full point of the search met the bound (its short probes never count); ``not searched
-    (budget)`` where the budget held no point."""
+    where no full point of the search met the bound (its short probes never count); ``no full point
+    (budget)`` where the budget held none."""
     found = row.scenario("server")
     if found is None:
         return ""
     if found.valid and found.figure is not None:
         return f"{found.figure:.1f} (p99 {found.p99_ms:.0f} ms)" if found.p99_ms else f"{found.figure:.1f}"
-    if not found.points:  # the budget held no point (its note says what would)
-        return "not searched (budget)"
+    if not found.points:  # the budget held no full point (its note says what would)
+        return "no full point (budget)"
     best = min((p.p99_ms for p in found.points if p.p99_ms is not None and not p.probe), default=None)
     bound = f" <= {found.latency_bound_ms:.0f} ms" if found.latency_bound_ms else ""
     return f"none{bound}" + (f" (best p99 {best:.0f})" if best is not None else "")

@@ -360,10 +360,11 @@ def _search(lg, sut: Sut, s: ScenarioSettings, expected: dict, log_dir: Path) ->
     highest QPS with no query over the bound (:func:`_probe`), starting from 80% of
     the capacity; full points then start from the best probe and move by
     :func:`_next_qps` on LoadGen's validity, until the bracket is within 3% or the
-    next point would overrun ``search_seconds``. Only full VALID points make the figure. The first full
-    point may end past the budget, up to twice it (a p99 claim's 662 queries take
-    22 s at 30 QPS); where not even that holds one, no point runs and the note
-    says what budget would.
+    next point would overrun ``search_seconds``. Only full VALID points make the
+    figure. Until one is VALID, full points may end past the budget, up to twice
+    it (a p99 claim's 662 queries take 22 s at 30 QPS, and a probe's few queries
+    can promise a QPS a full point then fails); where not even that holds one, no
+    point runs and the note says what budget would.
     """
     start, points, runs = time.monotonic(), [], {}
     if s.max_batch is None:
@@ -380,7 +381,7 @@ def _search(lg, sut: Sut, s: ScenarioSettings, expected: dict, log_dir: Path) ->
     if not s.target_qps and _point_seconds(s, qps) <= 2 * s.search_seconds:
         qps = _probe(run, qps, expected["bound_ms"], s, start)
     if time.monotonic() - start + _point_seconds(s, qps) > 2 * s.search_seconds:
-        return _no_room(sut.batcher.engine.name, s, expected, qps, log_dir)
+        return _no_room(sut.batcher.engine.name, s, expected, qps, log_dir, time.monotonic() - start)
     good, bad = None, None
     while True:
         point = run(qps, False)
@@ -391,7 +392,8 @@ def _search(lg, sut: Sut, s: ScenarioSettings, expected: dict, log_dir: Path) ->
         if s.target_qps or (good and bad and bad / good < 1.03):
             break
         qps = _next_qps(qps, point, point.valid, good, bad, expected["bound_ms"])
-        if time.monotonic() - start + _point_seconds(s, qps) > s.search_seconds:
+        budget = s.search_seconds if good else 2 * s.search_seconds  # no figure yet: up to twice
+        if time.monotonic() - start + _point_seconds(s, qps) > budget:
             break
     return _server_result(sut.batcher.engine.name, s, expected, points, runs, log_dir)
 
@@ -417,14 +419,17 @@ def _probe(run, qps: float, bound_ms: float, s: ScenarioSettings, start: float) 
     return good or qps
 
 
-def _no_room(engine: str, s: ScenarioSettings, expected: dict, qps: float, log_dir: Path) -> ScenarioResult:
-    """The Server result when the budget holds no full point at ``qps`` (a slow engine)."""
+def _no_room(engine: str, s: ScenarioSettings, expected: dict, qps: float, log_dir: Path,
+             spent: float) -> ScenarioResult:
+    """The Server result when twice the budget, less the ``spent`` seconds of probes, holds no full
+    point at ``qps`` (a slow engine)."""
     need = _point_seconds(s, qps)
     return ScenarioResult(engine, "server", False, None, "QPS", s, str(log_dir),
                           latency_bound_ms=expected["bound_ms"],
-                          note=f"not searched: {s.min_query_count} queries at {qps:.2g} QPS take about "
-                               f"{need:.0f} s, past twice the {s.search_seconds:g} s budget "
-                               f"(--scenario-seconds {math.ceil(need / 2)} would hold one point)")
+                          note=f"no full point: {s.min_query_count} queries at {qps:.2g} QPS take about "
+                               f"{need:.0f} s, past twice the {s.search_seconds:g} s budget"
+                               + (f" after {spent:.0f} s of probes" if spent >= 1 else "")
+                               + f" (--scenario-seconds {math.ceil((spent + need) / 2)} would hold one)")
 
 
 def _server_result(engine, s, expected, points, runs, log_dir: Path) -> ScenarioResult:
