@@ -57,15 +57,16 @@ def first_line(exc: BaseException) -> str:
 def show_warnings_in_one_line() -> None:
     """segbench's own warnings printed as ``segbench: warning: ...``, one line, from here on in this
     process (the CLI, and the children that measure for it); other libraries' as Python shows them."""
+    import os
     import warnings
 
     if getattr(warnings.showwarning, "segbench", False):
         return
     python_show = warnings.showwarning
-    package = __file__.rsplit("/", 1)[0]
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        if str(filename).startswith(package):
+        if os.path.abspath(filename).startswith(package):
             import sys
 
             print(f"segbench: warning: {message}", file=file or sys.stderr)
