@@ -40,13 +40,15 @@ def resolve_url(url: str, allowed: Collection[str]) -> str:
     with httpx.Client(follow_redirects=False, timeout=TIMEOUT_S) as client:
         for _ in range(MAX_REDIRECTS + 1):
             check_url(url, allowed)
-            try:
-                answer = client.get(url, headers={"Range": "bytes=0-0"})
+            try:  # streamed and never read: a server that ignores Range sends no scene into memory
+                with client.stream("GET", url, headers={"Range": "bytes=0-0"}) as answer:
+                    status, redirect = answer.status_code, answer.is_redirect
+                    location = answer.headers.get("location")
             except httpx.HTTPError as exc:
                 raise InputError(f"Could not fetch {url}: {exc}.") from exc
-            if not answer.is_redirect:
-                if answer.status_code >= 400:
-                    raise InputError(f"{url} answered HTTP {answer.status_code}; no scene there.")
+            if not redirect:
+                if status >= 400:
+                    raise InputError(f"{url} answered HTTP {status}; no scene there.")
                 return url
-            url = urljoin(url, answer.headers["location"])
+            url = urljoin(url, location)
     raise InputError(f"{url} redirects more than {MAX_REDIRECTS} times; give the scene's own URL.")
