@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +58,7 @@ from segbench.raster import LABEL_NODATA, label_targets, open_raster, sample_til
 from segbench.signals import raise_if_pending
 from segbench.spec import ModelSpec
 from segbench.tiler import auto_batch
+from segbench.tiler.fit import PixelsWarning, check_pixels
 from segbench.tiler.windows import stride_for
 
 #: the Server scenario's p99 bound, when not given: this many times the first engine's batch-1 p50
@@ -140,6 +142,9 @@ class BenchRun:
             loadgen()
         _refuse_replacing_inputs(config, [k.name for k in self.kinds.values()])
         check_labels(config.labels, self.spec)  # ids outside the classes said, no pixel to score refused
+        for scene in config.scenes:  # said once here; each engine's child, segmenting them, stays quiet
+            with open_raster(scene) as ds:
+                check_pixels(ds, scene_info(ds), self.spec)
         self.rule = config.options.rule()
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -494,6 +499,8 @@ def measure_engine(job: _Job) -> dict:
     """Run in a child process: latency micro-benchmark, whole scenes, accuracy, memory."""
     from segbench.engines.registry import load
     from segbench.tiler import segment
+
+    warnings.filterwarnings("ignore", category=PixelsWarning)  # the parent said it once per scene
 
     with PeakMemory() as mem:
         engine = load(job.artifact)
