@@ -225,13 +225,16 @@ class Overlap(EngineBase):
                 self.running -= 1
 
 
-def test_workers_keep_every_stream_of_the_engine_busy(tmp_path):
-    """OpenVINO's throughput mode runs two requests at once: two workers call it together, and every
-    answer is still its own tile's; a one-worker batcher never overlaps (the 0.49 of Server/Offline)."""
-    pytest.importorskip("openvino", reason="openvino is not installed: its throughput streams are the case")
+@pytest.mark.parametrize("name", ["openvino-fp32", "ort-fp32"])
+def test_workers_keep_every_stream_of_the_engine_busy(tmp_path, name):
+    """OpenVINO's throughput mode, and ONNX Runtime's for single tiles, run two calls at once: two
+    workers call the engine together, and every answer is still its own tile's; a one-worker
+    batcher never overlaps (the 0.49 of Server/Offline)."""
+    pytest.importorskip(name.split("-")[0].replace("ort", "onnxruntime"),
+                        reason=f"{name}'s runtime is not installed: its throughput streams are the case")
     from tests.conftest import make_spec, tiny_conv_onnx
 
-    artifact = build(tiny_conv_onnx(tmp_path / "model.onnx", make_spec()), "openvino-fp32", tmp_path)
+    artifact = build(tiny_conv_onnx(tmp_path / "model.onnx", make_spec()), name, tmp_path)
     with load(artifact, mode="throughput", batch=1, threads=2) as ov:
         assert ov.inflight >= 2, ov.config
         tiles = tiles_for(ov, 32, seed=2)

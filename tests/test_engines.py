@@ -209,6 +209,27 @@ def test_ort_session_options_are_recorded_and_used(tmp_path, tiny_onnx):
         assert engine._session.get_session_options().enable_mem_pattern is True
 
 
+def test_ort_runs_single_tiles_on_streams_in_throughput_mode(tmp_path, tiny_onnx):
+    """Throughput mode for single tiles: one stream per allowed thread, each session.run on one
+    intra-op thread, the stream's outputs in order and equal to latency mode's; larger batches and
+    latency mode keep one call of every thread."""
+    artifact = build(tiny_onnx, "ort-fp32", tmp_path)
+    batches = [_tiles(ModelSpec.load(tiny_onnx), 1, seed) for seed in range(7)]
+    with load(artifact) as latency:
+        assert latency.inflight == 1 and latency.config == "one request at a time"
+        want = [latency.infer(b) for b in batches]
+    with load(artifact, mode="throughput", batch=4, threads=2) as tiler:
+        assert tiler.inflight == 1 and tiler.session_options["intra_op_num_threads"] == 2
+    with load(artifact, mode="throughput", batch=1, threads=2) as streams:
+        assert streams.inflight == 2 and streams.config == "2 streams of one thread"
+        assert streams._session.get_session_options().intra_op_num_threads == 1
+        got = list(streams.infer_stream(iter(batches)))
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+        with pytest.raises(InputError):  # a failing batch mid-stream: the running ones are waited for
+            list(streams.infer_stream(iter([batches[0], batches[1][:, :1], batches[2]])))
+
+
 def test_ort_chosen_options_peak_below_mem_pattern(tmp_path):
     """Each session in its own process (VmHWM): the recorded options against ORT's mem pattern."""
     import importlib.util

@@ -14,7 +14,8 @@ Run side (an instance is a loaded engine): ``load_impl`` when created,
 ``infer_impl`` on inputs already checked, ``close_impl`` once; ``with
 Runner(...) as engine:`` closes it on exit. ``infer_stream`` runs batches back
 to back (the tiler): one by one here, several in flight where a backend can
-(OpenVINO loaded in ``"throughput"`` mode), the outputs always in input order.
+(OpenVINO loaded in ``"throughput"`` mode, ONNX Runtime's streams for single
+tiles: :func:`overlapped`), the outputs always in input order.
 A backend whose engines set ``device_tensors`` also has ``infer_tensor``:
 torch tensors on the engine's device in and out, no host round trip. An
 engine whose runtime bounds the batch (a TensorRT plan) sets ``max_batch``;
@@ -25,7 +26,9 @@ tiler never send one.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -98,6 +101,25 @@ def infer_stream(engine: Engine, batches: Iterable[np.ndarray]) -> Iterator[np.n
     """The outputs of ``batches``, in their order (the engine's own stream: several in flight where
     it can)."""
     return engine.infer_stream(batches)
+
+
+def overlapped(infer: Callable[[np.ndarray], np.ndarray], batches: Iterable[np.ndarray],
+               inflight: int) -> Iterator[np.ndarray]:
+    """``infer`` on ``batches`` from ``inflight`` threads, at most that many batches in flight, the
+    outputs in input order (for an engine whose ``infer`` several threads may call at once). However
+    the stream ends (an error, the caller closing it, ``batches`` raising), the running calls are
+    waited for first."""
+    running: deque[Future] = deque()
+    with ThreadPoolExecutor(inflight, thread_name_prefix="infer-stream") as pool:
+        try:
+            for tiles in batches:
+                if len(running) == inflight:
+                    yield running.popleft().result()
+                running.append(pool.submit(infer, tiles))
+            while running:
+                yield running.popleft().result()
+        finally:
+            wait(running)
 
 
 def describe_failure(name: str, tiles: np.ndarray, exc: BaseException) -> str:

@@ -16,21 +16,29 @@ nearly doubling the peak (1910 MB against 1050 MB) for no gain in speed (same
 ms per batch within 2%). Turning the arena off too saves another 150 MB but
 costs 35-50% in speed, so the arena stays. The options are recorded in the
 engine's build record and the session is created with the recorded ones.
-Batches in flight, OpenVINO's throughput streams done by hand (two threads
-each running ``session.run`` with one intra-op thread), gain nothing here:
-472.6 ms per batch against 464.9 sequential (SegFormer-B0, batch 4 at 512,
-2 cores), at twice the peak (2196 MB); so ONNX Runtime runs one batch at a time.
+Batches in flight, OpenVINO's throughput streams done by hand (threads each
+running ``session.run`` on one session with one intra-op thread), gain nothing
+for the tiler's batches: 472.6 ms per batch against 464.9 sequential
+(SegFormer-B0, batch 4 at 512, 2 cores), at twice the peak (2196 MB); so the
+tiler's batches run one at a time. Single tiles are another matter: loaded in
+``"throughput"`` mode for ``batch=1`` (the dynamic batcher under Server load,
+where most batches hold one tile), the engine runs one stream per core, each
+``session.run`` on one intra-op thread, and up to that many threads may call
+``infer`` at once (its ``inflight``): SegFormer-B0 at 256, 2 cores, 28.0 ms
+per tile against 38.4 (fp32) and 17.3 against 28.6 (int8) one call at a time
+(benchmarks/bench_ort_options.py, ``--batch 1``); the labels are the same.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from segbench.engines.base import Runner, check_input_shape, check_tensor
+from segbench.engines.base import Runner, check_input_shape, check_tensor, overlapped
 from segbench.errors import EngineError, InputError, RuntimeMissingError, first_line
 from segbench.extras import require
 from segbench.files import atomic_output
@@ -81,6 +89,7 @@ class OrtRunner(Runner):
     """An ONNX Runtime session behind the Engine contract."""
 
     runtime = "onnxruntime"
+    tunes_for_throughput = True  # single tiles run on streams (see the module docstring)
     int8_formats = "onnxruntime"
 
     @classmethod
@@ -117,6 +126,9 @@ class OrtRunner(Runner):
         self.session_options = {**SESSION_OPTIONS, **record.get("session_options", {})}
         if self.threads:
             self.session_options["intra_op_num_threads"] = self.threads
+        self.inflight = self._streams()
+        if self.inflight > 1:
+            self.session_options["intra_op_num_threads"] = 1
         self._session = create_session(artifact, self.device, self.session_options)
         inp = self._session.get_inputs()[0]
         check_input_shape(inp.shape, self.spec, artifact)
@@ -124,8 +136,26 @@ class OrtRunner(Runner):
         self._output = self._session.get_outputs()[0].name
         self.device_tensors = self.device.startswith("cuda") and self.spec.output == "logits"
 
+    def _streams(self) -> int:
+        """Calls that run at once: one per core (or per allowed thread) for single tiles in
+        throughput mode on the CPU, else one (see the module's docstring)."""
+        if self.mode != "throughput" or self.batch != 1 or self.device != "cpu":
+            return 1
+        return max(1, self.threads or len(os.sched_getaffinity(0)))
+
+    @property
+    def config(self) -> str:
+        return f"{self.inflight} streams of one thread" if self.inflight > 1 else super().config
+
     def infer_impl(self, tiles: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input: tiles})[0]
+
+    def infer_stream(self, batches):
+        """Several batches in flight where the engine runs streams (one thread each), in order."""
+        if self.inflight == 1:
+            yield from super().infer_stream(batches)
+            return
+        yield from overlapped(self.infer, batches, self.inflight)
 
     def infer_tensor(self, x):
         """Float32 torch tensors on the GPU in and out, bound to the session (CUDA engines only)."""
