@@ -145,16 +145,16 @@ def test_no_valid_qps_is_a_result_not_an_error(setup, tmp_path):
 
 
 def test_a_budget_that_holds_no_point_runs_none_and_says_what_would(setup, tmp_path):
-    """An engine this slow (capacity 0.5 QPS): 100 queries at 0.4 QPS take 250 s, past twice the
-    2 s budget."""
+    """An engine this slow (capacity 0.5 QPS): 100 queries at 0.3 QPS (the search's start) take
+    334 s, past twice the 2 s budget."""
     artifact, tiles, _, _ = setup
     settings = ScenarioSettings.default("server", min_duration_ms=200, min_query_count=100,
                                         latency_bound_ms=100.0, search_seconds=2.0, capacity_qps=0.5)
     start = time.monotonic()
     r = run_scenario(artifact, tiles, settings, tmp_path / "server")
     assert time.monotonic() - start < 60 and not r.valid and r.figure is None and not r.points
-    assert r.note == ("no full point: 100 queries at 0.4 QPS take about 250 s, past twice the 2 s budget "
-                      "(--scenario-seconds 126 would hold one)")
+    assert r.note == ("no full point: 100 queries at 0.3 QPS take about 334 s, past twice the 2 s budget "
+                      "(--scenario-seconds 167 would hold one)")
 
 
 def test_settings_refuse_nonsense_and_missing_loadgen_says_how_to_install(monkeypatch):
