@@ -141,7 +141,8 @@ class OrtRunner(Runner):
         throughput mode on the CPU, else one (see the module's docstring)."""
         if self.mode != "throughput" or self.batch != 1 or self.device != "cpu":
             return 1
-        return max(1, self.threads or len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, self.threads or cores or 1)
 
     @property
     def config(self) -> str:
