@@ -235,17 +235,17 @@ def test_workers_keep_every_stream_of_the_engine_busy(tmp_path, name):
     from tests.conftest import make_spec, tiny_conv_onnx
 
     artifact = build(tiny_conv_onnx(tmp_path / "model.onnx", make_spec()), name, tmp_path)
-    with load(artifact, mode="throughput", batch=1, threads=2) as ov:
-        assert ov.inflight >= 2, ov.config
-        tiles = tiles_for(ov, 32, seed=2)
-        for workers, peak in ((None, ov.inflight), (1, 1)):
-            counted = Overlap(ov)
+    with load(artifact, mode="throughput", batch=1, threads=2) as streams:
+        assert streams.inflight >= 2, streams.config
+        tiles = tiles_for(streams, 32, seed=2)
+        for workers, peak in ((None, streams.inflight), (1, 1)):
+            counted = Overlap(streams)
             with DynamicBatcher(counted, max_batch=2, max_queue_ms=1, workers=workers) as batcher:
                 assert batcher.workers == peak
                 check_every_answer(batcher, tiles)
             assert counted.peak == peak
         with pytest.raises(InputError, match="workers must be 1 to"):
-            DynamicBatcher(ov, workers=ov.inflight + 1)
+            DynamicBatcher(streams, workers=streams.inflight + 1)
 
 
 def test_the_device_batcher_batches_tensors_where_the_engine_runs(engine, tmp_path):
