@@ -220,6 +220,8 @@ def test_ort_runs_single_tiles_on_streams_in_throughput_mode(tmp_path, tiny_onnx
         want = [latency.infer(b) for b in batches]
     with load(artifact, mode="throughput", batch=4, threads=2) as tiler:
         assert tiler.inflight == 1 and tiler.session_options["intra_op_num_threads"] == 2
+        # so the bench and the batch sweep load again for batch 1 only
+        assert type(tiler).tuned_for(1) and not type(tiler).tuned_for(4)
     with load(artifact, mode="throughput", batch=1, threads=2) as streams:
         assert streams.inflight == 2 and streams.config == "2 streams of one thread"
         assert streams._session.get_session_options().intra_op_num_threads == 1

@@ -588,7 +588,7 @@ def _for_scenes(engine, artifact: Path, batch: int):
     """
     from segbench.engines.registry import load
 
-    if not type(engine).tunes_for_throughput:
+    if not type(engine).tuned_for(batch):
         return engine
     engine.close()
     return load(artifact, mode="throughput", batch=batch)

@@ -134,9 +134,6 @@ class Runner(EngineBase):
 
     #: the runtime's import name, for messages and availability
     runtime: ClassVar[str] = ""
-    #: True where ``mode="throughput"`` compiles the engine differently (then a latency
-    #: figure and a throughput figure need two loads)
-    tunes_for_throughput: ClassVar[bool] = False
     #: whose int8 graph the runtime's int8 engine compiles (a key of
     #: ``segbench.export.quantize.CANDIDATES``); None where it has no int8 engine
     int8_formats: ClassVar[str | None] = None
@@ -232,6 +229,13 @@ class Runner(EngineBase):
         is loaded (the batch sweep's bound); None: any."""
         limit = (spec.build.options if spec.build else {}).get("max_batch")
         return int(limit) if limit else None
+
+    @classmethod
+    def tuned_for(cls, batch: int | None) -> bool:
+        """True where loading with ``mode="throughput"`` for ``batch`` gives another engine than a
+        latency load (then a latency figure and a throughput figure need two loads, and each batch size
+        its own); False: one load serves every batch."""
+        return False
 
     @property
     def config(self) -> str:

@@ -99,16 +99,18 @@ def choose_batch(artifact: str | os.PathLike[str], tiles: np.ndarray, max_batch:
     if (kept := _read(artifact, key)) is not None:
         return kept
     spec = spec if spec is not None else ModelSpec.load(artifact)
-    per_batch = get_kind(spec.build.engine).runner.tunes_for_throughput  # compiled for each batch
+    runner = get_kind(spec.build.engine).runner
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        shared = None if per_batch else stack.enter_context(load(artifact, mode="throughput", spec=spec))
+        shared: list = []  # the one engine that serves every batch not loaded for its own, once needed
 
         def measure(batch: int) -> float:
-            if shared is not None:
-                return _tiles_per_s(shared, tiles, batch, min_seconds)
-            with load(artifact, mode="throughput", batch=batch, spec=spec) as engine:
-                return _tiles_per_s(engine, tiles, batch, min_seconds)
+            if runner.tuned_for(batch):  # loaded for this batch (OpenVINO compiles for it)
+                with load(artifact, mode="throughput", batch=batch, spec=spec) as engine:
+                    return _tiles_per_s(engine, tiles, batch, min_seconds)
+            if not shared:
+                shared.append(stack.enter_context(load(artifact, mode="throughput", spec=spec)))
+            return _tiles_per_s(shared[0], tiles, batch, min_seconds)
 
         def spent_enough(rates: dict[int, float]) -> bool:
             return work is not None and time.perf_counter() - start > SWEEP_SHARE * work / max(rates.values())

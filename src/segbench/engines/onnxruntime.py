@@ -89,7 +89,6 @@ class OrtRunner(Runner):
     """An ONNX Runtime session behind the Engine contract."""
 
     runtime = "onnxruntime"
-    tunes_for_throughput = True  # single tiles run on streams (see the module docstring)
     int8_formats = "onnxruntime"
 
     @classmethod
@@ -135,6 +134,10 @@ class OrtRunner(Runner):
         self._input = inp.name
         self._output = self._session.get_outputs()[0].name
         self.device_tensors = self.device.startswith("cuda") and self.spec.output == "logits"
+
+    @classmethod
+    def tuned_for(cls, batch: int | None) -> bool:
+        return batch == 1  # single tiles run on streams (see the module docstring)
 
     def _streams(self) -> int:
         """Calls that run at once: one per core (or per allowed thread) for single tiles in

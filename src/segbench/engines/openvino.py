@@ -112,7 +112,6 @@ class OpenVinoRunner(Runner):
     """A compiled OpenVINO model behind the Engine contract."""
 
     runtime = "openvino"
-    tunes_for_throughput = True
     int8_formats = "openvino"
 
     @classmethod
@@ -159,6 +158,10 @@ class OpenVinoRunner(Runner):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return {"inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT"))}
+
+    @classmethod
+    def tuned_for(cls, batch: int | None) -> bool:
+        return True  # the THROUGHPUT hint, compiled for the batch
 
     def load_impl(self, artifact: Path) -> None:
         self.device = "cpu"  # the CPU plugin only

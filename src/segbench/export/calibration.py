@@ -172,9 +172,11 @@ def _draw(path: Path, spec: ModelSpec, rng: np.random.Generator, avoid: list[tup
     if not len(origins):
         return
     origins = origins[rng.permutation(len(origins))]
-    if grid_first:  # a scene then gives as many windows that overlap none as fit (randomly placed
-        on_grid = (origins % tile == 0).all(axis=1)  # ones block the grid: a 512^2 scene gave one
-        origins = np.concatenate([origins[on_grid], origins[~on_grid]])  # or two 256^2, not four)
+    if grid_first:
+        # the scene then gives as many windows that overlap none as fit: randomly placed ones block
+        # the grid (a 512^2 scene gave one or two 256^2 windows, not four)
+        on_grid = (origins % tile == 0).all(axis=1)
+        origins = np.concatenate([origins[on_grid], origins[~on_grid]])
     taken: list[tuple[int, int]] = []
     overlapping = []
     for row, col in origins:  # first pass: windows that overlap none drawn so far
