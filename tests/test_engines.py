@@ -232,6 +232,34 @@ def test_ort_runs_single_tiles_on_streams_in_throughput_mode(tmp_path, tiny_onnx
             list(streams.infer_stream(iter([batches[0], batches[1][:, :1], batches[2]])))
 
 
+def test_torch_runs_every_cpu_call_on_the_engines_own_thread(tmp_path):
+    """Calls from the main thread and from others all run the module on one thread of the engine's
+    (torch's OpenMP pool is per calling thread: a second caller ran slower), with the same logits."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from tests.conftest import make_spec, tiny_conv_pt2
+
+    require_engine("torch-fp32")
+    spec = make_spec()
+    artifact = tiny_conv_pt2(tmp_path / "model.pt2", spec)
+    tiles = _tiles(spec, 2)
+    with load(artifact) as engine:
+        ran_on = []
+        engine._module.register_forward_pre_hook(lambda *_: ran_on.append(threading.get_ident()))
+        first = engine.infer(tiles)
+        with ThreadPoolExecutor(2) as pool:
+            others = list(pool.map(engine.infer, [tiles] * 4))
+        assert len(ran_on) == 5 and len(set(ran_on)) == 1 and ran_on[0] != threading.get_ident()
+        for out in others:
+            np.testing.assert_array_equal(out, first)
+        with torch.inference_mode():
+            np.testing.assert_allclose(first, engine._module(torch.from_numpy(tiles)).numpy(), rtol=1e-6)
+    assert engine._thread._shutdown  # closing the engine ends its thread
+
+
 def test_ort_chosen_options_peak_below_mem_pattern(tmp_path):
     """Each session in its own process (VmHWM): the recorded options against ORT's mem pattern."""
     import importlib.util

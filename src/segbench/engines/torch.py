@@ -8,12 +8,22 @@ precisions run under autocast, and ``torch-compile-*`` compiles the program
 with ``torch.compile`` when loaded (the first batches of each shape pay for
 it). ``infer_tensor`` takes and returns tensors on the engine's device, so
 the device tiler (:mod:`segbench.tiler.device`) never copies logits to the host.
+
+On the CPU every call runs on the engine's own thread, whichever thread makes
+it. torch's intra-op pool (OpenMP) belongs to the thread that calls it, and
+once one thread had run the model, another thread's calls ran 20-60 % slower
+on 2 cores (SegFormer-B0 at 256, batch 1: 71-101 ms against 49-64 ms with no
+call in the first thread). The LoadGen child warms an engine up in its main
+thread and the batcher calls it from its worker: with one thread,
+benchmarks/bench_scenarios.py's torch-fp32 Server figure went from 0.39 to
+0.94 of Offline.
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +88,9 @@ class TorchRunner(Runner):
         self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.kind.precision)
         #: device memory the loaded model holds (its weights and buffers), for the bench report
         self.device_memory_bytes = torch.cuda.memory_allocated(self.device) - before if self._cuda else None
+        #: the one thread that runs the model on the CPU (see the module docstring); on CUDA the
+        #: caller's thread, whose current stream the outputs are queued on
+        self._thread = None if self._cuda else ThreadPoolExecutor(1, thread_name_prefix=self.name)
 
     def _autocast(self):
         if self._dtype is None:
@@ -87,8 +100,13 @@ class TorchRunner(Runner):
     def infer_tensor(self, x):
         """Raw pixels ``(N, bands, tile, tile)``, a float32 tensor on the engine's device -> float32
         logits there (on CUDA queued on the current stream, not waited for)."""
-        torch = self._torch
         check_tensor(x, self.spec, self.name, self.device)
+        if self._thread is None:
+            return self._forward(x)
+        return self._thread.submit(self._forward, x).result()
+
+    def _forward(self, x):
+        torch = self._torch
         with torch.inference_mode(), self._autocast():
             if self._cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -100,4 +118,6 @@ class TorchRunner(Runner):
         return self.infer_tensor(x).cpu().numpy()
 
     def close_impl(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
         self._module = None
