@@ -248,6 +248,32 @@ def test_workers_keep_every_stream_of_the_engine_busy(tmp_path, name):
             DynamicBatcher(streams, workers=streams.inflight + 1)
 
 
+def test_free_workers_share_the_waiting_requests(tmp_path):
+    """Two requests and two free workers: one tile each, not two on one stream while the other idles;
+    with one worker busy, the free one takes both."""
+    pytest.importorskip("onnxruntime")
+    from tests.conftest import make_spec, tiny_conv_onnx
+
+    artifact = build(tiny_conv_onnx(tmp_path / "model.onnx", make_spec()), "ort-fp32", tmp_path)
+    with load(artifact, mode="throughput", batch=1, threads=2) as streams:
+        counted = Overlap(streams)
+        tiles = tiles_for(streams, 5, seed=3)
+        with DynamicBatcher(counted, max_batch=2, max_queue_ms=1) as batcher:
+            time.sleep(0.2)  # both workers wait for requests
+            both = batcher.submit_many(list(tiles[:2]))
+            for f in both:
+                f.result(timeout=5)
+            assert batcher.stats().histogram == {1: 2} and counted.peak == 2
+            batcher.reset_stats()
+            busy = batcher.submit(tiles[2])
+            time.sleep(0.01)  # one worker runs it (20 ms); the other is free
+            rest = batcher.submit_many(list(tiles[3:]))
+            outputs = [f.result(timeout=5) for f in [*both, busy, *rest]]
+            assert batcher.stats().histogram == {1: 1, 2: 1}
+        for i, out in enumerate(outputs):
+            np.testing.assert_array_equal(out, streams.infer(tiles[i:i + 1])[0])
+
+
 def test_the_device_batcher_batches_tensors_where_the_engine_runs(engine, tmp_path):
     """Torch tiles on a torch engine's device (the CPU here) batched there: each future holds its
     own tile's labels, reduced by ``postprocess`` on the device; host arrays and engines without
