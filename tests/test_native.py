@@ -58,6 +58,19 @@ def test_argmax_labels_matches_numpy(with_valid, threads):
     np.testing.assert_array_equal(labels_only, want[0])
 
 
+def test_tile_labels_are_numpys_argmax_first_maximum_included():
+    from segbench.tiler.accumulate import tile_labels
+
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(3, 6, 20, 24)).astype(np.float32)
+    logits[0, 4, 5, :] = logits[0, 2, 5, :] = 50.0  # a tie: the first class wins
+    np.testing.assert_array_equal(tile_labels(logits), logits.argmax(1))
+    assert tile_labels(logits).dtype == np.uint8 and (tile_labels(logits)[0, 5] == 2).all()
+    half = logits.astype(np.float16)  # another dtype: numpy's argmax
+    np.testing.assert_array_equal(tile_labels(half), half.argmax(1))
+    assert tile_labels(logits[:0]).shape == (0, 20, 24)
+
+
 def test_the_blend_is_one_fused_multiply_add_whatever_the_compiler():
     """acc = fma(logit, weight, acc), rounded once (as torch's addcmul_ on a GPU), not the product
     rounded and then the sum: the device tiler's labels equal the CPU tiler's on every build."""

@@ -58,6 +58,7 @@ from segbench.errors import (
     first_line,
 )
 from segbench.spec import IGNORE_INDEX, ModelSpec
+from segbench.tiler.accumulate import tile_labels
 from segbench.tiler.device import runs_on_device
 
 _LG_NAMES = {"single-stream": "SingleStream", "multi-stream": "MultiStream", "server": "Server",
@@ -173,7 +174,7 @@ def labels_of(out) -> np.ndarray:
         import torch
 
         return (out if out.ndim == 3 else out.argmax(1)).to(torch.uint8).cpu().numpy()
-    return out if out.ndim == 3 else out.argmax(1).astype(np.uint8)
+    return out if out.ndim == 3 else tile_labels(out)
 
 
 class Sut:
@@ -353,9 +354,19 @@ def _next_qps(qps: float, point: ServerPoint, ok: bool, good: float | None, bad:
 START_SHARE = 0.6
 
 
+#: how much faster per tile the batcher's largest batch must run than one tile (one call each) for
+#: the Server search to batch at all: below it a batch only makes its tiles wait for each other (ONNX
+#: Runtime's streams of one thread each: SegFormer-B0 ran 8 tiles no faster per tile than one)
+BATCH_GAIN = 1.1
+
+
 def _cap_batch(batcher: DynamicBatcher, expected: dict) -> None:
-    """A full batch takes at most a third of the bound (a request may wait for one batch, then run
-    in the next); each of the batcher's workers runs its batch at its share of the engine's rate."""
+    """Batches only where they pay (:data:`BATCH_GAIN`), and then a full batch takes at most a third
+    of the bound (a request may wait for one batch, then run in the next); each of the batcher's
+    workers runs its batch at its share of the engine's rate."""
+    if expected["tiles_per_s"] * expected["latency_s"] < BATCH_GAIN:
+        batcher.max_batch = 1
+        return
     fit = int(expected["bound_ms"] / 3000 * expected["tiles_per_s"] / batcher.workers)
     batcher.max_batch = max(1, min(batcher.max_batch, fit))
 
