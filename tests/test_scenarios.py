@@ -136,18 +136,20 @@ def test_server_search_finds_the_highest_valid_qps(setup, tmp_path):
 
 
 def test_the_server_search_batches_only_where_batches_pay(setup):
-    """A largest batch no faster per tile than one tile (ONNX Runtime's one-thread streams): no
-    batching; otherwise a full batch takes at most a third of the bound, at each worker's share."""
+    """Largest batches no faster than single tiles, every stream busy (ONNX Runtime's one-thread
+    streams): no batching; otherwise a full batch takes at most a third of the bound, at each
+    worker's share of the rate."""
     from segbench.batcher import DynamicBatcher
     from segbench.bench.scenarios import BATCH_GAIN, _cap_batch
 
     artifact = setup[0]
     with load(artifact) as engine:
-        for rate, latency_s, bound_ms, want in ((100.0, 0.99 * BATCH_GAIN / 100, 3000.0, 1),
-                                                (100.0, 0.02, 60.0, 2), (100.0, 0.02, 3000.0, 8)):
+        for single, bound_ms, want in ((0.99 * 100 / BATCH_GAIN, 3000.0, 8), (1.01 * 100 / BATCH_GAIN, 3000.0, 1),
+                                       (50.0, 60.0, 2)):
             with DynamicBatcher(engine, max_batch=8) as batcher:
-                _cap_batch(batcher, {"tiles_per_s": rate, "latency_s": latency_s, "bound_ms": bound_ms})
-                assert batcher.max_batch == want, (rate, latency_s, bound_ms)
+                _cap_batch(batcher, {"tiles_per_s": 100.0, "single_tiles_per_s": single,
+                                     "bound_ms": bound_ms})
+                assert batcher.max_batch == want, (single, bound_ms)
 
 
 def test_no_valid_qps_is_a_result_not_an_error(setup, tmp_path):
