@@ -245,7 +245,7 @@ def _segment_cases() -> dict[str, Callable[[World], Case]]:
         "segment --batch 10000000": lambda w: Case(
             [*_seg(w, w.s(scene))[:-1], "10000000"], 0, "not 10000000", finals=["out.tif"], prefix="batch"),
         "segment --overlap larger than the tile": lambda w: Case(
-            _seg(w, w.s(scene), "--overlap", "1000"), 1, "overlap", finals=["out.tif"]),
+            _seg(w, w.s(scene), "--overlap", "1000"), 2, "overlap", finals=["out.tif"]),
         "segment --overlap negative": lambda w: Case(
             _seg(w, w.s(scene), "--overlap=-5"), 2, "overlap", finals=["out.tif"]),
         "segment --chunk without Dask": lambda w: Case(

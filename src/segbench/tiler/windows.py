@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from segbench.errors import InputError
+from segbench.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def plan_windows(height: int, width: int, tile: int, stride: int) -> list[Window
 
 def check_stride(tile: int, stride: int) -> None:
     if not 1 <= stride <= tile:
-        raise InputError(f"Stride {stride} must be between 1 and the tile size {tile}.")
+        raise UsageError(f"Stride {stride} must be between 1 and the tile size {tile}.")
 
 
 def stride_for(tile: int, overlap: int | None = None, stride: int | None = None,
@@ -80,13 +80,13 @@ def stride_for(tile: int, overlap: int | None = None, stride: int | None = None,
     """The stride from a user's ``overlap`` or ``stride``; without either, ``default`` (the
     model's own, ``spec.stride``) or else a quarter-tile overlap."""
     if overlap is not None and stride is not None:
-        raise InputError("Give either an overlap or a stride, not both.")
+        raise UsageError("Give either an overlap or a stride, not both.")
     if overlap is None and stride is None:
         stride = default
     if stride is None:
         overlap = tile // 4 if overlap is None else overlap
         if not 0 <= overlap < tile:
-            raise InputError(f"Overlap {overlap} must be at least 0 and less than the tile {tile}.")
+            raise UsageError(f"Overlap {overlap} must be at least 0 and less than the tile {tile}.")
         stride = tile - overlap
     check_stride(tile, stride)
     return stride
