@@ -149,3 +149,42 @@ def test_a_runtime_error_while_building_does_not_stop_the_bench(tmp_path, tiny_s
         text = (config.out / f"{name}.error.log").read_text()
         assert row.log == str(config.out / f"{name}.error.log") and where in text
     assert (config.out / "report.md").is_file()
+
+
+def test_a_scene_without_crs_is_said_once_not_per_engine(tmp_path, tiny_onnx, capfd):
+    """The parent says it for the scene; the child that measures each engine stays quiet."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    image = write_scene(tmp_path / "nocrs.tif", rng.integers(0, 255, (3, 90, 110), dtype=np.uint8), crs=None)
+    labels = write_scene(tmp_path / "nocrs-labels.tif", rng.integers(0, 3, (1, 90, 110), dtype=np.uint8),
+                         nodata=255, crs=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = _config(tmp_path, tiny_onnx, (image, labels), engines=["ort-fp32", "openvino-fp32"])
+        report = run_bench(config)
+    assert [r.status for r in report.engines] == ["ok", "ok"]
+    assert sum("nocrs.tif has no CRS" in str(w.message) for w in caught) == 1
+    assert "no CRS" not in capfd.readouterr().err  # what the engines' children would have printed
+
+
+def test_an_engine_task_does_not_read_the_inputs_again(tmp_path, tiny_onnx):
+    """A study on Dask measures each engine as a task: the labels (here with an id outside the
+    classes) and the scenes were checked, and said, where the bench started, not again per engine."""
+    import warnings
+
+    from segbench.bench.labels import LabelsWarning
+    from segbench.bench.run import BenchRun, measure_engine_task
+
+    rng = np.random.default_rng(0)
+    image = write_scene(tmp_path / "s.tif", rng.integers(0, 255, (3, 90, 110), dtype=np.uint8))
+    ids = rng.integers(0, 3, (1, 90, 110), dtype=np.uint8)
+    ids[0, :5] = 7
+    labels = write_scene(tmp_path / "l.tif", ids, nodata=255)
+    config = _config(tmp_path, tiny_onnx, (image, labels), engines=["ort-fp32"])
+    with pytest.warns(LabelsWarning, match="outside the model's classes"):
+        BenchRun(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LabelsWarning)
+        row = measure_engine_task(config, "ort-fp32", None)
+    assert row.ok and row.accuracy.confusion

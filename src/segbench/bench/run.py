@@ -58,7 +58,7 @@ from segbench.raster import LABEL_NODATA, label_targets, open_raster, sample_til
 from segbench.signals import raise_if_pending
 from segbench.spec import ModelSpec
 from segbench.tiler import auto_batch
-from segbench.tiler.fit import PixelsWarning, check_pixels
+from segbench.tiler.fit import PixelsWarning, check_crs, check_gsd, check_pixels
 from segbench.tiler.windows import stride_for
 
 #: the Server scenario's p99 bound, when not given: this many times the first engine's batch-1 p50
@@ -128,7 +128,9 @@ class BenchRun:
     into the same report as :func:`run_bench` writes.
     """
 
-    def __init__(self, config: BenchConfig, console: Console | None = None) -> None:
+    def __init__(self, config: BenchConfig, console: Console | None = None, checked: bool = False) -> None:
+        """``checked``: the labels and the scenes' pixels were checked (and said) where the bench
+        started; a task measuring one engine of it does not read them all again."""
         from segbench.engines.registry import get_kind
 
         self.config = config
@@ -141,10 +143,8 @@ class BenchRun:
 
             loadgen()
         _refuse_replacing_inputs(config, [k.name for k in self.kinds.values()])
-        check_labels(config.labels, self.spec)  # ids outside the classes said, no pixel to score refused
-        for scene in config.scenes:  # said once here; each engine's child, segmenting them, stays quiet
-            with open_raster(scene) as ds:
-                check_pixels(ds, scene_info(ds), self.spec)
+        if not checked:
+            self._check_inputs()
         self.rule = config.options.rule()
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -156,6 +156,17 @@ class BenchRun:
         self._header: Report | None = None
         self._library = None  # the scenarios' sample library, read for the first engine that needs it
         self._bound_ms: float | None = None  # the Server p99 bound of every engine of the run
+
+    def _check_inputs(self) -> None:
+        """Ids outside the classes said, labels with no pixel to score refused; each scene's CRS,
+        ground sample distance and pixels said once here (each engine's child stays quiet)."""
+        check_labels(self.config.labels, self.spec)
+        for scene in self.config.scenes:
+            with open_raster(scene) as ds:
+                info = scene_info(ds)
+                check_crs(info)
+                check_gsd(info, self.spec)
+                check_pixels(ds, info, self.spec)
 
     def kept(self, name: str) -> EngineRow | None:
         """``name``'s row from an earlier run on the same inputs, if its labels are still there."""
@@ -325,7 +336,7 @@ def measure_engine_task(config: BenchConfig, name: str, reference: EngineRow | N
     """One engine's row, measured where this runs (a Dask worker), compared with the ``reference``
     engine's row when it is given and ok; quiet, its failure a failed row."""
     labels = reference.outputs if reference and reference.ok else None
-    return BenchRun(config, Console(quiet=True)).measure(name, labels)
+    return BenchRun(config, Console(quiet=True), checked=True).measure(name, labels)
 
 
 def _inputs_key(config: BenchConfig) -> str:

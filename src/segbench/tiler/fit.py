@@ -23,7 +23,28 @@ FIRST_WINDOWS = 4
 
 
 class PixelsWarning(UserWarning):
-    """A scene's pixel type or value range differs from what the model expects."""
+    """A scene's pixels are not what the model expects: their type, value range or size on the
+    ground; or the scene has no CRS (its labels then have none either)."""
+
+
+#: how far a scene's ground sample distance may be from the model's before segment warns
+GSD_TOLERANCE = 0.10
+
+
+def check_gsd(info: SceneInfo, spec: ModelSpec) -> None:
+    """Warn when the scene's pixels are more than 10% larger or smaller than the model's."""
+    if spec.gsd_m and info.gsd_m and abs(info.gsd_m / spec.gsd_m - 1) > GSD_TOLERANCE:
+        warnings.warn(f"{info.path.name} has a ground sample distance of {info.gsd_m:.3g} m; the model "
+                      f"was trained at {spec.gsd_m:.3g} m, so objects look {spec.gsd_m / info.gsd_m:.2g}x "
+                      "their trained size; --resample runs it at the model's GSD.", PixelsWarning,
+                      stacklevel=3)
+
+
+def check_crs(info: SceneInfo) -> None:
+    """Warn, in one line, when the scene has no CRS."""
+    if info.crs is None:
+        warnings.warn(f"{info.path.name} has no CRS; its labels will have none either.", PixelsWarning,
+                      stacklevel=3)
 
 
 def check_pixels(ds: rasterio.DatasetReader, info: SceneInfo, spec: ModelSpec,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -38,7 +37,7 @@ from segbench.spec import ModelSpec
 from segbench.tiler.blend import axis_weights
 from segbench.tiler.channel import POLL_S, QUEUE_DEPTH, Channel, Stopped
 from segbench.tiler.device import device_stream, host_batches, runs_on_device
-from segbench.tiler.fit import check_pixels
+from segbench.tiler.fit import check_crs, check_gsd, check_pixels
 from segbench.tiler.progress import Progress
 from segbench.tiler.stages import Inference, Outputs, Reader, StageThread, Writer
 from segbench.tiler.windows import Window, axis_starts, stride_for
@@ -155,10 +154,8 @@ def segment(
     check_bands(info, spec)
     batch = bounded_batch(batch, info, spec, step, engine.name)
     area = aoi.for_scene(info) if aoi is not None else None
-    if info.crs is None:
-        warnings.warn(f"{info.path.name} has no CRS; its labels will have none either.",
-                      stacklevel=2)
-    _check_gsd(info, spec)
+    check_crs(info)
+    check_gsd(info, spec)
     _check_outputs(out, confidence, probabilities)
     Inputs().add_raster(scene).refuse([out, confidence, probabilities])
     with open_raster(scene) as ds:  # a few blocks (an overview, or the first windows)
@@ -192,19 +189,6 @@ def bounded_batch(batch: int, info, spec: ModelSpec, step: int, engine: str) -> 
                          f"{engine}'s input and output buffers, more than the {available / 2**30:.1f} GiB "
                          f"available; {what}.")
     return batch
-
-
-#: how far a scene's ground sample distance may be from the model's before segment warns
-GSD_TOLERANCE = 0.10
-
-
-def _check_gsd(info, spec: ModelSpec) -> None:
-    """Warn when the scene's pixels are more than 10% larger or smaller than the model's."""
-    if spec.gsd_m and info.gsd_m and abs(info.gsd_m / spec.gsd_m - 1) > GSD_TOLERANCE:
-        warnings.warn(f"{info.path.name} has a ground sample distance of {info.gsd_m:.3g} m; the model "
-                      f"was trained at {spec.gsd_m:.3g} m, so objects look {spec.gsd_m / info.gsd_m:.2g}x "
-                      "their trained size; --resample runs it at the model's GSD.",
-                      stacklevel=3)
 
 
 def _check_outputs(*outputs) -> None:
