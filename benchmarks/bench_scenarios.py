@@ -214,7 +214,8 @@ def server_lines(v: dict, offline: float, bound_ms: float, ceiling: float) -> li
     lines = [f"  Server ({v['settings']['workers']} batcher worker(s)) at p99 <= {bound_ms:.0f} ms: "
              f"{qps:.1f} QPS (p99 {v['p99_ms'] or 0:.0f} ms, batches {v['batch_histogram']}) = "
              f"{qps / offline:.2f} of Offline (goal >= 0.8; an ideal unbatched queue of its "
-             f"{v['settings']['workers']} stream(s): {ceiling:.2f})" + (f"; {v['note']}" if v["note"] else "")]
+             f"{v['settings']['workers']} stream(s): {ceiling:.2f})"
+             + (f"; {v['note']}" if v["note"] else "")]
     return lines + [f"    {'probe' if p.get('probe') else 'point'} {p['target_qps']:.1f} QPS: "
                     f"p50 {p['p50_ms'] or 0:.0f} p90 {p['p90_ms'] or 0:.0f} "
                     f"p99 {p['p99_ms'] or 0:.0f} ms, {p.get('overlatency')} over the bound, "

@@ -144,8 +144,8 @@ def test_the_server_search_batches_only_where_batches_pay(setup):
 
     artifact = setup[0]
     with load(artifact) as engine:
-        for single, bound_ms, want in ((0.99 * 100 / BATCH_GAIN, 3000.0, 8), (1.01 * 100 / BATCH_GAIN, 3000.0, 1),
-                                       (50.0, 60.0, 2)):
+        cases = ((0.99 * 100 / BATCH_GAIN, 3000.0, 8), (1.01 * 100 / BATCH_GAIN, 3000.0, 1), (50.0, 60.0, 2))
+        for single, bound_ms, want in cases:
             with DynamicBatcher(engine, max_batch=8) as batcher:
                 _cap_batch(batcher, {"tiles_per_s": 100.0, "single_tiles_per_s": single,
                                      "bound_ms": bound_ms})
