@@ -20,10 +20,11 @@ on random tiles, unchecked), side by side in one run:
 - SingleStream p90 against ``benchmark_app -hint latency`` (its 90th percentile, the
   model's batch dimension left dynamic as the latency-mode engine compiles it) or a
   bare loop at batch 1; goal: within 10 %. Both run ``--pairs`` times in turns and
-  their medians are compared: on this 2-core VM a multi-threaded runtime's batch-1
-  time flips between two levels for seconds at a time (ONNX Runtime's SegFormer-B0
-  fp32 27 or 38 ms, torch's 51 or 80 ms, in the same process), so one of each can
-  differ by 30 % with nothing wrong.
+  their medians are compared, and so is each pair (the median of the pairs' ratios):
+  on this 2-core VM a multi-threaded runtime's batch-1 time flips between two levels
+  for seconds at a time (ONNX Runtime's SegFormer-B0 fp32 27 or 38 ms, torch's 51 or
+  80 ms, in the same process), so one of each can differ by 30 % with nothing wrong,
+  and a pair whose two runs fell on different levels is an outlier the median drops.
 
 Every measurement runs in a fresh process (LoadGen's in the scenarios' child).
 
@@ -224,13 +225,14 @@ def server_lines(v: dict, offline: float, bound_ms: float, ceiling: float) -> li
 
 
 def report(row: dict) -> str:
-    s, o = row["single"], row["offline"]
+    s, o, pairs = row["single"], row["offline"], row["alone_latency"]["pairs"]
     lines = [f"{row['engine']} (load average {row['load_average']:.1f}): SingleStream p50 "
              f"{s['p50_ms']:.1f} ms, p90 {s['figure']:.1f} ms "
              f"({'VALID' if s['valid'] else 'INVALID'}); alone p90 {row['alone_latency']['p90_ms']:.1f} ms "
              f"[{row['alone_latency']['how']}]: {s['figure'] / row['alone_latency']['p90_ms'] - 1:+.1%} "
-             f"(medians of {len(row['alone_latency']['pairs'])} pairs taken in turns, LoadGen / alone ms: "
-             + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in row["alone_latency"]["pairs"]) + ")",
+             f"(medians of {len(pairs)} pairs taken in turns; the pairs' median ratio "
+             f"{statistics.median(a / b for a, b in pairs) - 1:+.1%}; LoadGen / alone ms: "
+             + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in pairs) + ")",
              f"  Offline {o['figure']:.1f} tiles/s ({'VALID' if o['valid'] else 'INVALID'}, batches "
              f"{o['batch_histogram']}); alone {row['alone_throughput']['tiles_per_s']:.1f} tiles/s "
              f"[{row['alone_throughput']['how']}]: ratio "
