@@ -10,7 +10,7 @@ import pytest
 import rasterio
 
 from segbench.engines.base import EngineBase
-from segbench.errors import InputError, OutputError
+from segbench.errors import InputError, OutputError, UsageError
 from segbench.peak import current_rss_bytes, reset_peak
 from segbench.tiler import plan_windows, reference, segment, segment_many, stride_for
 from segbench.tiler.accumulate import BandAccumulator
@@ -45,10 +45,12 @@ def test_plan_equals_mmseg(h, w, tile, stride):
 
 def test_stride_validation():
     assert stride_for(256) == 192 and stride_for(256, overlap=0) == 256
-    with pytest.raises(InputError):
+    with pytest.raises(UsageError, match="less than the tile 256"):  # a value that can never work: exit 2
         stride_for(256, overlap=256)
-    with pytest.raises(InputError):
+    with pytest.raises(UsageError, match="either an overlap or a stride"):
         stride_for(256, overlap=10, stride=100)
+    with pytest.raises(UsageError, match="Stride 300 must be between 1 and the tile size 256"):
+        stride_for(256, stride=300)
 
 
 def test_blend_weights():
