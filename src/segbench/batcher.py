@@ -25,8 +25,8 @@ batch goes to whichever worker is free, so no stream idles while requests wait
 (measured with benchmarks/bench_scenarios.py: one worker before a two-stream
 OpenVINO engine reached about half its Offline rate under Server load), and
 the waiting requests are shared among the free workers: two requests and two
-free one-thread ONNX Runtime streams run a tile each, not both on one stream
-(60-77 ms for the pair, against about 33 ms each side by side). Each
+free one-thread ONNX Runtime streams run a tile each side by side, not both
+on one stream, one after the other, while the other idles. Each
 worker stacks tiles into its own preallocated buffer (a lone contiguous tile is
 passed as a view, no copy).
 """

@@ -366,9 +366,8 @@ START_SHARE = 0.6
 
 #: how much faster than single tiles the engine must run the batcher's largest batches, every stream
 #: busy, for the Server search to batch at all: below it a batch only makes its tiles wait for each
-#: other (engines loaded with streams for single tiles: ONNX Runtime's one-thread streams ran
-#: SegFormer-B0 8 tiles a call at 60 tiles/s against 68 one tile a call; OpenVINO splits a batch
-#: into its batch-1 requests)
+#: other (engines loaded with streams for single tiles: ONNX Runtime's one-thread streams run a
+#: batch on one thread, no faster per tile; OpenVINO splits a batch into its batch-1 requests)
 BATCH_GAIN = 1.1
 
 

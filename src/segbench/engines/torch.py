@@ -11,9 +11,10 @@ the device tiler (:mod:`segbench.tiler.device`) never copies logits to the host.
 
 On the CPU every call runs on the engine's own thread, whichever thread makes
 it. torch's intra-op pool (OpenMP) belongs to the thread that calls it, and
-once one thread had run the model, another thread's calls ran 20-60 % slower
-on 2 cores (SegFormer-B0 at 256, batch 1: 71-101 ms against 49-64 ms with no
-call in the first thread). The LoadGen child warms an engine up in its main
+once one thread had run the model, another thread's calls ran slower
+(benchmarks/bench_sut_overheads.py, SegFormer-B0 at 256, batch 1, 2 cores:
+98 ms against 65 ms with no call in the first thread, and 68 ms through the
+engine's own thread). The LoadGen child warms an engine up in its main
 thread and the batcher calls it from its worker: with one thread,
 benchmarks/bench_scenarios.py's torch-fp32 Server figure went from 0.39 to
 0.94 of Offline.
